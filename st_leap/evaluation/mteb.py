@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from st_leap.evaluation._utils import (
+    MODEL_DEFAULT,
+    ExitCounter,
+    effective_exit_settings,
+    exit_kwargs,
+    load_model,
+    model_name,
+    run_info,
+)
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+#: Short names accepted by :func:`run_mteb` and ``st-leap evaluate --tasks``, with their mteb task names.
+TASKS = {"stsb": "STSBenchmark", "scifact": "SciFact", "nfcorpus": "NFCorpus"}
+_LOCAL_BEIR = {"SciFact": "scifact", "NFCorpus": "nfcorpus"}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub can be used: ``HF_HUB_OFFLINE`` unset and huggingface.co answering."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def task_names(tasks: Sequence[str] | str) -> list[str]:
+    """mteb task names from short names (``stsb``, ``scifact``, ``nfcorpus``) or mteb names."""
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.split(",") if t.strip()]
+    names = []
+    for task in tasks:
+        key = task.strip()
+        names.append(TASKS.get(key.lower(), key))
+    return names
+
+
+def load_local_task(task: Any, data_dir: str | Path | None = None) -> Any:
+    """Fill an mteb task (STSBenchmark, SciFact or NFCorpus) with the local copies under the shared data folder.
+
+    STSBenchmark reads ``stsb/test.tsv`` (quoting off; gold scores 0-5 as in mteb's copy), the retrieval tasks read
+    ``beir/<name>`` in BEIR format. The task is marked as loaded, so mteb never goes to the Hub for it.
+
+    Raises:
+        ValueError: for a task that has no local copy.
+        FileNotFoundError: when the local files are missing.
+    """
+    import datasets
+
+    from st_leap import resources
+    from st_leap.evaluation.beir import load_beir_folder
+
+    name = task.metadata.name
+    base = Path(data_dir) if data_dir else resources.data_dir()
+    if name == "STSBenchmark":
+        import csv
+
+        columns: dict[str, list[Any]] = {"sentence1": [], "sentence2": [], "score": []}
+        with (base / "stsb" / "test.tsv").open(encoding="utf-8", newline="") as f:
+            for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+                columns["sentence1"].append(row["sentence1"])
+                columns["sentence2"].append(row["sentence2"])
+                columns["score"].append(float(row["score"]))
+        task.dataset = datasets.DatasetDict({"test": datasets.Dataset.from_dict(columns)})
+    elif name in _LOCAL_BEIR:
+        corpus, queries, qrels = load_beir_folder(base / "beir" / _LOCAL_BEIR[name], split="test")
+        task.dataset = {
+            "default": {
+                "test": {
+                    "corpus": datasets.Dataset.from_dict(
+                        {
+                            "id": list(corpus),
+                            "title": [doc["title"] for doc in corpus.values()],
+                            "text": [doc["text"] for doc in corpus.values()],
+                        }
+                    ),
+                    "queries": datasets.Dataset.from_dict({"id": list(queries), "text": list(queries.values())}),
+                    "relevant_docs": qrels,
+                    "top_ranked": None,
+                }
+            }
+        }
+    else:
+        raise ValueError(f"No local copy of mteb task {name!r}; local tasks: {sorted(['STSBenchmark', *_LOCAL_BEIR])}")
+    task.data_loaded = True
+    return task
+
+
+def _wrapper_class() -> type:
+    from mteb.models import SentenceTransformerEncoderWrapper
+
+    class EarlyExitEncoderWrapper(SentenceTransformerEncoderWrapper):
+        """mteb's sentence-transformers wrapper that also counts exit layers per task."""
+
+        def __init__(self, model: SentenceTransformer, **kwargs: Any) -> None:
+            super().__init__(model, **kwargs)
+            self.exit_counters: dict[str, ExitCounter] = {}
+
+        def encode(self, inputs: Any, *, task_metadata: Any, **kwargs: Any) -> Any:
+            embeddings = super().encode(inputs, task_metadata=task_metadata, **kwargs)
+            counter = self.exit_counters.setdefault(task_metadata.name, ExitCounter())
+            counter.add_from_model(self.model, len(embeddings))
+            return embeddings
+
+    return EarlyExitEncoderWrapper
+
+
+def mteb_wrapper(
+    model: SentenceTransformer,
+    *,
+    name: str | None = None,
+    revision: str | None = None,
+    exit_settings: dict[str, Any] | None = None,
+) -> Any:
+    """Wrap an st_leap model for ``mteb.evaluate``; its ``ModelMeta`` names the exit settings.
+
+    The exit settings go into ``ModelMeta.experiment_kwargs``, so each operating point gets its own mteb result
+    folder (``results/<name>/<revision>/<experiment>/``) and a run at one threshold is never taken for another.
+    """
+    wrapper = _wrapper_class()(model)
+    meta = wrapper.mteb_model_meta
+    settings = exit_settings if exit_settings is not None else effective_exit_settings(model, {})
+    experiment = {key: ("full" if key == "exit_threshold" and value is None else value) for key, value in settings.items()}
+    experiment = {key: value for key, value in experiment.items() if value is not None}
+    wrapper.mteb_model_meta = meta.model_copy(
+        update={
+            "name": name or meta.name or model_name(model),
+            "revision": revision or meta.revision or "no_revision_available",
+            "experiment_kwargs": experiment or None,
+        }
+    )
+    return wrapper
+
+
+def run_mteb(
+    model: SentenceTransformer | str,
+    tasks: Sequence[str] | str = ("stsb", "scifact", "nfcorpus"),
+    *,
+    exit_threshold: float | None | Any = MODEL_DEFAULT,
+    exit_patience: int | Any = MODEL_DEFAULT,
+    exit_min_layer: int | None | Any = MODEL_DEFAULT,
+    source: str = "auto",
+    output_folder: str | Path | None = None,
+    name: str | None = None,
+    revision: str | None = None,
+    batch_size: int = 32,
+    show_progress_bar: bool = True,
+    data_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run mteb tasks on an st_leap model at one exit setting.
+
+    ``mteb.evaluate(..., encode_kwargs={exit settings}, cache=None)`` does the work: no result cache is read, so a
+    result for another threshold can never be served. Exit settings left out are not passed, so the model's saved
+    defaults apply (and are recorded).
+
+    Args:
+        model: st_leap model, or a path / Hub id (loaded with :func:`st_leap.from_pretrained`).
+        tasks: Short names (``stsb``, ``scifact``, ``nfcorpus``) or mteb task names, list or comma-separated.
+        exit_threshold: theta; ``None`` = full depth; left out, the model's saved default.
+        exit_patience: k; left out, the model's saved default.
+        exit_min_layer: l_min; left out, the model's saved default.
+        source: ``"hub"``, ``"local"`` (the shared data folder) or ``"auto"`` (local when the Hub is unreachable).
+        output_folder: If given, results are written there in mteb's own format
+            (``results/<model>/<revision>/<experiment>/<Task>.json`` plus ``model_meta.json``), ready for the
+            leaderboard, and a summary ``st_leap_summary_<experiment>.json``.
+        name: Model name for the metadata (default: the model card name or the folder name).
+        revision: Model revision for the metadata.
+        batch_size: Encode batch size.
+        show_progress_bar: Show mteb's and sentence-transformers' progress bars.
+        data_dir: Shared data folder for ``source="local"`` (default: :func:`st_leap.resources.data_dir`).
+
+    Returns:
+        ``{"model", "exit_settings", "source", "tasks": {task: {"main_score", "scores", "exit_stats", ...}},
+        "run_info"}``; ``main_score`` is a fraction as mteb stores it (x100 for the leaderboard's numbers).
+    """
+    import mteb
+
+    if source not in ("auto", "hub", "local"):
+        raise ValueError(f"source must be 'auto', 'hub' or 'local', got {source!r}")
+    st_model = load_model(model)
+    kwargs = exit_kwargs(exit_threshold, exit_patience, exit_min_layer)
+    settings = effective_exit_settings(st_model, kwargs)
+    display_name = name or model_name(st_model, model if isinstance(model, str) else None)
+    wrapper = mteb_wrapper(st_model, name=display_name, revision=revision, exit_settings=settings)
+
+    use_local = source == "local" or (source == "auto" and not hub_reachable())
+    mteb_tasks = list(mteb.get_tasks(tasks=task_names(tasks)))
+    if use_local:
+        mteb_tasks = [load_local_task(task, data_dir) for task in mteb_tasks]
+
+    encode_kwargs = {"batch_size": batch_size, "show_progress_bar": show_progress_bar, **kwargs}
+    start = time.perf_counter()
+    result = mteb.evaluate(
+        wrapper,
+        mteb_tasks,
+        encode_kwargs=encode_kwargs,
+        cache=None,
+        show_progress_bar=show_progress_bar,
+    )
+    seconds = time.perf_counter() - start
+
+    summary: dict[str, Any] = {
+        "measured": "mteb.evaluate main scores with early exit",
+        "model": display_name,
+        "model_meta": {
+            "name": wrapper.mteb_model_meta.name,
+            "revision": wrapper.mteb_model_meta.revision,
+            "experiment_kwargs": dict(wrapper.mteb_model_meta.experiment_kwargs or {}),
+            "experiment_name": wrapper.mteb_model_meta.experiment_name,
+        },
+        "exit_settings": settings,
+        "source": "local" if use_local else "hub",
+        "tasks": {},
+        "seconds": seconds,
+        "run_info": run_info(batch_size=batch_size, encode_kwargs=encode_kwargs),
+    }
+    cache = None
+    if output_folder is not None:
+        cache = mteb.ResultCache(cache_path=Path(output_folder))
+    for task_result in result.task_results:
+        counter = wrapper.exit_counters.get(task_result.task_name, ExitCounter())
+        stats = counter.to_dict()
+        split_scores = task_result.scores
+        for split in split_scores:
+            for entry in split_scores[split]:
+                entry["st_leap_expected_layers"] = stats["expected_layers"]
+                entry["st_leap_exit_rate"] = stats["exit_rate"]
+        first_split = next(iter(split_scores))
+        summary["tasks"][task_result.task_name] = {
+            "main_score": task_result.get_score(),
+            "main_metric": mteb.get_task(task_result.task_name).metadata.main_score,
+            "scores": {k: v for k, v in split_scores[first_split][0].items() if isinstance(v, (int, float))},
+            "exit_stats": stats,
+        }
+        if cache is not None:
+            cache.save_to_cache(task_result, wrapper.mteb_model_meta, encode_kwargs=encode_kwargs)
+    if output_folder is not None:
+        from st_leap.evaluation._utils import write_json
+
+        experiment = wrapper.mteb_model_meta.experiment_name or "default"
+        summary["output_folder"] = str(output_folder)
+        write_json(summary, Path(output_folder) / f"st_leap_summary_{experiment}.json")
+    return summary

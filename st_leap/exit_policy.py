@@ -1,0 +1,138 @@
+"""The exit rule (paper Algorithm 1) and its bookkeeping, as pure functions. No model, no I/O.
+
+After layer ``l`` a sample exits when ``l >= l_min`` and ``l > k`` and ``cos(p_l, p_{l-k}) >= theta``, where ``p_l`` is
+the attention-masked mean of the hidden states of layer ``l`` (layer 0 is the embedding output). Everything that
+decides *whether* a sample stops lives here; *how* the layers are stepped lives in :mod:`st_leap.modules`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+
+import torch
+from torch import Tensor
+
+
+def validate_exit_args(
+    threshold: float | None, patience: int, min_layer: int, num_layers: int
+) -> tuple[float | None, int, int]:
+    """Check the three exit settings and return them normalised, or raise a ``ValueError`` naming the bad one.
+
+    Args:
+        threshold: theta, a number in (0, 1], or None for full depth.
+        patience: k, the layer distance of the convergence check, an int in [1, num_layers - 1].
+        min_layer: l_min, the first layer at which a sample may exit, an int in [1, num_layers].
+        num_layers: L, the depth of the encoder.
+    """
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, Real) or math.isnan(threshold):
+            raise ValueError(f"exit_threshold must be a number in (0, 1] or None, got {threshold!r}")
+        if not 0.0 < float(threshold) <= 1.0:
+            raise ValueError(f"exit_threshold must be in (0, 1] (or None for full depth), got {threshold!r}")
+        threshold = float(threshold)
+    if isinstance(patience, bool) or not isinstance(patience, Integral):
+        raise ValueError(f"exit_patience must be an int in [1, {num_layers - 1}], got {patience!r}")
+    if not 1 <= patience <= max(1, num_layers - 1):
+        raise ValueError(f"exit_patience must be in [1, {max(1, num_layers - 1)}] for a {num_layers}-layer model, got {patience!r}")
+    if isinstance(min_layer, bool) or not isinstance(min_layer, Integral):
+        raise ValueError(f"exit_min_layer must be an int in [1, {num_layers}], got {min_layer!r}")
+    if not 1 <= min_layer <= num_layers:
+        raise ValueError(f"exit_min_layer must be in [1, {num_layers}] for a {num_layers}-layer model, got {min_layer!r}")
+    return threshold, int(patience), int(min_layer)
+
+
+def default_min_layer(num_layers: int) -> int:
+    """Default l_min: half the depth (3 of 6, 6 of 12), and never below 2."""
+    return max(2, num_layers // 2) if num_layers > 1 else 1
+
+
+def first_checked_layer(patience: int, min_layer: int) -> int:
+    """The first layer at which the exit rule can fire: ``max(l_min, k + 1)``."""
+    return max(min_layer, patience + 1)
+
+
+def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """Attention-masked mean over the sequence: ``(B, T, H), (B, T) -> (B, H)``."""
+    weights = attention_mask.to(hidden.dtype)
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return torch.bmm(weights.unsqueeze(1), hidden).squeeze(1)
+
+
+def converged(pooled: Tensor, pooled_before: Tensor, threshold: float) -> Tensor:
+    """Per-sample exit decision: ``cos(p_l, p_{l-k}) >= theta`` as a bool tensor of shape ``(B,)``."""
+    return torch.nn.functional.cosine_similarity(pooled, pooled_before, dim=-1) >= threshold
+
+
+@dataclass
+class ExitStats:
+    """Where the samples of one or more forward passes stopped.
+
+    ``counts[l - 1]`` is the number of samples that stopped after layer ``l`` (``l = L`` is full depth).
+    """
+
+    num_layers: int
+    counts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * self.num_layers
+
+    def update(self, exit_layers: Tensor) -> None:
+        """Add the 1-based exit layers of a batch."""
+        binned = torch.bincount(exit_layers.detach().to("cpu", torch.long) - 1, minlength=self.num_layers)
+        for i, n in enumerate(binned.tolist()):
+            self.counts[i] += n
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def expected_layers(self) -> float:
+        """E[layers]: the mean number of layers run per sample (L when nothing exits)."""
+        n = self.num_samples
+        return sum((i + 1) * c for i, c in enumerate(self.counts)) / n if n else float("nan")
+
+    @property
+    def exit_rate(self) -> float:
+        """Fraction of samples that stopped before the last layer."""
+        n = self.num_samples
+        return 1.0 - self.counts[-1] / n if n else float("nan")
+
+    @property
+    def layer_reduction(self) -> float:
+        """Theoretical speed-up ``L / E[layers]`` (the paper's 'layer reduction')."""
+        return self.num_layers / self.expected_layers if self.num_samples else float("nan")
+
+    def to_dict(self) -> dict[str, float | int | list[int]]:
+        return {
+            "num_layers": self.num_layers,
+            "num_samples": self.num_samples,
+            "counts": list(self.counts),
+            "exit_rate": self.exit_rate,
+            "expected_layers": self.expected_layers,
+            "layer_reduction": self.layer_reduction,
+        }
+
+
+def exit_layers_from_pooled(pooled: Tensor, threshold: float, patience: int, min_layer: int) -> Tensor:
+    """Exit layer of each sample given all its pooled states, without running the model again.
+
+    Args:
+        pooled: ``(N, L + 1, H)`` mean-pooled states, index 0 the embedding output and ``l`` layer ``l``.
+        threshold, patience, min_layer: theta, k and l_min as in :func:`validate_exit_args`.
+
+    Returns:
+        ``(N,)`` 1-based exit layers (``L`` when the rule never fires), the same decisions the layer loop of
+        :class:`~st_leap.EarlyExitTransformer` makes.
+    """
+    num_layers = pooled.shape[1] - 1
+    exit_layer = torch.full((pooled.shape[0],), num_layers, dtype=torch.long)
+    running = torch.ones(pooled.shape[0], dtype=torch.bool)
+    for layer in range(first_checked_layer(patience, min_layer), num_layers):
+        done = running & converged(pooled[:, layer], pooled[:, layer - patience], threshold).cpu()
+        exit_layer[done] = layer
+        running &= ~done
+    return exit_layer

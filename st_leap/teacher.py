@@ -1,0 +1,155 @@
+"""Precomputed teacher embeddings, cached on disk.
+
+A live teacher costs one extra forward pass per training step. :func:`compute_teacher_embeddings` runs the
+teacher once over a dataset (with a progress bar) and stores the final embedding, plus the pooled states of the
+teacher layers the intermediate term needs, in a cache folder. The cache records a fingerprint of the teacher
+(its module layout, config and weights) and of the dataset (the sentences, in order) and refuses to be reused
+by a different teacher or dataset. :func:`teacher_dataset` turns the result into the ``(sentence, label)``
+dataset that :class:`~st_leap.losses.LEAPLoss` reads as labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from tqdm.auto import tqdm
+
+from st_leap.losses.leap import masked_mean
+
+CACHE_VERSION = 1
+
+
+def dataset_fingerprint(sentences: Sequence[str]) -> str:
+    """SHA-256 over the sentences, in order (length-prefixed, so no two lists collide by concatenation)."""
+    h = hashlib.sha256()
+    for s in sentences:
+        data = s.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def teacher_fingerprint(teacher: SentenceTransformer) -> str:
+    """SHA-256 over the teacher's module types, Transformer config and every weight tensor."""
+    h = hashlib.sha256()
+    h.update(" ".join(type(m).__name__ for m in teacher).encode())
+    config = getattr(getattr(teacher[0], "auto_model", None), "config", None)
+    if config is not None:
+        h.update(json.dumps(config.to_diff_dict(), sort_keys=True, default=str).encode())
+    h.update(str(teacher.max_seq_length).encode())
+    for name, tensor in sorted(teacher.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class CacheMismatchError(ValueError):
+    """A cache folder holds teacher embeddings of another teacher, dataset or layer set."""
+
+
+@torch.no_grad()
+def compute_teacher_embeddings(
+    teacher: SentenceTransformer,
+    sentences: Sequence[str],
+    cache_dir: str | Path | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 64,
+    show_progress_bar: bool = True,
+) -> np.ndarray:
+    """Teacher embeddings of ``sentences``, computed once and cached in ``cache_dir``.
+
+    Args:
+        teacher: The teacher SentenceTransformer (run in eval mode, without gradients).
+        sentences: The training sentences, in dataset order.
+        cache_dir: Folder for ``embeddings.npy`` and ``meta.json``; None computes without caching. An existing
+            cache of the same teacher, dataset and layers is loaded instead of recomputed.
+        layers: Teacher layers (1-based) whose masked-mean hidden states are stored after the final embedding
+            (the order of ``LEAPLoss.teacher_layers()``); None stores the final embedding only.
+        batch_size: Encoding batch size.
+        show_progress_bar: Show a tqdm bar.
+
+    Returns:
+        ``float32`` array ``(N, D)`` (final only) or ``(N, 1 + len(layers), D)``.
+
+    Raises:
+        CacheMismatchError: if ``cache_dir`` holds a cache of another teacher, dataset or layer set.
+    """
+    sentences = list(sentences)
+    layers = list(layers) if layers else []
+    num_layers = int(teacher[0].auto_model.config.num_hidden_layers)
+    bad = [x for x in layers if not isinstance(x, int) or not 1 <= x <= num_layers]
+    if bad:
+        raise ValueError(f"layers must be ints in 1..{num_layers}, got {layers!r}")
+    meta = {
+        "version": CACHE_VERSION,
+        "teacher": teacher_fingerprint(teacher),
+        "dataset": dataset_fingerprint(sentences),
+        "num_sentences": len(sentences),
+        "layers": layers,
+    }
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        meta_path, data_path = cache_dir / "meta.json", cache_dir / "embeddings.npy"
+        if meta_path.exists():
+            saved = json.loads(meta_path.read_text())
+            for key, what in (("teacher", "teacher"), ("dataset", "dataset"), ("layers", "layer set")):
+                if saved.get(key) != meta[key]:
+                    raise CacheMismatchError(
+                        f"The teacher-embedding cache in {str(cache_dir)!r} was made with a different {what} "
+                        f"({key} {saved.get(key)!r} != {meta[key]!r}). Use another cache_dir or delete it."
+                    )
+            if data_path.exists():
+                return np.load(data_path)
+
+    was_training = teacher.training
+    teacher.eval()
+    config = teacher[0].auto_model.config
+    old_flag = getattr(config, "output_hidden_states", False)
+    if layers:
+        config.output_hidden_states = True
+    chunks = []
+    try:
+        for start in tqdm(
+            range(0, len(sentences), batch_size), desc="Teacher embeddings", disable=not show_progress_bar
+        ):
+            batch = sentences[start : start + batch_size]
+            features = teacher.preprocess(batch)
+            features = {k: v.to(teacher.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+            out = teacher(features)
+            final = out["sentence_embedding"].float()
+            if layers:
+                hidden, mask = out["all_layer_embeddings"], out["attention_mask"]
+                rows = [final] + [masked_mean(hidden[layer], mask).float() for layer in layers]
+                chunks.append(torch.stack(rows, dim=1).cpu().numpy())
+            else:
+                chunks.append(final.cpu().numpy())
+    finally:
+        config.output_hidden_states = old_flag
+        teacher.train(was_training)
+    width = teacher.get_embedding_dimension()
+    shape = (0, 1 + len(layers), width) if layers else (0, width)
+    embeddings = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(shape, np.float32)
+
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.save(cache_dir / "embeddings.npy", embeddings)
+        (cache_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    return embeddings
+
+
+def teacher_dataset(sentences: Sequence[str], embeddings: np.ndarray, text_column: str = "sentence"):
+    """A ``datasets.Dataset`` with the sentences and their teacher embeddings in a ``label`` column."""
+    from datasets import Dataset
+
+    if len(sentences) != len(embeddings):
+        raise ValueError(
+            f"sentences and embeddings must have the same length, got {len(sentences)} and {len(embeddings)}"
+        )
+    return Dataset.from_dict({text_column: list(sentences), "label": embeddings.tolist()})

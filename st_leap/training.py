@@ -1,0 +1,361 @@
+"""Config-driven LEAP training (used by ``st-leap train``, the recipe benchmark and ``st-leap demo``).
+
+Training always runs through sentence-transformers' own machinery: ``SentenceTransformerTrainer`` (``api:
+"trainer"``, works under ``torchrun``/accelerate) or the classic ``model.fit`` (``api: "fit"``, which builds the
+same trainer). Measurement helpers report what the exit rule sees: per-layer cosine to the final layer, exit rate
+and E[layers] at a threshold, and STS-B (sentence-transformers' ``EmbeddingSimilarityEvaluator``) at full depth,
+with exits, and per layer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
+
+from st_leap import resources
+from st_leap.losses.leap import LEAPLoss, masked_mean
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one LEAP training run (the keys of a ``st-leap train --config`` file).
+
+    ``model``/``teacher``: a local folder, a Hub id, or the shortcuts ``"minilm"`` (all-MiniLM-L6-v2) and
+    ``"mpnet"`` (all-mpnet-base-v2) from :mod:`st_leap.resources`; ``teacher: null`` = self-distillation.
+    ``teacher_mode``: ``"live"`` (frozen teacher run at every step) or ``"precomputed"`` (embeddings cached in
+    ``cache_dir`` by :mod:`st_leap.teacher` and given to the loss as labels). ``loss``: keyword arguments of
+    :class:`~st_leap.losses.LEAPLoss`. ``exit_threshold``/``exit_min_layer``: the exit defaults saved with the
+    model.
+    """
+
+    model: str = "minilm"
+    teacher: str | None = "minilm"
+    teacher_mode: str = "precomputed"
+    output_dir: str = "output/leap"
+    num_sentences: int | None = None
+    sentence_seed: int = 12345
+    max_steps: int = 240
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    warmup_steps: int = 24
+    scheduler: str = "linear"
+    weight_decay: float = 0.01
+    max_seq_length: int = 64
+    api: str = "trainer"
+    seed: int = 42
+    logging_steps: int = 20
+    loss: dict[str, Any] = field(default_factory=dict)
+    exit_threshold: float | None = 0.95
+    exit_min_layer: int = 3
+    cache_dir: str | None = None
+    save: bool = True
+
+    def __post_init__(self) -> None:
+        if self.teacher_mode not in ("live", "precomputed"):
+            raise ValueError(f"teacher_mode must be 'live' or 'precomputed', got {self.teacher_mode!r}")
+        if self.api not in ("trainer", "fit"):
+            raise ValueError(f"api must be 'trainer' or 'fit', got {self.api!r}")
+        for name in ("max_steps", "batch_size", "max_seq_length", "logging_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a JSON or YAML file (unknown keys are an error)."""
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown training config keys {unknown}; allowed: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_model_path(name: str) -> str:
+    """``"minilm"``/``"mpnet"`` to their local folders; anything else is returned unchanged."""
+    return {"minilm": resources.minilm_path, "mpnet": resources.mpnet_path}.get(name, lambda: name)()
+
+
+def load_student(name: str) -> SentenceTransformer:
+    """The student as an early-exit model (``st_leap.from_pretrained``), so it saves with its exit defaults."""
+    from st_leap.model import from_pretrained
+
+    return from_pretrained(resolve_model_path(name))
+
+
+def build_loss(model: SentenceTransformer, config: TrainConfig, teacher: SentenceTransformer | None) -> LEAPLoss:
+    loss_kwargs = dict(config.loss)
+    loss_kwargs.setdefault("min_layer", config.exit_min_layer)
+    if config.teacher_mode == "precomputed" and teacher is not None:
+        loss_kwargs.setdefault("num_teacher_layers", int(teacher[0].auto_model.config.num_hidden_layers))
+        loss_kwargs.setdefault("teacher_dim", int(teacher.get_embedding_dimension()))
+        return LEAPLoss(model, teacher=None, **loss_kwargs)
+    return LEAPLoss(model, teacher=teacher, **loss_kwargs)
+
+
+def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None = None) -> SentenceTransformer:
+    """Run one LEAP training from a config; returns the trained model (saved to ``output_dir`` if ``save``)."""
+    from datasets import Dataset
+
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    torch.manual_seed(config.seed)
+    model = load_student(config.model)
+    original_max_len = model.max_seq_length
+    model.max_seq_length = config.max_seq_length
+    teacher = None
+    if config.teacher is not None:
+        teacher = SentenceTransformer(resolve_model_path(config.teacher), device=str(model.device))
+        teacher.max_seq_length = config.max_seq_length
+    if sentences is None:
+        n = config.num_sentences or config.max_steps * config.batch_size
+        sentences = resources.load_sentences(n, seed=config.sentence_seed)
+    sentences = list(sentences)
+    loss = build_loss(model, config, teacher)
+
+    if config.teacher_mode == "precomputed" and teacher is not None:
+        from st_leap.teacher import compute_teacher_embeddings, teacher_dataset
+
+        cache = config.cache_dir or str(Path(config.output_dir) / "teacher_cache")
+        layers = loss.teacher_layers() if loss.intermediate_weight > 0 else None
+        embeddings = compute_teacher_embeddings(teacher, sentences, cache, layers=layers)
+        dataset = teacher_dataset(sentences, embeddings)
+        teacher = None  # not needed any more: free it
+    else:
+        dataset = Dataset.from_dict({"sentence": sentences})
+
+    start = time.perf_counter()
+    if config.api == "fit":
+        from sentence_transformers.sentence_transformer.readers import InputExample
+        from torch.utils.data import DataLoader
+
+        if "label" in dataset.column_names:
+            examples = [InputExample(texts=[s], label=e) for s, e in zip(dataset["sentence"], embeddings)]
+        else:
+            examples = [InputExample(texts=[s]) for s in sentences]
+        loader = DataLoader(examples, shuffle=True, batch_size=config.batch_size, drop_last=True)
+        steps_per_epoch = len(loader)
+        epochs = max(1, -(-config.max_steps // max(1, steps_per_epoch)))
+        model.fit(
+            train_objectives=[(loader, loss)],
+            epochs=epochs,
+            steps_per_epoch=min(config.max_steps, steps_per_epoch),
+            warmup_steps=config.warmup_steps,
+            scheduler="warmup" + config.scheduler if config.scheduler != "constant" else "constantlr",
+            optimizer_params={"lr": config.learning_rate},
+            weight_decay=config.weight_decay,
+            show_progress_bar=False,
+        )
+    else:
+        from sentence_transformers import SentenceTransformerTrainer
+        from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+        args = SentenceTransformerTrainingArguments(
+            output_dir=config.output_dir,
+            max_steps=config.max_steps,
+            per_device_train_batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            warmup_steps=config.warmup_steps,
+            lr_scheduler_type=config.scheduler,
+            weight_decay=config.weight_decay,
+            logging_steps=config.logging_steps,
+            save_strategy="no",
+            report_to="none",
+            seed=config.seed,
+            dataloader_drop_last=True,
+            disable_tqdm=True,
+        )
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+        trainer.train()
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    model.max_seq_length = original_max_len
+    first = model[0]
+    if hasattr(first, "exit_threshold"):
+        first.exit_threshold = config.exit_threshold
+        first.exit_min_layer = config.exit_min_layer
+    model.leap_train_seconds = train_seconds  # type: ignore[attr-defined]
+    if config.save:
+        model.save(config.output_dir)
+        (Path(config.output_dir) / "leap_training.json").write_text(
+            json.dumps({"config": config.to_dict(), "loss": loss.get_config_dict(), "train_seconds": train_seconds},
+                       indent=2)
+        )
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+@torch.no_grad()
+def layer_similarity(model: SentenceTransformer, sentences: Sequence[str], batch_size: int = 64) -> dict[str, list]:
+    """Mean cosine of each layer's masked-mean state to the final layer's, and to the previous layer's.
+
+    Full-depth forward passes with hidden states (training-free): ``to_final[l-1]`` and ``adjacent[l-1]`` for
+    layers ``l = 1..L`` (``adjacent[0]`` compares with the embedding output).
+    """
+    model.eval()
+    first = model[0]
+    config = first.auto_model.config
+    old = config.output_hidden_states
+    config.output_hidden_states = True
+    to_final, adjacent, n = None, None, 0
+    try:
+        for start in range(0, len(sentences), batch_size):
+            features = model.preprocess(list(sentences[start : start + batch_size]))
+            features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+            out = first(features) if not hasattr(first, "exit_threshold") else first(features, exit_threshold=None)
+            hidden, mask = out["all_layer_embeddings"], features["attention_mask"]
+            pooled = [masked_mean(h, mask) for h in hidden]
+            final = pooled[-1]
+            tf = torch.stack([F.cosine_similarity(p, final, dim=-1).sum() for p in pooled[1:]])
+            adj = torch.stack([F.cosine_similarity(pooled[i], pooled[i - 1], dim=-1).sum() for i in range(1, len(pooled))])
+            to_final = tf if to_final is None else to_final + tf
+            adjacent = adj if adjacent is None else adjacent + adj
+            n += final.shape[0]
+    finally:
+        config.output_hidden_states = old
+    return {"to_final": (to_final / n).tolist(), "adjacent": (adjacent / n).tolist()}
+
+
+def stsb_spearman(model: SentenceTransformer, split: str = "test", **exit_defaults: Any) -> float:
+    """Cosine Spearman on STS-B with ``EmbeddingSimilarityEvaluator``; ``exit_defaults`` are set on the early-exit
+    module for the call (e.g. ``exit_threshold=0.95, exit_min_layer=3``) and restored afterwards."""
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    s1, s2, scores = resources.load_stsb(split)
+    evaluator = EmbeddingSimilarityEvaluator(s1, s2, scores, main_similarity="cosine", name=f"stsb-{split}",
+                                             batch_size=64)
+    first = model[0]
+    saved = {k: getattr(first, k) for k in exit_defaults if hasattr(first, k)}
+    for k, v in exit_defaults.items():
+        setattr(first, k, v)
+    try:
+        result = evaluator(model)
+    finally:
+        for k, v in saved.items():
+            setattr(first, k, v)
+    return float(result[evaluator.primary_metric])
+
+
+def layer_stsb(model: SentenceTransformer, layer: int, split: str = "test") -> float:
+    """STS-B Spearman of the embedding computed from layer ``layer`` (the model truncated to its first layers)."""
+    first = model[0]
+    encoder = first.auto_model.encoder if hasattr(first.auto_model, "encoder") else first.auto_model.transformer
+    attr = "layer" if hasattr(encoder, "layer") else "layers"
+    full = getattr(encoder, attr)
+    setattr(encoder, attr, full[:layer])
+    try:
+        kwargs = {"exit_threshold": None} if hasattr(first, "exit_threshold") else {}
+        return stsb_spearman(model, split, **kwargs)
+    finally:
+        setattr(encoder, attr, full)
+
+
+def measure(
+    model: SentenceTransformer,
+    thresholds: Sequence[float] = (0.90, 0.93, 0.95, 0.97),
+    min_layer: int = 3,
+    per_layer_stsb: bool = True,
+    split: str = "test",
+) -> dict[str, Any]:
+    """Everything the recipe reports, on the STS-B ``split`` sentences.
+
+    Returns per-layer similarity to final / adjacent, per-layer STS-B (optional), full-depth STS-B, and for each
+    threshold: exit rate, E[layers], exit-layer counts (``model[0].exit_stats``) and the exited STS-B.
+    """
+    from st_leap.model import as_early_exit
+
+    as_early_exit(model)
+    first = model[0]
+    sentences = resources.stsb_sentences(split)
+    result: dict[str, Any] = {"num_sentences": len(sentences), "num_layers": first.num_layers}
+    result.update(layer_similarity(model, sentences))
+    result["stsb_full"] = stsb_spearman(model, split, exit_threshold=None)
+    if per_layer_stsb:
+        result["stsb_per_layer"] = [layer_stsb(model, layer, split) for layer in range(1, first.num_layers)] + [
+            result["stsb_full"]
+        ]
+    result["exits"] = {}
+    for theta in thresholds:
+        model.encode(sentences, batch_size=64, exit_threshold=theta, exit_min_layer=min_layer, output_value=None)
+        stats = first.exit_stats
+        result["exits"][str(theta)] = {
+            "exit_rate": stats.exit_rate,
+            "expected_layers": stats.expected_layers,
+            "counts": list(stats.counts),
+            "stsb_exited": stsb_spearman(model, split, exit_threshold=theta, exit_min_layer=min_layer),
+        }
+    return result
+
+
+def mean_cos_to_final(measurement: dict[str, Any], layers: Sequence[int] = (3, 4, 5)) -> float:
+    """Mean of ``to_final`` over the given 1-based layers."""
+    return sum(measurement["to_final"][layer - 1] for layer in layers) / len(layers)
+
+
+def demo_retrofit(
+    model_path: str | None = None,
+    output_dir: str = "output/leap-demo",
+    max_steps: int = 300,
+    **overrides: Any,
+) -> SentenceTransformer:
+    """A bounded LEAP retrofit for ``st-leap demo`` (about 6-10 minutes on 2 CPU cores).
+
+    Self-distils ``model_path`` (default all-MiniLM-L6-v2) with the frozen original as precomputed teacher and
+    LEAPLoss defaults for ``max_steps`` steps of batch 32 (lr 1e-4, 10% warm-up), saves it to ``output_dir`` with
+    exit defaults theta=0.95, l_min=3, and returns it (an early-exit model).
+    """
+    path = model_path or "minilm"
+    config = TrainConfig(
+        model=path,
+        teacher=path,
+        teacher_mode="precomputed",
+        output_dir=output_dir,
+        max_steps=max_steps,
+        warmup_steps=max(1, max_steps // 10),
+        **overrides,
+    )
+    return train(config)
+
+
+def main_train(config_path: str, output_dir: str | None = None, measure_after: bool = False) -> dict[str, Any]:
+    """What ``st-leap train --config FILE`` does; returns a summary dict."""
+    config = TrainConfig.from_file(config_path)
+    if output_dir is not None:
+        config.output_dir = output_dir
+    os.makedirs(config.output_dir, exist_ok=True)
+    model = train(config)
+    summary: dict[str, Any] = {"output_dir": config.output_dir, "train_seconds": model.leap_train_seconds}
+    if measure_after:
+        summary["metrics"] = measure(model, thresholds=(config.exit_threshold or 0.95,),
+                                     min_layer=config.exit_min_layer, per_layer_stsb=False)
+    return summary
