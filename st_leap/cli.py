@@ -153,6 +153,31 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- evaluate, calibrate
+def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    from st_leap.evaluation._cli import add_evaluate_parser
+
+    add_evaluate_parser(subparsers).set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from st_leap.evaluation._cli import run_evaluate
+
+    return run_evaluate(args)
+
+
+def _add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
+    from st_leap.evaluation._cli import add_calibrate_parser
+
+    add_calibrate_parser(subparsers).set_defaults(func=_calibrate)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from st_leap.evaluation._cli import run_calibrate
+
+    return run_calibrate(args)
+
+
 # --------------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="st-leap", description="LEAP early exit for sentence-transformers.")
@@ -165,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_PARSERS = [_add_demo_parser, _add_diagnose_parser]
+_PARSERS = [_add_demo_parser, _add_diagnose_parser, _add_evaluate_parser, _add_calibrate_parser]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:  # bad input: a message, not a traceback
+        print(f"st-leap {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the exit rule gives at each threshold. It also times the monitoring overhead and
 
 from __future__ import annotations
 
+import inspect
 import json
 import statistics
 import time
@@ -45,12 +46,15 @@ def layer_pooled_states(
     was_training = model.training
     model.eval()
     order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))  # like encode: fewer pad tokens
+    accepted = {"input_ids", "attention_mask"}
+    if "token_type_ids" in inspect.signature(transformer.auto_model.forward).parameters:
+        accepted.add("token_type_ids")
     pooled = [None] * len(sentences)
     try:
         for start in trange(0, len(order), batch_size, desc="Layer states", disable=not show_progress_bar):
             idx = order[start : start + batch_size]
             features = batch_to_device(model.preprocess([sentences[i] for i in idx]), model.device)
-            inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in features}
+            inputs = {k: features[k] for k in accepted if k in features}
             hidden_states = transformer.auto_model(**inputs, output_hidden_states=True).hidden_states
             states = torch.stack([mean_pool(h, features["attention_mask"]) for h in hidden_states], dim=1).cpu()
             for row, i in enumerate(idx):

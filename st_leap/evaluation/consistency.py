@@ -51,7 +51,7 @@ def encode_with_exit_layers(
             embeddings.append(out["sentence_embedding"].detach().float().cpu().numpy())
             layer = out.get("exit_layer")
             layers.append(int(layer) if layer is not None else depth)
-    dim = model.get_sentence_embedding_dimension() or 0
+    dim = (model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()) or 0
     matrix = np.stack(embeddings) if embeddings else np.zeros((0, dim), dtype=np.float32)
     return matrix, np.asarray(layers, dtype=np.int64), seconds
 

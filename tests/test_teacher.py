@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+from transformers import BertConfig, BertModel, BertTokenizer
+
+from st_leap.teacher import CacheMismatchError, compute_teacher_embeddings, dataset_fingerprint, teacher_dataset
+
+WORDS = "a the man woman dog cat is eating playing on in food ball guitar park red blue".split()
+
+
+def _tiny(path, seed: int) -> SentenceTransformer:
+    torch.manual_seed(seed)
+    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32, initializer_range=0.5)
+    BertModel(config).save_pretrained(path)
+    BertTokenizer(vocab=vocab).save_pretrained(path)
+    transformer = Transformer(str(path), max_seq_length=16)
+    return SentenceTransformer(modules=[transformer, Pooling(32)], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    return _tiny(tmp_path_factory.mktemp("t1"), 0), _tiny(tmp_path_factory.mktemp("t2"), 1)
+
+
+SENTENCES = ["a man is eating food", "the dog is playing", "a woman on a red ball", "cat in the park", "blue guitar"]
+
+
+def test_compute_teacher_embeddings_match_encode_and_cache_reloads(teachers, tmp_path):
+    """The cached final embeddings equal teacher.encode, and a second call reads the cache (same array, no
+    recompute even if the weights in memory are not touched)."""
+    teacher = teachers[0]
+    first = compute_teacher_embeddings(teacher, SENTENCES, tmp_path, batch_size=2, show_progress_bar=False)
+    np.testing.assert_allclose(first, teacher.encode(SENTENCES, convert_to_numpy=True), atol=1e-5)
+    assert (tmp_path / "embeddings.npy").exists() and (tmp_path / "meta.json").exists()
+    np.save(tmp_path / "embeddings.npy", first + 1.0)  # prove the second call reads the file
+    again = compute_teacher_embeddings(teacher, SENTENCES, tmp_path, show_progress_bar=False)
+    np.testing.assert_allclose(again, first + 1.0)
+
+
+def test_compute_teacher_embeddings_per_layer(teachers):
+    """With layers=[...] row 0 is the final embedding and row 1+i the masked mean of hidden_states[layers[i]]."""
+    teacher = teachers[0]
+    out = compute_teacher_embeddings(teacher, SENTENCES, None, layers=[1, 3], show_progress_bar=False)
+    assert out.shape == (5, 3, 32)
+    np.testing.assert_allclose(out[:, 0], out[:, 2], atol=1e-5)  # mean pooling of the last layer = final
+    assert not np.allclose(out[:, 1], out[:, 2], atol=1e-3)
+    assert teacher[0].auto_model.config.output_hidden_states is False  # restored
+
+
+def test_compute_teacher_embeddings_refuses_other_teacher_or_dataset(teachers, tmp_path):
+    """A cache made by one teacher/dataset/layer set is refused for another, with an error naming what differs."""
+    compute_teacher_embeddings(teachers[0], SENTENCES, tmp_path, show_progress_bar=False)
+    with pytest.raises(CacheMismatchError, match="different teacher"):
+        compute_teacher_embeddings(teachers[1], SENTENCES, tmp_path, show_progress_bar=False)
+    with pytest.raises(CacheMismatchError, match="different dataset"):
+        compute_teacher_embeddings(teachers[0], SENTENCES[::-1], tmp_path, show_progress_bar=False)
+    with pytest.raises(CacheMismatchError, match="different layer set"):
+        compute_teacher_embeddings(teachers[0], SENTENCES, tmp_path, layers=[2], show_progress_bar=False)
+    with pytest.raises(ValueError, match=r"layers must be ints in 1..3, got \[4\]"):
+        compute_teacher_embeddings(teachers[0], SENTENCES, None, layers=[4], show_progress_bar=False)
+
+
+def test_dataset_fingerprint_is_order_and_boundary_sensitive():
+    """The dataset fingerprint changes with order and with where one sentence ends and the next begins."""
+    assert dataset_fingerprint(["ab", "c"]) != dataset_fingerprint(["a", "bc"])
+    assert dataset_fingerprint(["a", "b"]) != dataset_fingerprint(["b", "a"])
+    assert dataset_fingerprint(["a", "b"]) == dataset_fingerprint(["a", "b"])
+
+
+def test_teacher_dataset_has_label_column(teachers):
+    """teacher_dataset pairs each sentence with its embedding in a 'label' column (what LEAPLoss reads)."""
+    emb = compute_teacher_embeddings(teachers[0], SENTENCES, None, show_progress_bar=False)
+    ds = teacher_dataset(SENTENCES, emb)
+    assert ds.column_names == ["sentence", "label"]
+    np.testing.assert_allclose(np.array(ds[1]["label"]), emb[1], atol=1e-6)
+    with pytest.raises(ValueError, match="same length, got 4 and 5"):
+        teacher_dataset(SENTENCES[:4], emb)
