@@ -153,6 +153,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------------------- train
+def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="LEAP training (LEAPLoss in SentenceTransformerTrainer) from a JSON/YAML config file.",
+        description="Keys: see st_leap.training.TrainConfig and docs/training.md. Works under torchrun.",
+    )
+    parser.add_argument("--config", required=True, help="Training config file (.json, .yaml or .yml)")
+    parser.add_argument("--output-dir", default=None, help="Override the config's output_dir")
+    parser.add_argument("--measure", action="store_true", help="After training, measure exits and STS-B test")
+    parser.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from st_leap.training import main_train
+
+    summary = main_train(args.config, output_dir=args.output_dir, measure_after=args.measure)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- evaluate, calibrate
 def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     from st_leap.evaluation._cli import add_evaluate_parser
@@ -190,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_PARSERS = [_add_demo_parser, _add_diagnose_parser, _add_evaluate_parser, _add_calibrate_parser]
+_PARSERS = [_add_demo_parser, _add_diagnose_parser, _add_train_parser, _add_evaluate_parser, _add_calibrate_parser]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,11 +53,20 @@ def first_checked_layer(patience: int, min_layer: int) -> int:
     return max(min_layer, patience + 1)
 
 
-def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
-    """Attention-masked mean over the sequence: ``(B, T, H), (B, T) -> (B, H)``."""
-    weights = attention_mask.to(hidden.dtype)
-    weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
-    return torch.bmm(weights.unsqueeze(1), hidden).squeeze(1)
+def pooling_weights(attention_mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``(B, T)`` mask -> ``(B, 1, T)`` weights of the masked mean, computed once per batch and reused per layer."""
+    weights = attention_mask.to(dtype)
+    return (weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)).unsqueeze(1)
+
+
+def mean_pool(hidden: Tensor, attention_mask: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Attention-masked mean over the sequence: ``(B, T, H), (B, T) -> (B, H)``.
+
+    ``weights`` (from :func:`pooling_weights`) may be passed to skip recomputing them.
+    """
+    if weights is None:
+        weights = pooling_weights(attention_mask, hidden.dtype)
+    return torch.bmm(weights, hidden).squeeze(1)
 
 
 def converged(pooled: Tensor, pooled_before: Tensor, threshold: float) -> Tensor:

@@ -16,6 +16,7 @@ from st_leap.exit_policy import (
     default_min_layer,
     first_checked_layer,
     mean_pool,
+    pooling_weights,
     validate_exit_args,
 )
 
@@ -194,7 +195,7 @@ class EarlyExitTransformer(Transformer):
         config = self.auto_model.config
         mask = features["attention_mask"]
         hidden = backbone.embed(features)
-        output = torch.zeros_like(hidden)
+        output: Tensor | None = None  # allocated at the first exit: a batch where nothing exits pays no copy
         exit_layer = torch.full((hidden.shape[0],), self.num_layers, dtype=torch.long, device=hidden.device)
         rows = torch.arange(hidden.shape[0], device=hidden.device)  # original row of each running sample
         first_check = first_checked_layer(patience, min_layer)
@@ -202,16 +203,19 @@ class EarlyExitTransformer(Transformer):
 
         attention_mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
         layer_kwargs = backbone.layer_kwargs(hidden)
+        weights = pooling_weights(mask, hidden.dtype)
         for layer_index, layer in enumerate(backbone.layers, start=1):
             hidden = layer(hidden, attention_mask, **layer_kwargs)
             if isinstance(hidden, tuple):  # MPNet layers return (hidden_states, ...)
                 hidden = hidden[0]
             if layer_index == self.num_layers or layer_index < first_check - patience:
                 continue
-            pooled = mean_pool(hidden, mask)
+            pooled = mean_pool(hidden, mask, weights)
             if layer_index >= first_check:
                 done = converged(pooled, pooled_history[0], threshold)
                 if done.any():
+                    if output is None:
+                        output = hidden.new_zeros(exit_layer.shape[0], mask.shape[1], hidden.shape[-1])
                     exited = rows[done]
                     output[exited, : hidden.shape[1]] = hidden[done]
                     exit_layer[exited] = layer_index
@@ -225,7 +229,10 @@ class EarlyExitTransformer(Transformer):
                         hidden, mask = hidden[:, :length], mask[:, :length]
                     attention_mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
                     layer_kwargs = backbone.layer_kwargs(hidden)
+                    weights = pooling_weights(mask, hidden.dtype)
             pooled_history.append(pooled)
+        if output is None:
+            return hidden, exit_layer
         output[rows, : hidden.shape[1]] = hidden
         return output, exit_layer
 

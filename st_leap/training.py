@@ -60,6 +60,7 @@ class TrainConfig:
     exit_threshold: float | None = 0.95
     exit_min_layer: int = 3
     cache_dir: str | None = None
+    max_train_seconds: float | None = None
     save: bool = True
 
     def __post_init__(self) -> None:
@@ -102,8 +103,8 @@ class TrainConfig:
 
 
 def resolve_model_path(name: str) -> str:
-    """``"minilm"``/``"mpnet"`` to their local folders; anything else is returned unchanged."""
-    return {"minilm": resources.minilm_path, "mpnet": resources.mpnet_path}.get(name, lambda: name)()
+    """``"minilm"``/``"mpnet"`` to their local folders (``st_leap.resources.resolve_model``); others unchanged."""
+    return resources.resolve_model(name)
 
 
 def load_student(name: str) -> SentenceTransformer:
@@ -195,8 +196,13 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
             dataloader_drop_last=True,
             disable_tqdm=True,
         )
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+        callbacks = [_TimeBudget(config.max_train_seconds)] if config.max_train_seconds else None
+        trainer = SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=dataset, loss=loss, callbacks=callbacks
+        )
         trainer.train()
+        model.leap_steps = trainer.state.global_step  # type: ignore[attr-defined]
+        model.leap_log_history = trainer.state.log_history  # type: ignore[attr-defined]
     train_seconds = time.perf_counter() - start
     model.eval()
     model.max_seq_length = original_max_len
@@ -208,10 +214,35 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
     if config.save:
         model.save(config.output_dir)
         (Path(config.output_dir) / "leap_training.json").write_text(
-            json.dumps({"config": config.to_dict(), "loss": loss.get_config_dict(), "train_seconds": train_seconds},
-                       indent=2)
+            json.dumps(
+                {
+                    "config": config.to_dict(),
+                    "loss": loss.get_config_dict(),
+                    "train_seconds": train_seconds,
+                    "steps": getattr(model, "leap_steps", None),
+                    "log_history": getattr(model, "leap_log_history", None),
+                },
+                indent=2,
+            )
         )
     return model
+
+
+def _TimeBudget(seconds: float):  # noqa: N802 - a callback factory, named like the class it returns
+    """A TrainerCallback that stops training after ``seconds`` of wall-clock time (checked after each step)."""
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.perf_counter() - self.start > seconds:
+                logger.warning("Time budget of %.0f s reached at step %d: stopping", seconds, state.global_step)
+                control.should_training_stop = True
+            return control
+
+    return TimeBudget()
 
 
 # ------------------------------------------------------------------------------------------------ measurement

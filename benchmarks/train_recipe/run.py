@@ -60,6 +60,7 @@ def fmt(x: float) -> str:
 
 def markdown(name: str, result: dict, baseline: dict | None) -> str:
     m = result["metrics"]
+    me = "original" if not result["run_info"].get("config") else "LEAP"
     L = m["num_layers"]
     lines = [f"# {name}", "", f"Command: `{result['meta_info']['command']}`", ""]
     cfg = result["run_info"].get("config")
@@ -73,14 +74,14 @@ def markdown(name: str, result: dict, baseline: dict | None) -> str:
     rows = []
     if baseline:
         rows.append(("original cos to final", baseline["to_final"]))
-    rows.append(("LEAP cos to final", m["to_final"]))
+    rows.append((f"{me} cos to final", m["to_final"]))
     if baseline:
         rows.append(("original adjacent cos", baseline["adjacent"]))
-    rows.append(("LEAP adjacent cos", m["adjacent"]))
+    rows.append((f"{me} adjacent cos", m["adjacent"]))
     if "stsb_per_layer" in m:
         if baseline and "stsb_per_layer" in baseline:
             rows.append(("original STS-B of layer", baseline["stsb_per_layer"]))
-        rows.append(("LEAP STS-B of layer", m["stsb_per_layer"]))
+        rows.append((f"{me} STS-B of layer", m["stsb_per_layer"]))
     for label, values in rows:
         lines.append(f"| {label} | " + " | ".join(fmt(v) for v in values) + " |")
     lines += ["", "## Exits (l_min=3, patience 1) and STS-B test Spearman", "",
@@ -91,7 +92,7 @@ def markdown(name: str, result: dict, baseline: dict | None) -> str:
             b = baseline["exits"][theta]
             lines.append(f"| {theta} | original | {b['exit_rate']:.1%} | {b['expected_layers']:.2f} | {b['counts']} | "
                          f"{fmt(b['stsb_exited'])} | {fmt(baseline['stsb_full'])} |")
-        lines.append(f"| {theta} | LEAP | {e['exit_rate']:.1%} | {e['expected_layers']:.2f} | {e['counts']} | "
+        lines.append(f"| {theta} | {me} | {e['exit_rate']:.1%} | {e['expected_layers']:.2f} | {e['counts']} | "
                      f"{fmt(e['stsb_exited'])} | {fmt(m['stsb_full'])} |")
     lines += ["", f"Mean cosine of layers 3-5 to layer 6: {fmt(m['cos_to_final_3_5'])}"
               + (f" (original {fmt(baseline['cos_to_final_3_5'])}, lift {m['cos_to_final_3_5'] - baseline['cos_to_final_3_5']:+.3f})"

@@ -22,7 +22,7 @@ def main(model_dir: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     student = SentenceTransformer(modules=[Transformer(model_dir, max_seq_length=16), Pooling(32)], device="cpu")
     teacher = SentenceTransformer(modules=[Transformer(model_dir, max_seq_length=16), Pooling(32)], device="cpu")
-    initial = sum(float(p.double().sum()) for p in student.parameters())
+    initial = sum(float(p.detach().double().sum()) for p in student.parameters())
     words = "a the man woman dog cat is eating playing on in food ball guitar park red blue".split()
     sentences = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 5)) for i in range(64)]
     args = SentenceTransformerTrainingArguments(
@@ -38,8 +38,8 @@ def main(model_dir: str, out_dir: str) -> None:
         "rank": rank,
         "world_size": int(os.environ["WORLD_SIZE"]),
         "initial": initial,
-        "checksum": sum(float(p.double().sum()) for p in student.parameters()),
-        "teacher_checksum": sum(float(p.double().sum()) for p in teacher.parameters()),
+        "checksum": sum(float(p.detach().double().sum()) for p in student.parameters()),
+        "teacher_checksum": sum(float(p.detach().double().sum()) for p in teacher.parameters()),
         "logged": sorted({k for entry in trainer.state.log_history for k in entry}),
         "steps": trainer.state.global_step,
     }

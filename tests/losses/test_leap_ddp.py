@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,11 @@ def test_LEAPLoss_ddp_two_processes_gloo(leap_student_dir, tmp_path):
     """LEAPLoss trains under `torchrun --nproc_per_node 2` (DDP, gloo, CPU) in SentenceTransformerTrainer: both
     ranks run the same steps, end with identical student weights that differ from the start, the frozen live
     teacher is untouched, and the loss components are logged."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
            str(WORKER), leap_student_dir, str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
