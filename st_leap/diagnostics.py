@@ -77,6 +77,21 @@ def _early_exit_view(model: SentenceTransformer) -> tuple[SentenceTransformer, E
     return SentenceTransformer(modules=[early, *list(model)[1:]], device=str(model.device)), early
 
 
+def _timed_encode(model: SentenceTransformer, sentences: list[str], kwargs: dict[str, Any]) -> float:
+    """Seconds for one encode call: CUDA events on a GPU (after a synchronize), perf_counter elsewhere."""
+    if model.device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        model.encode(sentences, **kwargs)
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    start_time = time.perf_counter()
+    model.encode(sentences, **kwargs)
+    return time.perf_counter() - start_time
+
+
 def time_encode(
     model: SentenceTransformer,
     sentences: Sequence[str],
@@ -84,26 +99,28 @@ def time_encode(
     batch_size: int = 32,
     repeats: int = 5,
     warmup: int = 1,
+    models: dict[str, SentenceTransformer] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Wall-clock time of ``model.encode(sentences, **kwargs)`` for each named setting, interleaved.
+    """Wall-clock time of ``encode(sentences, **kwargs)`` for each named setting, interleaved.
 
     Every setting is warmed up, then the settings run round-robin ``repeats`` times, so that noise on a shared
     machine hits all of them alike. For each setting: the median seconds, the median of its per-round ratio to the
-    first setting (the reference), and the exit statistics of its last run (when the first module exits early).
+    first setting (the reference), and the exit statistics of its last run (when its first module exits early).
+    ``models`` maps a setting name to another model to time for it (e.g. the stock or a truncated model).
     """
     sentences = list(sentences)
-    kwargs = {"batch_size": batch_size, "show_progress_bar": False}
-    for setting in settings.values():
+    models = models or {}
+    common = {"batch_size": batch_size, "show_progress_bar": False}
+    for name, setting in settings.items():
         for _ in range(warmup):
-            model.encode(sentences, **setting, **kwargs)
+            models.get(name, model).encode(sentences, **setting, **common)
     times: dict[str, list[float]] = {name: [] for name in settings}
     stats: dict[str, dict[str, Any] | None] = {}
     for _ in range(repeats):
         for name, setting in settings.items():
-            start = time.perf_counter()
-            model.encode(sentences, **setting, **kwargs)
-            times[name].append(time.perf_counter() - start)
-            first = model[0]
+            timed_model = models.get(name, model)
+            times[name].append(_timed_encode(timed_model, sentences, {**setting, **common}))
+            first = timed_model[0]
             stats[name] = first.exit_stats.to_dict() if isinstance(first, EarlyExitTransformer) else None
     reference = next(iter(settings))
     return {

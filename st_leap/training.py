@@ -43,7 +43,7 @@ class TrainConfig:
     model: str = "minilm"
     teacher: str | None = "minilm"
     teacher_mode: str = "precomputed"
-    output_dir: str = "output/leap"
+    output_dir: str = "runs/leap"
     num_sentences: int | None = None
     sentence_seed: int = 12345
     max_steps: int = 240
@@ -355,7 +355,7 @@ def mean_cos_to_final(measurement: dict[str, Any], layers: Sequence[int] = (3, 4
 
 def demo_retrofit(
     model_path: str | None = None,
-    output_dir: str = "output/leap-demo",
+    output_dir: str = "runs/leap-demo",
     max_steps: int = 300,
     **overrides: Any,
 ) -> SentenceTransformer:

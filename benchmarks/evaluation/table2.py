@@ -6,7 +6,7 @@ exit rate, exit-layer distribution and NN@10 consistency vs full depth; decision
 (paper Tables 3-5).
 
     HF_HUB_OFFLINE=1 python benchmarks/evaluation/table2.py --model minilm --name table2_minilm_stsb_test
-    HF_HUB_OFFLINE=1 python benchmarks/evaluation/table2.py --model mpnet --name table2_mpnet_stsb_test
+    HF_HUB_OFFLINE=1 python benchmarks/evaluation/table2.py --model mpnet --method replay --name table2_mpnet_stsb_test
     HF_HUB_OFFLINE=1 python benchmarks/evaluation/table2.py --model PATH --name table5_leap_stsb_test
 """
 
@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exit-patience", type=int, default=None)
     parser.add_argument("--exit-min-layer", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--method", choices=["encode", "replay"], default="encode",
+        help="encode: one early-exit encode per theta; replay: one full-depth pass, exit rule replayed per theta",
+    )
     parser.add_argument("--name", required=True, help="result file stem under --out")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results"))
     args = parser.parse_args(argv)
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
         [float(t) for t in args.thresholds.split(",")],
         split=args.split,
         batch_size=args.batch_size,
+        method=args.method,
         **extra,
     )
     result["model"] = model_name(model, path)

@@ -51,12 +51,19 @@ def sweep(
     nn_k: int = 10,
     show_progress_bar: bool = True,
     pairs: tuple[Sequence[str], Sequence[str], Sequence[float]] | None = None,
+    method: str = "encode",
 ) -> dict[str, Any]:
     """theta sweep on STS-B: quality and cost of every threshold against full depth (paper Tables 2, 4, 5).
 
     Each distinct sentence of the split is encoded once at full depth and once per theta with
     ``encode(..., output_value=None)``; the pairs are scored with cosine Spearman. ``pairs`` (``sentences1,
     sentences2, scores``) replaces STS-B with other scored pairs; ``split`` then only labels the result.
+
+    ``method="replay"`` instead runs one full-depth pass that keeps every layer's pooled state
+    (:func:`layer_pooled_states`) and replays the exit rule on it for every theta (:func:`replay_exits`): the same
+    exit layers and embeddings as ``encode`` (the module's exactness guarantee: a sample's embedding is the mean
+    pooling of its exit layer, whatever the batch), at the cost of one encode instead of one per theta. It has no
+    per-theta timings. Use it for slow models; cross-check it against ``encode`` on a fast one.
 
     Returns:
         ``{"full": row, "rows": [row per theta], "pareto": [...], "decision": [...]}`` where a row holds
@@ -73,10 +80,21 @@ def sweep(
     index = {s: i for i, s in enumerate(sentences)}
     base_kwargs = exit_kwargs(MODEL_DEFAULT, exit_patience, exit_min_layer)
 
+    if method not in ("encode", "replay"):
+        raise ValueError(f"method must be 'encode' or 'replay', got {method!r}")
+    settings = effective_exit_settings(st_model, base_kwargs)
+    pooled = None
+    if method == "replay":
+        pooled = layer_pooled_states(st_model, sentences, batch_size=batch_size, show_progress_bar=show_progress_bar)
+
     def row_for(theta: float | None, full_emb: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
-        emb, layers, seconds = encode_with_exit_layers(
-            st_model, sentences, batch_size=batch_size, show_progress_bar=False, exit_threshold=theta, **base_kwargs
-        )
+        if pooled is None:
+            emb, layers, seconds = encode_with_exit_layers(
+                st_model, sentences, batch_size=batch_size, show_progress_bar=False, exit_threshold=theta, **base_kwargs
+            )
+        else:
+            layers = replay_exits(pooled, theta, settings["exit_patience"], settings["exit_min_layer"])
+            emb, seconds = pooled[np.arange(len(sentences)), layers - 1], None
         dist = exit_layer_distribution(layers, depth)
         row = {
             "theta": theta,
@@ -109,7 +127,6 @@ def sweep(
         progress.update(1)
     progress.close()
     mark_pareto(rows)
-    settings = effective_exit_settings(st_model, base_kwargs)
     return {
         "measured": f"STS-B {split} cosine Spearman x100 at full depth and per exit threshold, with E[layers], "
         f"layer reduction, exit rate, exit-layer distribution and NN@{nn_k} consistency vs full depth",
@@ -122,11 +139,71 @@ def sweep(
         "exit_patience": settings["exit_patience"],
         "exit_min_layer": settings["exit_min_layer"],
         "nn_k": nn_k,
+        "method": method,
         "full": full,
         "rows": rows,
         "decision": decision_table(rows, full),
         "run_info": run_info(batch_size=batch_size),
     }
+
+
+def layer_pooled_states(
+    model: SentenceTransformer, sentences: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool = True
+) -> np.ndarray:
+    """``(N, L, H)``: the attention-masked mean ``p_l`` of every layer's hidden states, from one full-depth pass.
+
+    This is what the exit rule looks at (paper Algorithm 1). Only models whose pipeline after the transformer is
+    mean Pooling (plus optional Normalize) are supported, because then a sample's embedding is ``p_exit`` (up to
+    the normalisation, which cosine scores ignore).
+    """
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+    rest = [model[i] for i in range(1, len(model))]
+    if not rest or not isinstance(rest[0], Pooling) or getattr(rest[0], "pooling_mode", "mean") != "mean" or any(
+        not isinstance(m, Normalize) for m in rest[1:]
+    ):
+        raise ValueError(
+            "method='replay' needs a Transformer -> mean Pooling [-> Normalize] model; use method='encode'"
+        )
+    from st_leap.exit_policy import mean_pool
+
+    first = model[0]
+    order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+    out: np.ndarray | None = None
+    starts = range(0, len(order), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(starts, desc="Full-depth pass (all layers)", disable=not show_progress_bar):
+            idx = order[start : start + batch_size]
+            preprocess = getattr(model, "preprocess", None) or model.tokenize
+            features = preprocess([sentences[i] for i in idx])
+            inputs = {k: v.to(model.device) for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            hidden_states = first.auto_model(**inputs, output_hidden_states=True).hidden_states[1:]
+            pooled = torch.stack([mean_pool(h.float(), inputs["attention_mask"]) for h in hidden_states], dim=1)
+            if out is None:
+                out = np.zeros((len(sentences), pooled.shape[1], pooled.shape[2]), dtype=np.float32)
+            out[idx] = pooled.cpu().numpy()
+    return out if out is not None else np.zeros((0, 0, 0), dtype=np.float32)
+
+
+def replay_exits(pooled: np.ndarray, threshold: float | None, patience: int, min_layer: int) -> np.ndarray:
+    """1-based exit layers under the exit rule, replayed on per-layer pooled states ``(N, L, H)``.
+
+    A sample exits after the first layer ``l`` with ``l >= max(l_min, k + 1)`` and ``cos(p_l, p_{l-k}) >= theta``;
+    ``threshold=None`` is full depth.
+    """
+    n, depth, _ = pooled.shape
+    layers = np.full(n, depth, dtype=np.int64)
+    if threshold is None:
+        return layers
+    normed = pooled / np.clip(np.linalg.norm(pooled, axis=2, keepdims=True), 1e-12, None)
+    running = np.ones(n, dtype=bool)
+    for layer in range(max(min_layer, patience + 1), depth):
+        cos = (normed[:, layer - 1] * normed[:, layer - 1 - patience]).sum(axis=1)
+        done = running & (cos >= threshold)
+        layers[done] = layer
+        running &= ~done
+    return layers
 
 
 def mark_pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

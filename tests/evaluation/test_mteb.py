@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -35,10 +36,6 @@ def test_run_mteb_local_matches_st_and_beir_paths(eval_model, tiny_data_dir):
         data_dir=tiny_data_dir, show_progress_bar=False,
     )
     assert summary["source"] == "local"
-    from st_leap.resources import load_stsb  # noqa: F401  (the fixture mirrors its layout)
-
-    import csv
-
     with (tiny_data_dir / "stsb" / "test.tsv").open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     st = EarlyExitEmbeddingSimilarityEvaluator(

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizer
+
+from st_leap.training import TrainConfig
+
+WORDS = "a the man woman dog cat is eating playing on in food ball guitar park red blue".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny 3-layer BERT saved as a plain Hugging Face folder (ST adds mean pooling)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_train")
+    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32, initializer_range=0.5)
+    BertModel(config).save_pretrained(path)
+    BertTokenizer(vocab=vocab).save_pretrained(path)
+    return str(path)
+
+
+def test_TrainConfig_reads_json_and_yaml_and_rejects_unknown_keys(tmp_path):
+    """Config files are JSON or YAML; an unknown key or a bad value is a ValueError naming it."""
+    (tmp_path / "c.json").write_text(json.dumps({"max_steps": 7, "loss": {"late_weight": 2.0}}))
+    (tmp_path / "c.yaml").write_text("max_steps: 7\nloss:\n  late_weight: 2.0\n")
+    assert TrainConfig.from_file(tmp_path / "c.json") == TrainConfig.from_file(tmp_path / "c.yaml")
+    assert TrainConfig.from_file(tmp_path / "c.yaml").loss == {"late_weight": 2.0}
+    (tmp_path / "bad.json").write_text(json.dumps({"max_step": 7}))
+    with pytest.raises(ValueError, match=r"Unknown training config keys \['max_step'\]"):
+        TrainConfig.from_file(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="teacher_mode must be 'live' or 'precomputed', got 'cached'"):
+        TrainConfig(teacher_mode="cached")
+
+
+def test_cli_train_saves_model_that_reloads_with_exit_defaults(tiny_dir, tmp_path, capsys):
+    """`st-leap train --config FILE` trains (precomputed teacher, Trainer) and saves a model that st_leap.load
+    reloads as an early-exit model with the config's exit defaults and the trained weights."""
+    import st_leap.model
+    from st_leap.cli import main
+
+    config = {
+        "model": tiny_dir, "teacher": tiny_dir, "teacher_mode": "precomputed", "output_dir": str(tmp_path / "out"),
+        "max_steps": 3, "batch_size": 4, "warmup_steps": 1, "learning_rate": 1e-3, "max_seq_length": 16,
+        "num_sentences": 12, "exit_threshold": 0.9, "exit_min_layer": 2, "logging_steps": 1,
+    }
+    (tmp_path / "train.json").write_text(json.dumps(config))
+    from st_leap import resources
+
+    original = resources.load_sentences
+    resources.load_sentences = lambda n, seed=0: [" ".join(WORDS[i : i + 4]) for i in range(n)]
+    try:
+        assert main(["train", "--config", str(tmp_path / "train.json")]) == 0
+    finally:
+        resources.load_sentences = original
+    out = capsys.readouterr().out  # the Trainer's log lines, then the summary JSON
+    assert json.loads(out[out.rindex('{\n  "output_dir"') :])["output_dir"] == str(tmp_path / "out")
+    model = st_leap.model.load(str(tmp_path / "out"))
+    assert type(model[0]).__name__ == "EarlyExitTransformer"
+    assert (model[0].exit_threshold, model[0].exit_min_layer) == (0.9, 2)
+    before = st_leap.model.from_pretrained(tiny_dir)
+    emb_after = model.encode(["a man is eating"], exit_threshold=None)
+    emb_before = before.encode(["a man is eating"], exit_threshold=None)
+    assert abs(emb_after - emb_before).max() > 1e-4  # trained weights were saved
+    assert (tmp_path / "out" / "teacher_cache" / "meta.json").exists()
