@@ -181,7 +181,7 @@ class EarlyExitTransformer(Transformer):
             features = super().forward(features, **kwargs)
             exit_layer = torch.full((batch_size,), self.num_layers, dtype=torch.long, device=features["input_ids"].device)
         else:
-            features["token_embeddings"], exit_layer = self._forward_with_exits(features, threshold, patience, min_layer)
+            features[self.module_output_name], exit_layer = self._forward_with_exits(features, threshold, patience, min_layer)
         features["exit_layer"] = exit_layer
         if not self.training:
             self.exit_stats.update(exit_layer)

@@ -6,6 +6,8 @@ local data) and ``st_leap.evaluation.beir.evaluate_beir`` (BEIR DenseRetrievalEx
 for STS-B, ``EarlyExitEmbeddingSimilarityEvaluator``; it writes JSON + markdown under benchmarks/results/.
 
     HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py                      # all-MiniLM-L6-v2, full depth
+    HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py --paths beir         # one path per process, then
+    HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py --paths none         # combine both into the table
     HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py --model PATH --exit-threshold 0.95 --name leap
 """
 
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exit-threshold", default="none", help="theta, or 'none' for full depth")
     parser.add_argument("--tasks", default="stsb,scifact,nfcorpus")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--paths", default="mteb,beir", help="which paths to run now: mteb, beir, both, or 'none' (combine only)"
+    )
     parser.add_argument("--name", default="anchors_minilm_full_depth", help="result file stem")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results"))
     args = parser.parse_args(argv)
@@ -42,39 +47,69 @@ def main(argv: list[str] | None = None) -> dict:
     name = model_name(model, path)
     tasks = [t.strip().lower() for t in args.tasks.split(",") if t.strip()]
     out = Path(args.out)
-    command = "HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py " + " ".join(argv if argv is not None else sys.argv[1:])
-
-    mteb_summary = run_mteb(
-        model,
-        tasks,
-        exit_threshold=theta,
-        source="local",
-        output_folder=out / f"{args.name}_mteb",
-        name=name,
-        batch_size=args.batch_size,
+    command = "HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
     )
+
+    paths = {p.strip() for p in args.paths.split(",") if p.strip() and p.strip() != "none"}
+    mteb_dir = out / f"{args.name}_mteb"
+    other_json = out / f"{args.name}_beir.json"
+    if "mteb" in paths:
+        run_mteb(
+            model,
+            tasks,
+            exit_threshold=theta,
+            source="local",
+            output_folder=mteb_dir,
+            name=name,
+            batch_size=args.batch_size,
+        )
+    if "beir" in paths:
+        other = {
+            "beir": {},
+            "st_evaluator_stsb": None,
+            "run_info": run_info(command=command, batch_size=args.batch_size),
+        }
+        for short in tasks:
+            if short == "stsb":
+                s1, s2, scores = resources.load_stsb("test")
+                evaluator = EarlyExitEmbeddingSimilarityEvaluator(
+                    s1,
+                    s2,
+                    scores,
+                    exit_threshold=theta,
+                    batch_size=args.batch_size,
+                    name="stsb-test",
+                    show_progress_bar=True,
+                )
+                other["st_evaluator_stsb"] = {"metrics": evaluator(model), "exit_stats": evaluator.exit_stats}
+            else:
+                other["beir"][short] = evaluate_beir(
+                    model, resources.beir_dir(short), exit_threshold=theta, batch_size=args.batch_size
+                )
+        write_json(other, other_json)
+
+    # Combine whatever both paths have written (each path can run in its own process).
+    import json
+
+    summaries = sorted(mteb_dir.glob("st_leap_summary_*.json")) if mteb_dir.exists() else []
+    if not summaries or not other_json.exists():
+        print(f"waiting for both paths: mteb summary {bool(summaries)}, beir/ST result {other_json.exists()}")
+        return {}
+    mteb_summary = json.loads(summaries[-1].read_text(encoding="utf-8"))
+    other = json.loads(other_json.read_text(encoding="utf-8"))
+    beir_results = other["beir"]
+    st_eval = other["st_evaluator_stsb"]
     rows = []
     published = PUBLISHED.get(name, {})
-    beir_results = {}
-    st_eval = None
     for short in tasks:
         task = {"stsb": "STSBenchmark", "scifact": "SciFact", "nfcorpus": "NFCorpus"}[short]
         mteb_score = 100 * mteb_summary["tasks"][task]["main_score"]
-        other, other_path = None, None
         if short == "stsb":
-            s1, s2, scores = resources.load_stsb("test")
-            evaluator = EarlyExitEmbeddingSimilarityEvaluator(
-                s1, s2, scores, exit_threshold=theta, batch_size=args.batch_size, name="stsb-test",
-                show_progress_bar=True,
-            )
-            st_eval = evaluator(model)
-            other = 100 * st_eval["stsb-test_spearman_cosine"]
+            other_score = 100 * st_eval["metrics"]["stsb-test_spearman_cosine"]
             other_path = "st EarlyExitEmbeddingSimilarityEvaluator"
         else:
-            beir_results[task] = evaluate_beir(
-                model, resources.beir_dir(short), exit_threshold=theta, batch_size=args.batch_size
-            )
-            other = 100 * beir_results[task]["ndcg"]["NDCG@10"]
+            other_score = 100 * beir_results[short]["ndcg"]["NDCG@10"]
             other_path = "beir DenseRetrievalExactSearch"
         rows.append(
             {
@@ -82,13 +117,15 @@ def main(argv: list[str] | None = None) -> dict:
                 "metric": "cosine_spearman" if short == "stsb" else "ndcg_at_10",
                 "published": published.get(task),
                 "mteb_path": mteb_score,
-                "other_path": other,
+                "other_path": other_score,
                 "other_path_name": other_path,
                 "mteb_minus_published": None if task not in published else mteb_score - published[task],
-                "mteb_minus_other": mteb_score - other,
+                "mteb_minus_other": mteb_score - other_score,
                 "expected_layers": mteb_summary["tasks"][task]["exit_stats"]["expected_layers"],
             }
         )
+        if short != "stsb":
+            rows[-1]["beir_ndcg"] = beir_results[short]["ndcg"]
     result = {
         "measured": "full-depth correctness anchors: mteb path vs beir path (retrieval) / ST evaluator (STS-B)",
         "model": name,
@@ -98,13 +135,19 @@ def main(argv: list[str] | None = None) -> dict:
         "mteb": mteb_summary,
         "beir": beir_results,
         "st_evaluator_stsb": st_eval,
+        "commands": {
+            "mteb_path": mteb_summary["run_info"]["command"],
+            "beir_and_st_path": other["run_info"]["command"],
+            "this_table": command,
+        },
         "run_info": run_info(command=command, batch_size=args.batch_size),
     }
     write_json(result, out / f"{args.name}.json")
     lines = [
         f"# Correctness anchors: {name}, exit_threshold={theta}",
         "",
-        f"Command: `{command}`",
+        f"Commands: mteb path `{result['commands']['mteb_path']}`; beir/ST path "
+        f"`{result['commands']['beir_and_st_path']}`; table `{command}`",
         "",
         "| task | metric | published MTEB | mteb path | other path | other path is | mteb - published | mteb - other |",
         "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",

@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exit-min-layer", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
-        "--method", choices=["encode", "replay"], default="encode",
+        "--method",
+        choices=["encode", "replay"],
+        default="encode",
         help="encode: one early-exit encode per theta; replay: one full-depth pass, exit rule replayed per theta",
     )
     parser.add_argument("--name", required=True, help="result file stem under --out")

@@ -30,7 +30,9 @@ def _threshold_list(text: str) -> list[float | None]:
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default=None, help="Model folder, Hub id, or 'minilm'/'mpnet' (default: minilm)")
+    parser.add_argument(
+        "model", nargs="?", default=None, help="Model folder, Hub id, or 'minilm'/'mpnet' (default: minilm)"
+    )
     parser.add_argument(
         "--thresholds",
         type=_threshold_list,
@@ -38,7 +40,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         help="Comma-separated thetas; 'none' = full depth (default: 0.90,0.92,0.93,0.95,0.97,0.99)",
     )
     parser.add_argument("--exit-patience", type=int, default=None, help="k of the exit rule (default: the model's)")
-    parser.add_argument("--exit-min-layer", type=int, default=None, help="l_min of the exit rule (default: the model's)")
+    parser.add_argument(
+        "--exit-min-layer", type=int, default=None, help="l_min of the exit rule (default: the model's)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
 
 
@@ -55,7 +59,9 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--tasks", default="stsb,scifact,nfcorpus", help="Comma-separated: stsb, scifact, nfcorpus")
     parser.add_argument("--out", default="st_leap_evaluate", help="Output folder (default: %(default)s)")
     parser.add_argument(
-        "--backend", choices=["mteb", "beir"], default="mteb",
+        "--backend",
+        choices=["mteb", "beir"],
+        default="mteb",
         help="mteb (default) or beir (retrieval through BEIR, STS-B through the sentence-transformers evaluator)",
     )
     parser.add_argument("--source", choices=["auto", "local", "hub"], default="auto", help="mteb data source")
@@ -74,7 +80,10 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     )
     _common_arguments(parser)
     parser.add_argument(
-        "--max-quality-drop", type=float, required=True, help="Largest acceptable STS-B Spearman drop, in points (x100)"
+        "--max-quality-drop",
+        type=float,
+        required=True,
+        help="Largest acceptable STS-B Spearman drop, in points (x100)",
     )
     parser.add_argument("--split", choices=["dev", "train", "test"], default="dev", help="Held-out STS-B split")
     parser.add_argument("--out", default="st_leap_calibrate", help="Output folder (default: %(default)s)")
@@ -118,19 +127,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"== {name}: exit_threshold={format_theta(theta)} ==", flush=True)
         if args.backend == "mteb":
             summary = run_mteb(
-                model, tasks, exit_threshold=theta, source=args.source, output_folder=out / "mteb", name=name,
-                batch_size=args.batch_size, **extra,
+                model,
+                tasks,
+                exit_threshold=theta,
+                source=args.source,
+                output_folder=out / "mteb",
+                name=name,
+                batch_size=args.batch_size,
+                **extra,
             )
-            scores = {TASKS[t]: {"score": 100 * summary["tasks"][TASKS[t]]["main_score"],
-                                 "metric": summary["tasks"][TASKS[t]]["main_metric"],
-                                 "exit_stats": summary["tasks"][TASKS[t]]["exit_stats"]} for t in tasks}
+            scores = {
+                TASKS[t]: {
+                    "score": 100 * summary["tasks"][TASKS[t]]["main_score"],
+                    "metric": summary["tasks"][TASKS[t]]["main_metric"],
+                    "exit_stats": summary["tasks"][TASKS[t]]["exit_stats"],
+                }
+                for t in tasks
+            }
         else:
             scores = _beir_backend(model, tasks, theta, args.batch_size, extra)
         runs.append({"theta": theta, "tasks": scores})
         for task, row in scores.items():
             stats = row["exit_stats"]
-            print(f"  {task:<13} {row['metric']:<16} {row['score']:.2f}  E[layers]={stats['expected_layers']:.3f}  "
-                  f"exit rate={100 * stats['exit_rate']:.1f}%", flush=True)
+            print(
+                f"  {task:<13} {row['metric']:<16} {row['score']:.2f}  E[layers]={stats['expected_layers']:.3f}  "
+                f"exit rate={100 * stats['exit_rate']:.1f}%",
+                flush=True,
+            )
     result: dict[str, Any] = {
         "measured": f"{', '.join(TASKS[t] for t in tasks)} main scores x100 through {args.backend} at full depth and "
         "per exit threshold, with E[layers] and exit rate per task",
@@ -169,7 +192,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     write_json(result, out / "evaluate.json")
     (out / "evaluate.md").write_text(evaluate_markdown(result), encoding="utf-8")
     print(evaluate_markdown(result))
-    print(f"wrote {out / 'evaluate.json'}, {out / 'evaluate.md'}" + (f", {out / 'evaluate.png'}" if "rows" in result else ""))
+    print(
+        f"wrote {out / 'evaluate.json'}, {out / 'evaluate.md'}"
+        + (f", {out / 'evaluate.png'}" if "rows" in result else "")
+    )
     return 0
 
 
@@ -186,13 +212,20 @@ def _beir_backend(model: Any, tasks: list[str], theta: float | None, batch_size:
                 s1, s2, gold, exit_threshold=theta, batch_size=batch_size, name="stsb", show_progress_bar=True, **extra
             )
             metrics = evaluator(model)
-            scores["STSBenchmark"] = {"score": 100 * metrics["stsb_spearman_cosine"], "metric": "cosine_spearman",
-                                      "exit_stats": evaluator.exit_stats}
+            scores["STSBenchmark"] = {
+                "score": 100 * metrics["stsb_spearman_cosine"],
+                "metric": "cosine_spearman",
+                "exit_stats": evaluator.exit_stats,
+            }
         else:
             name = {"scifact": "SciFact", "nfcorpus": "NFCorpus"}[task]
             res = evaluate_beir(model, resources.beir_dir(task), exit_threshold=theta, batch_size=batch_size, **extra)
-            scores[name] = {"score": 100 * res["ndcg"]["NDCG@10"], "metric": "ndcg_at_10", "ndcg": res["ndcg"],
-                            "exit_stats": res["exit_stats"]["all"]}
+            scores[name] = {
+                "score": 100 * res["ndcg"]["NDCG@10"],
+                "metric": "ndcg_at_10",
+                "ndcg": res["ndcg"],
+                "exit_stats": res["exit_stats"]["all"],
+            }
     return scores
 
 
@@ -210,8 +243,10 @@ def evaluate_markdown(result: dict[str, Any]) -> str:
         cells = []
         for t in tasks:
             row = run["tasks"][t]
-            cells.append(f"{row['score']:.2f} | {row['exit_stats']['expected_layers']:.3f} | "
-                         f"{100 * row['exit_stats']['exit_rate']:.1f}%")
+            cells.append(
+                f"{row['score']:.2f} | {row['exit_stats']['expected_layers']:.3f} | "
+                f"{100 * row['exit_stats']['exit_rate']:.1f}%"
+            )
         lines.append(f"| {format_theta(run['theta'])} | " + " | ".join(cells) + " |")
     if "rows" in result:
         lines += [
@@ -253,7 +288,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     model = load_model(model_path)
     thresholds = [t for t in (args.thresholds or PAPER_THRESHOLDS) if t is not None]
     result = calibrate(
-        model, args.max_quality_drop, thresholds=thresholds, split=args.split, batch_size=args.batch_size,
+        model,
+        args.max_quality_drop,
+        thresholds=thresholds,
+        split=args.split,
+        batch_size=args.batch_size,
         **_exit_extra(args),
     )
     result["model"] = model_name(model, model_path)

@@ -134,7 +134,7 @@ class BEIRModel:
     ) -> Any:
         if isinstance(corpus, dict):  # BEIR also passes {"title": [...], "text": [...]}
             titles = corpus.get("title") or [""] * len(corpus["text"])
-            docs = [{"title": t, "text": x} for t, x in zip(titles, corpus["text"])]
+            docs = [{"title": t, "text": x} for t, x in zip(titles, corpus["text"], strict=True)]
         else:
             docs = list(corpus)
         texts = [document_text(doc, self.sep) for doc in docs]

@@ -51,7 +51,11 @@ def encode_with_exit_layers(
             embeddings.append(out["sentence_embedding"].detach().float().cpu().numpy())
             layer = out.get("exit_layer")
             layers.append(int(layer) if layer is not None else depth)
-    dim = (model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()) or 0
+    dim = (
+        model.get_embedding_dimension()
+        if hasattr(model, "get_embedding_dimension")
+        else model.get_sentence_embedding_dimension()
+    ) or 0
     matrix = np.stack(embeddings) if embeddings else np.zeros((0, dim), dtype=np.float32)
     return matrix, np.asarray(layers, dtype=np.int64), seconds
 
@@ -85,7 +89,7 @@ def nn_overlap(full_embeddings: np.ndarray, exit_embeddings: np.ndarray, k: int 
         raise ValueError(f"shape mismatch: {full_embeddings.shape} vs {exit_embeddings.shape}")
     full_nn = nearest_neighbors(full_embeddings, k)
     exit_nn = nearest_neighbors(exit_embeddings, k)
-    return np.asarray([len(set(a) & set(b)) / k for a, b in zip(full_nn.tolist(), exit_nn.tolist())])
+    return np.asarray([len(set(a) & set(b)) / k for a, b in zip(full_nn.tolist(), exit_nn.tolist(), strict=True)])
 
 
 def exit_layer_distribution(exit_layers: Sequence[int] | np.ndarray, num_layers: int) -> dict[str, Any]:

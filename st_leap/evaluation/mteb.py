@@ -132,7 +132,9 @@ def mteb_wrapper(
     wrapper = _wrapper_class()(model)
     meta = wrapper.mteb_model_meta
     settings = exit_settings if exit_settings is not None else effective_exit_settings(model, {})
-    experiment = {key: ("full" if key == "exit_threshold" and value is None else value) for key, value in settings.items()}
+    experiment = {
+        key: ("full" if key == "exit_threshold" and value is None else value) for key, value in settings.items()
+    }
     experiment = {key: value for key, value in experiment.items() if value is not None}
     wrapper.mteb_model_meta = meta.model_copy(
         update={

@@ -31,7 +31,9 @@ PAPER_THRESHOLDS = (0.90, 0.92, 0.93, 0.95, 0.97, 0.99)
 DECISION_BUDGETS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
-def stsb_spearman(embeddings: np.ndarray, index: dict[str, int], s1: Sequence[str], s2: Sequence[str], gold: Sequence[float]) -> float:
+def stsb_spearman(
+    embeddings: np.ndarray, index: dict[str, int], s1: Sequence[str], s2: Sequence[str], gold: Sequence[float]
+) -> float:
     """Cosine Spearman x 100 of the STS-B pairs, from embeddings of the distinct sentences."""
     a = embeddings[[index[s] for s in s1]]
     b = embeddings[[index[s] for s in s2]]
@@ -90,7 +92,12 @@ def sweep(
     def row_for(theta: float | None, full_emb: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
         if pooled is None:
             emb, layers, seconds = encode_with_exit_layers(
-                st_model, sentences, batch_size=batch_size, show_progress_bar=False, exit_threshold=theta, **base_kwargs
+                st_model,
+                sentences,
+                batch_size=batch_size,
+                show_progress_bar=False,
+                exit_threshold=theta,
+                **base_kwargs,
             )
         else:
             layers = replay_exits(pooled, theta, settings["exit_patience"], settings["exit_min_layer"])
@@ -160,8 +167,11 @@ def layer_pooled_states(
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
     rest = [model[i] for i in range(1, len(model))]
-    if not rest or not isinstance(rest[0], Pooling) or getattr(rest[0], "pooling_mode", "mean") != "mean" or any(
-        not isinstance(m, Normalize) for m in rest[1:]
+    if (
+        not rest
+        or not isinstance(rest[0], Pooling)
+        or getattr(rest[0], "pooling_mode", "mean") != "mean"
+        or any(not isinstance(m, Normalize) for m in rest[1:])
     ):
         raise ValueError(
             "method='replay' needs a Transformer -> mean Pooling [-> Normalize] model; use method='encode'"
@@ -177,7 +187,11 @@ def layer_pooled_states(
             idx = order[start : start + batch_size]
             preprocess = getattr(model, "preprocess", None) or model.tokenize
             features = preprocess([sentences[i] for i in idx])
-            inputs = {k: v.to(model.device) for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            inputs = {
+                k: v.to(model.device)
+                for k, v in features.items()
+                if k in ("input_ids", "attention_mask", "token_type_ids")
+            }
             hidden_states = first.auto_model(**inputs, output_hidden_states=True).hidden_states[1:]
             pooled = torch.stack([mean_pool(h.float(), inputs["attention_mask"]) for h in hidden_states], dim=1)
             if out is None:
@@ -232,7 +246,8 @@ def choose_threshold(
     ok = [r for r in rows if full["stsb"] - r["stsb"] <= max_quality_drop + 1e-12]
     rejected = [r for r in rows if r not in ok]
     why_rejected = (
-        "; rejected: " + ", ".join(f"theta={format_theta(r['theta'])} (drop {full['stsb'] - r['stsb']:.2f})" for r in rejected)
+        "; rejected: "
+        + ", ".join(f"theta={format_theta(r['theta'])} (drop {full['stsb'] - r['stsb']:.2f})" for r in rejected)
         if rejected
         else ""
     )
@@ -363,7 +378,9 @@ def sweep_markdown(result: dict[str, Any]) -> str:
     for row in [full, *rows]:
         n = sum(row["distribution"]) or 1
         lines.append(
-            f"| {format_theta(row['theta'])} | " + " | ".join(f"{100 * c / n:.1f}%" for c in row["distribution"]) + " |"
+            f"| {format_theta(row['theta'])} | "
+            + " | ".join(f"{100 * c / n:.1f}%" for c in row["distribution"])
+            + " |"
         )
     lines += [
         "",
@@ -421,7 +438,9 @@ def plot_sweep(result: dict[str, Any], path: str | Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     left.plot([r["layer_reduction"] for r in rows], [r["stsb"] for r in rows], "o-", label="early exit")
     for r in rows:
-        left.annotate(format_theta(r["theta"]), (r["layer_reduction"], r["stsb"]), textcoords="offset points", xytext=(4, 4))
+        left.annotate(
+            format_theta(r["theta"]), (r["layer_reduction"], r["stsb"]), textcoords="offset points", xytext=(4, 4)
+        )
     left.scatter([1.0], [full["stsb"]], marker="*", s=150, color="black", zorder=3, label="full depth")
     left.set_xlabel("layer reduction L / E[layers]")
     left.set_ylabel(f"STS-B {result['split']} cosine Spearman x100")

@@ -3,6 +3,8 @@ from __future__ import annotations
 import copy
 import json
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 from sentence_transformers import SentenceTransformer
@@ -77,7 +79,9 @@ def sts_pairs() -> tuple[list[str], list[str], list[float]]:
 def tiny_beir_dir(tmp_path) -> str:
     """A BEIR-format folder: 12 documents (some without title), 5 queries, 4 of them with qrels."""
     docs = random_sentences(12, seed=4)
-    corpus = [{"_id": f"d{i}", "title": (docs[(i + 1) % 12][:10] if i % 3 else ""), "text": t} for i, t in enumerate(docs)]
+    corpus = [
+        {"_id": f"d{i}", "title": (docs[(i + 1) % 12][:10] if i % 3 else ""), "text": t} for i, t in enumerate(docs)
+    ]
     queries = [{"_id": f"q{i}", "text": t} for i, t in enumerate(random_sentences(5, seed=5))]
     (tmp_path / "qrels").mkdir()
     (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in corpus) + "\n", encoding="utf-8")
@@ -85,3 +89,21 @@ def tiny_beir_dir(tmp_path) -> str:
     rows = ["query-id\tcorpus-id\tscore", "q0\td1\t1", "q0\td2\t1", "q1\td5\t1", "q2\td7\t2", "q3\td11\t1"]
     (tmp_path / "qrels" / "test.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return str(tmp_path)
+
+
+@pytest.fixture()
+def eval_sentences() -> list[str]:
+    return random_sentences(30, seed=7)
+
+
+@pytest.fixture()
+def tiny_data_dir(tmp_path_factory, tiny_beir_dir, sts_pairs) -> Path:
+    """A shared-data layout (stsb/{dev,test}.tsv with 0-5 scores, beir/scifact) holding the tiny fixtures."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    s1, s2, scores = sts_pairs
+    (root / "stsb").mkdir()
+    rows = ["sentence1\tsentence2\tscore"] + [f"{a}\t{b}\t{5 * s:.3f}" for a, b, s in zip(s1, s2, scores, strict=True)]
+    for split in ("dev", "test"):
+        (root / "stsb" / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    shutil.copytree(tiny_beir_dir, root / "beir" / "scifact")
+    return root

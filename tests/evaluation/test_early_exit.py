@@ -26,7 +26,9 @@ def test_similarity_evaluator_full_depth_matches_stock(eval_model, sts_pairs):
 def test_similarity_evaluator_passes_exit_kwargs(eval_model, sts_pairs):
     """The metrics equal those computed from encode(..., exit_threshold=theta), and E[layers] counts both sides."""
     s1, s2, scores = sts_pairs
-    evaluator = EarlyExitEmbeddingSimilarityEvaluator(s1, s2, scores, exit_threshold=0.93, exit_min_layer=2, name="sts")
+    evaluator = EarlyExitEmbeddingSimilarityEvaluator(
+        s1, s2, scores, exit_threshold=0.93, exit_min_layer=2, name="sts"
+    )
     metrics = evaluator(eval_model)
     assert evaluator.primary_metric == "sts_spearman_cosine"
     from scipy.stats import spearmanr
@@ -35,7 +37,10 @@ def test_similarity_evaluator_passes_exit_kwargs(eval_model, sts_pairs):
     b = eval_model.encode(s2, exit_threshold=0.93, exit_min_layer=2)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert metrics["sts_spearman_cosine"] == pytest.approx(spearmanr(scores, cos).statistic, abs=1e-6)
-    layers = [o["exit_layer"].item() for o in eval_model.encode(s1 + s2, exit_threshold=0.93, exit_min_layer=2, output_value=None)]
+    layers = [
+        o["exit_layer"].item()
+        for o in eval_model.encode(s1 + s2, exit_threshold=0.93, exit_min_layer=2, output_value=None)
+    ]
     assert evaluator.exit_stats["num_samples"] == len(s1) + len(s2)
     assert metrics["sts_expected_layers"] == pytest.approx(np.mean(layers))
     assert 0 < metrics["sts_exit_rate"] < 1
@@ -56,7 +61,9 @@ def test_ir_evaluator_full_depth_matches_stock(eval_model, tiny_beir_dir):
     corpus, queries, qrels = load_beir_folder(tiny_beir_dir)
     corpus_text = {cid: doc["text"] for cid, doc in corpus.items()}
     relevant = {qid: set(docs) for qid, docs in qrels.items()}
-    ours = EarlyExitInformationRetrievalEvaluator(queries, corpus_text, relevant, exit_threshold=None, name="ir")(eval_model)
+    ours = EarlyExitInformationRetrievalEvaluator(queries, corpus_text, relevant, exit_threshold=None, name="ir")(
+        eval_model
+    )
     stock = InformationRetrievalEvaluator(queries, corpus_text, relevant, name="ir")(eval_model)
     for key, value in stock.items():
         assert ours[key] == pytest.approx(value)

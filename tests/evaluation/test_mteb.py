@@ -2,25 +2,12 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
 from st_leap.evaluation.beir import evaluate_beir
 from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator
 from st_leap.evaluation.mteb import run_mteb, task_names
-
-
-@pytest.fixture()
-def tiny_data_dir(tmp_path, tiny_beir_dir, sts_pairs) -> Path:
-    """A shared-data layout (stsb/test.tsv with 0-5 scores, beir/scifact) holding the tiny fixtures."""
-    s1, s2, scores = sts_pairs
-    (tmp_path / "stsb").mkdir()
-    rows = ["sentence1\tsentence2\tscore"] + [f"{a}\t{b}\t{5 * s:.3f}" for a, b, s in zip(s1, s2, scores)]
-    (tmp_path / "stsb" / "test.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    shutil.copytree(tiny_beir_dir, tmp_path / "beir" / "scifact")
-    return tmp_path
 
 
 def test_task_names_maps_short_names():
@@ -32,15 +19,23 @@ def test_task_names_maps_short_names():
 def test_run_mteb_local_matches_st_and_beir_paths(eval_model, tiny_data_dir):
     """From local files, mteb's STS-B score equals the ST evaluator's and its NDCG@10 equals the beir path's."""
     summary = run_mteb(
-        eval_model, ["stsb", "scifact"], exit_threshold=0.93, exit_min_layer=2, source="local",
-        data_dir=tiny_data_dir, show_progress_bar=False,
+        eval_model,
+        ["stsb", "scifact"],
+        exit_threshold=0.93,
+        exit_min_layer=2,
+        source="local",
+        data_dir=tiny_data_dir,
+        show_progress_bar=False,
     )
     assert summary["source"] == "local"
     with (tiny_data_dir / "stsb" / "test.tsv").open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     st = EarlyExitEmbeddingSimilarityEvaluator(
-        [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], [float(r["score"]) / 5 for r in rows],
-        exit_threshold=0.93, exit_min_layer=2,
+        [r["sentence1"] for r in rows],
+        [r["sentence2"] for r in rows],
+        [float(r["score"]) / 5 for r in rows],
+        exit_threshold=0.93,
+        exit_min_layer=2,
     )(eval_model)
     assert summary["tasks"]["STSBenchmark"]["main_score"] == pytest.approx(st["spearman_cosine"], abs=1e-6)
     assert summary["tasks"]["STSBenchmark"]["exit_stats"]["expected_layers"] == pytest.approx(st["expected_layers"])
@@ -53,7 +48,9 @@ def test_run_mteb_local_matches_st_and_beir_paths(eval_model, tiny_data_dir):
 def test_run_mteb_writes_mteb_results_per_exit_setting(eval_model, tiny_data_dir, tmp_path):
     """Each exit setting gets its own mteb result folder (model_meta names it): no result is reused across thetas."""
     out = tmp_path / "results"
-    kwargs = dict(source="local", data_dir=tiny_data_dir, output_folder=out, name="tiny/model", show_progress_bar=False)
+    kwargs = dict(
+        source="local", data_dir=tiny_data_dir, output_folder=out, name="tiny/model", show_progress_bar=False
+    )
     full = run_mteb(eval_model, ["stsb"], exit_threshold=None, **kwargs)
     early = run_mteb(eval_model, ["stsb"], exit_threshold=0.9, exit_min_layer=2, **kwargs)
     assert full["tasks"]["STSBenchmark"]["exit_stats"]["expected_layers"] == eval_model[0].num_layers
@@ -76,3 +73,31 @@ def test_run_mteb_uses_saved_default_threshold(eval_model, tiny_data_dir):
     assert summary["exit_settings"]["exit_threshold"] == 0.9
     assert summary["model_meta"]["experiment_kwargs"]["exit_threshold"] == 0.9
     assert summary["tasks"]["STSBenchmark"]["exit_stats"]["expected_layers"] == pytest.approx(2.0)
+
+
+def test_plain_mteb_evaluate_passes_exit_kwargs(eval_model, tiny_data_dir):
+    """mteb.evaluate(st_leap_model, tasks, encode_kwargs={"exit_threshold": ...}) needs no wrapper: the kwargs reach
+    the module, and the score equals our helper's at the same setting."""
+    import mteb
+
+    from st_leap.evaluation.mteb import load_local_task
+
+    task = load_local_task(mteb.get_task("STSBenchmark"), tiny_data_dir)
+    result = mteb.evaluate(
+        eval_model,
+        task,
+        encode_kwargs={"exit_threshold": 0.9, "exit_min_layer": 2},
+        cache=None,
+        show_progress_bar=False,
+    )
+    assert eval_model[0].exit_stats.expected_layers == pytest.approx(2.0)  # the last encode call exited at layer 2
+    ours = run_mteb(
+        eval_model,
+        ["stsb"],
+        exit_threshold=0.9,
+        exit_min_layer=2,
+        source="local",
+        data_dir=tiny_data_dir,
+        show_progress_bar=False,
+    )
+    assert result.task_results[0].get_score() == pytest.approx(ours["tasks"]["STSBenchmark"]["main_score"])

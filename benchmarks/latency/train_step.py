@@ -1,0 +1,130 @@
+"""Training cost: time per optimizer step of LEAPLoss against plain final-layer distillation (issue 5, item 4).
+
+Same student (all-MiniLM-L6-v2), same live frozen teacher, same batch, same AdamW step; the settings run
+interleaved after warm-up and the ratio is the median of per-round ratios to the first setting:
+
+- ``MSELoss (ST)``: sentence-transformers' own distillation loss, labels = the teacher's embeddings of the batch
+  computed in the step (as a live teacher does);
+- ``LEAPLoss final only``: LEAPLoss with every weight but the final-layer term at 0;
+- ``LEAPLoss default``: LEAPLoss with its default terms;
+- ``LEAPLoss paper preset``: ``preset="paper"``.
+
+The paper reports +20% per step for LEAP over plain distillation.
+
+Example::
+
+    HF_HUB_OFFLINE=1 python benchmarks/latency/train_step.py --threads 2 --batch-size 32 --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.losses import MSELoss
+from sentence_transformers.util import batch_to_device
+
+from st_leap.losses import LEAPLoss
+from st_leap.resources import load_sentences, resolve_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import meta_info  # noqa: E402
+
+
+def make_step(loss: torch.nn.Module, features: dict, teacher: SentenceTransformer | None):
+    optimizer = torch.optim.AdamW([p for p in loss.parameters() if p.requires_grad], lr=1e-5)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        labels = None
+        if teacher is not None:
+            with torch.no_grad():
+                labels = teacher(dict(features))["sentence_embedding"]
+        out = loss([dict(features)], labels)
+        total = sum(out.values()) if isinstance(out, dict) else out
+        total.backward()
+        optimizer.step()
+
+    return step
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-seq-length", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="benchmarks/results/train_step")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    path = resolve_model(args.model)
+    base = SentenceTransformer(path, device="cpu")
+    base.max_seq_length = args.max_seq_length
+    teacher = SentenceTransformer(path, device="cpu")
+    teacher.max_seq_length = args.max_seq_length
+    teacher.eval().requires_grad_(False)
+    texts = load_sentences(args.batch_size, seed=0)
+    features = batch_to_device(base.preprocess(texts), "cpu")
+
+    students = {}
+    steps = {}
+    zero = dict(intermediate_weight=0.0, exit_weight=0.0, contrastive_weight=0.0, late_weight=0.0, redundancy_weight=0.0)
+    configs = {
+        "MSELoss (ST)": lambda m: (MSELoss(m), teacher),
+        "LEAPLoss final only": lambda m: (LEAPLoss(m, teacher=teacher, final_weight=1.0, **zero), None),
+        "LEAPLoss default": lambda m: (LEAPLoss(m, teacher=teacher), None),
+        "LEAPLoss paper preset": lambda m: (LEAPLoss(m, teacher=teacher, preset="paper"), None),
+    }
+    for name, build in configs.items():
+        students[name] = copy.deepcopy(base).train()
+        loss, label_teacher = build(students[name])
+        steps[name] = make_step(loss, features, label_teacher)
+    for step in steps.values():
+        for _ in range(2):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    reference = next(iter(times))
+    rows = {
+        name: {
+            "seconds_median": statistics.median(t),
+            "ratio_to_reference": statistics.median(a / b for a, b in zip(t, times[reference])),
+        }
+        for name, t in times.items()
+    }
+    command = "HF_HUB_OFFLINE=1 python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    result = {
+        "run_info": {"command": command, "model": path, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
+                     "threads": args.threads, "repeats": args.repeats, "reference": reference},
+        "results": rows,
+        "meta_info": meta_info(),
+    }
+    lines = ["# Training cost per step: LEAPLoss vs plain distillation", "", f"Command: `{command}`", "",
+             f"Student and live frozen teacher: all-MiniLM-L6-v2; batch {args.batch_size}, max length {args.max_seq_length}, "
+             f"{args.threads} threads, median of {args.repeats} interleaved rounds after 2 warm-up steps each.", "",
+             "| loss | time per step (median) | vs MSELoss (ST) |", "| --- | --- | --- |"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['seconds_median']:.3f} s | {row['ratio_to_reference'] - 1:+.1%} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import st_leap
+from st_leap.cli import main
+
+
+@pytest.fixture()
+def tiny_env(monkeypatch, tiny_data_dir):
+    monkeypatch.setenv("ST_LEAP_DATA", str(tiny_data_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tiny_data_dir
+
+
+def test_cli_calibrate_picks_and_saves(tiny_env, eval_model_dir, tmp_path, capsys):
+    """`st-leap calibrate MODEL --max-quality-drop X` prints its pick and reason, writes the report, saves the default."""
+    out, saved = tmp_path / "cal", tmp_path / "saved"
+    code = main(
+        [
+            "calibrate",
+            eval_model_dir,
+            "--max-quality-drop",
+            "100",
+            "--thresholds",
+            "0.9,0.99",
+            "--exit-min-layer",
+            "2",
+            "--out",
+            str(out),
+            "--save-model",
+            str(saved),
+        ]
+    )
+    assert code == 0
+    result = json.loads((out / "calibrate.json").read_text())
+    assert result["split"] == "dev" and result["max_quality_drop"] == 100
+    assert result["picked"]["theta"] == 0.9  # any drop is allowed: the largest speed-up wins
+    assert "picked exit_threshold=0.9" in capsys.readouterr().out
+    assert (out / "calibrate.md").exists() and (out / "calibrate.png").exists()
+    reloaded = st_leap.load(str(saved))
+    assert reloaded[0].exit_threshold == 0.9 and reloaded[0].exit_min_layer == 2
+
+
+def test_cli_evaluate_writes_tables_and_mteb_results(tiny_env, eval_model_dir, tmp_path):
+    """`st-leap evaluate MODEL --tasks stsb,scifact --thresholds ...` runs full depth + each theta through mteb."""
+    out = tmp_path / "ev"
+    code = main(
+        [
+            "evaluate",
+            eval_model_dir,
+            "--tasks",
+            "stsb,scifact",
+            "--thresholds",
+            "0.9",
+            "--exit-min-layer",
+            "2",
+            "--source",
+            "local",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    result = json.loads((out / "evaluate.json").read_text())
+    assert [run["theta"] for run in result["runs"]] == [None, 0.9]
+    assert result["runs"][1]["tasks"]["STSBenchmark"]["exit_stats"]["expected_layers"] == pytest.approx(2.0)
+    assert result["rows"][0]["layer_reduction"] == pytest.approx(2.0)
+    assert (out / "evaluate.md").exists() and (out / "evaluate.png").exists()
+    assert len(list((out / "mteb" / "results").rglob("model_meta.json"))) == 2
+
+
+def test_cli_evaluate_rejects_unknown_task(tiny_env, eval_model_dir, tmp_path):
+    """An unknown task name stops with a message naming the allowed tasks."""
+    with pytest.raises(SystemExit, match="nfcorpus"):
+        main(["evaluate", eval_model_dir, "--tasks", "stsb,msmarco", "--out", str(tmp_path)])
