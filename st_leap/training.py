@@ -161,7 +161,7 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
         from torch.utils.data import DataLoader
 
         if "label" in dataset.column_names:
-            examples = [InputExample(texts=[s], label=e) for s, e in zip(dataset["sentence"], embeddings)]
+            examples = [InputExample(texts=[s], label=e) for s, e in zip(dataset["sentence"], embeddings, strict=True)]
         else:
             examples = [InputExample(texts=[s]) for s in sentences]
         loader = DataLoader(examples, shuffle=True, batch_size=config.batch_size, drop_last=True)
@@ -268,7 +268,9 @@ def layer_similarity(model: SentenceTransformer, sentences: Sequence[str], batch
             pooled = [masked_mean(h, mask) for h in hidden]
             final = pooled[-1]
             tf = torch.stack([F.cosine_similarity(p, final, dim=-1).sum() for p in pooled[1:]])
-            adj = torch.stack([F.cosine_similarity(pooled[i], pooled[i - 1], dim=-1).sum() for i in range(1, len(pooled))])
+            adj = torch.stack(
+                [F.cosine_similarity(pooled[i], pooled[i - 1], dim=-1).sum() for i in range(1, len(pooled))]
+            )
             to_final = tf if to_final is None else to_final + tf
             adjacent = adj if adjacent is None else adjacent + adj
             n += final.shape[0]
@@ -283,8 +285,9 @@ def stsb_spearman(model: SentenceTransformer, split: str = "test", **exit_defaul
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     s1, s2, scores = resources.load_stsb(split)
-    evaluator = EmbeddingSimilarityEvaluator(s1, s2, scores, main_similarity="cosine", name=f"stsb-{split}",
-                                             batch_size=64)
+    evaluator = EmbeddingSimilarityEvaluator(
+        s1, s2, scores, main_similarity="cosine", name=f"stsb-{split}", batch_size=64
+    )
     first = model[0]
     saved = {k: getattr(first, k) for k in exit_defaults if hasattr(first, k)}
     for k, v in exit_defaults.items():
@@ -387,6 +390,7 @@ def main_train(config_path: str, output_dir: str | None = None, measure_after: b
     model = train(config)
     summary: dict[str, Any] = {"output_dir": config.output_dir, "train_seconds": model.leap_train_seconds}
     if measure_after:
-        summary["metrics"] = measure(model, thresholds=(config.exit_threshold or 0.95,),
-                                     min_layer=config.exit_min_layer, per_layer_stsb=False)
+        summary["metrics"] = measure(
+            model, thresholds=(config.exit_threshold or 0.95,), min_layer=config.exit_min_layer, per_layer_stsb=False
+        )
     return summary

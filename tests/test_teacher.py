@@ -16,8 +16,15 @@ WORDS = "a the man woman dog cat is eating playing on in food ball guitar park r
 def _tiny(path, seed: int) -> SentenceTransformer:
     torch.manual_seed(seed)
     vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, initializer_range=0.5)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        initializer_range=0.5,
+    )
     BertModel(config).save_pretrained(path)
     BertTokenizer(vocab=vocab).save_pretrained(path)
     transformer = Transformer(str(path), max_seq_length=16)

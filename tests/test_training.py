@@ -17,8 +17,15 @@ def tiny_dir(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_train")
     vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, initializer_range=0.5)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        initializer_range=0.5,
+    )
     BertModel(config).save_pretrained(path)
     BertTokenizer(vocab=vocab).save_pretrained(path)
     return str(path)
@@ -44,9 +51,19 @@ def test_cli_train_saves_model_that_reloads_with_exit_defaults(tiny_dir, tmp_pat
     from st_leap.cli import main
 
     config = {
-        "model": tiny_dir, "teacher": tiny_dir, "teacher_mode": "precomputed", "output_dir": str(tmp_path / "out"),
-        "max_steps": 3, "batch_size": 4, "warmup_steps": 1, "learning_rate": 1e-3, "max_seq_length": 16,
-        "num_sentences": 12, "exit_threshold": 0.9, "exit_min_layer": 2, "logging_steps": 1,
+        "model": tiny_dir,
+        "teacher": tiny_dir,
+        "teacher_mode": "precomputed",
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 3,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "learning_rate": 1e-3,
+        "max_seq_length": 16,
+        "num_sentences": 12,
+        "exit_threshold": 0.9,
+        "exit_min_layer": 2,
+        "logging_steps": 1,
     }
     (tmp_path / "train.json").write_text(json.dumps(config))
     from st_leap import resources

@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     paths = {p.strip() for p in args.paths.split(",") if p.strip() and p.strip() != "none"}
     mteb_dir = out / f"{args.name}_mteb"
-    other_json = out / f"{args.name}_beir.json"
+
+    def other_path_file(short: str) -> Path:
+        return out / f"{args.name}_beir_{short}.json"
+
     if "mteb" in paths:
         run_mteb(
             model,
@@ -65,12 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
             batch_size=args.batch_size,
         )
     if "beir" in paths:
-        other = {
-            "beir": {},
-            "st_evaluator_stsb": None,
-            "run_info": run_info(command=command, batch_size=args.batch_size),
-        }
-        for short in tasks:
+        for short in tasks:  # one file per task, so tasks can run in separate processes
+            info = run_info(command=command, batch_size=args.batch_size)
             if short == "stsb":
                 s1, s2, scores = resources.load_stsb("test")
                 evaluator = EarlyExitEmbeddingSimilarityEvaluator(
@@ -82,24 +81,29 @@ def main(argv: list[str] | None = None) -> dict:
                     name="stsb-test",
                     show_progress_bar=True,
                 )
-                other["st_evaluator_stsb"] = {"metrics": evaluator(model), "exit_stats": evaluator.exit_stats}
-            else:
-                other["beir"][short] = evaluate_beir(
-                    model, resources.beir_dir(short), exit_threshold=theta, batch_size=args.batch_size
+                metrics = evaluator(model)
+                write_json(
+                    {"metrics": metrics, "exit_stats": evaluator.exit_stats, "run_info": info}, other_path_file(short)
                 )
-        write_json(other, other_json)
+            else:
+                res = evaluate_beir(model, resources.beir_dir(short), exit_threshold=theta, batch_size=args.batch_size)
+                write_json(res, other_path_file(short))
 
-    # Combine whatever both paths have written (each path can run in its own process).
+    if paths and paths != {"mteb", "beir"}:
+        print(f"ran the {sorted(paths)} path(s) for {tasks}; combine with --paths none once both paths are done")
+        return {}
+    # Combine what both paths have written (each path and task can run in its own process).
     import json
 
     summaries = sorted(mteb_dir.glob("st_leap_summary_*.json")) if mteb_dir.exists() else []
-    if not summaries or not other_json.exists():
-        print(f"waiting for both paths: mteb summary {bool(summaries)}, beir/ST result {other_json.exists()}")
+    missing = [short for short in tasks if not other_path_file(short).exists()]
+    if not summaries or missing:
+        print(f"not combining yet: mteb summary found={bool(summaries)}, beir/ST results missing for {missing}")
         return {}
     mteb_summary = json.loads(summaries[-1].read_text(encoding="utf-8"))
-    other = json.loads(other_json.read_text(encoding="utf-8"))
-    beir_results = other["beir"]
-    st_eval = other["st_evaluator_stsb"]
+    others = {short: json.loads(other_path_file(short).read_text(encoding="utf-8")) for short in tasks}
+    beir_results = {short: others[short] for short in tasks if short != "stsb"}
+    st_eval = others.get("stsb")
     rows = []
     published = PUBLISHED.get(name, {})
     for short in tasks:
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         "st_evaluator_stsb": st_eval,
         "commands": {
             "mteb_path": mteb_summary["run_info"]["command"],
-            "beir_and_st_path": other["run_info"]["command"],
+            "beir_and_st_path": sorted({o["run_info"]["command"] for o in others.values()}),
             "this_table": command,
         },
         "run_info": run_info(command=command, batch_size=args.batch_size),
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"# Correctness anchors: {name}, exit_threshold={theta}",
         "",
         f"Commands: mteb path `{result['commands']['mteb_path']}`; beir/ST path "
-        f"`{result['commands']['beir_and_st_path']}`; table `{command}`",
+        f"{', '.join(f'`{c}`' for c in result['commands']['beir_and_st_path'])}; table `{command}`",
         "",
         "| task | metric | published MTEB | mteb path | other path | other path is | mteb - published | mteb - other |",
         "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",

@@ -69,8 +69,12 @@ def markdown(name: str, result: dict, baseline: dict | None) -> str:
         lines += [f"Training time: {result['run_info']['train_seconds']:.0f} s", ""]
     header = "| | " + " | ".join(f"L{i}" for i in range(1, L + 1)) + " |"
     sep = "|---|" + "---|" * L
-    lines += ["## Per-layer similarity to the final layer (STS-B test sentences, mean cosine of pooled states)", "",
-              header, sep]
+    lines += [
+        "## Per-layer similarity to the final layer (STS-B test sentences, mean cosine of pooled states)",
+        "",
+        header,
+        sep,
+    ]
     rows = []
     if baseline:
         rows.append(("original cos to final", baseline["to_final"]))
@@ -84,19 +88,53 @@ def markdown(name: str, result: dict, baseline: dict | None) -> str:
         rows.append((f"{me} STS-B of layer", m["stsb_per_layer"]))
     for label, values in rows:
         lines.append(f"| {label} | " + " | ".join(fmt(v) for v in values) + " |")
-    lines += ["", "## Exits (l_min=3, patience 1) and STS-B test Spearman", "",
-              "| theta | model | exits before L | E[layers] | exit-layer counts | STS-B exited | STS-B full depth |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Exits (l_min=3, patience 1) and STS-B test Spearman",
+        "",
+        "| theta | model | exits before L | E[layers] | exit-layer counts | STS-B exited | STS-B full depth |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for theta, e in m["exits"].items():
         if baseline and theta in baseline["exits"]:
             b = baseline["exits"][theta]
-            lines.append(f"| {theta} | original | {b['exit_rate']:.1%} | {b['expected_layers']:.2f} | {b['counts']} | "
-                         f"{fmt(b['stsb_exited'])} | {fmt(baseline['stsb_full'])} |")
-        lines.append(f"| {theta} | {me} | {e['exit_rate']:.1%} | {e['expected_layers']:.2f} | {e['counts']} | "
-                     f"{fmt(e['stsb_exited'])} | {fmt(m['stsb_full'])} |")
-    lines += ["", f"Mean cosine of layers 3-5 to layer 6: {fmt(m['cos_to_final_3_5'])}"
-              + (f" (original {fmt(baseline['cos_to_final_3_5'])}, lift {m['cos_to_final_3_5'] - baseline['cos_to_final_3_5']:+.3f})"
-                 if baseline else ""), ""]
+            lines.append(
+                f"| {theta} | original | {b['exit_rate']:.1%} | {b['expected_layers']:.2f} | {b['counts']} | "
+                f"{fmt(b['stsb_exited'])} | {fmt(baseline['stsb_full'])} |"
+            )
+        lines.append(
+            f"| {theta} | {me} | {e['exit_rate']:.1%} | {e['expected_layers']:.2f} | {e['counts']} | "
+            f"{fmt(e['stsb_exited'])} | {fmt(m['stsb_full'])} |"
+        )
+    e95 = m["exits"].get("0.95")
+    if e95 and baseline and "0.95" in baseline["exits"]:
+        b95 = baseline["exits"]["0.95"]
+        lines += [
+            "",
+            "## Side by side with the paper (theta=0.95, l_min=3, STS-B test)",
+            "",
+            "Paper figures only where our issue tracker quotes them; '-' = not quoted, not guessed.",
+            "",
+            "| paper table | quantity | paper (as quoted) | issue 3 target | original (ours) | LEAP (ours) |",
+            "|---|---|---|---|---|---|",
+            f"| 1 | exits before the last layer, stock all-MiniLM-L6-v2 | 0.7% (issue 2) | - | {b95['exit_rate']:.1%} | - |",
+            f"| 1 | cos to final, layers 3-5 (mean) | - | - | {fmt(baseline['cos_to_final_3_5'])} | {fmt(m['cos_to_final_3_5'])} |",
+            f"| 3 | exits before the last layer | - | >= 85% | {b95['exit_rate']:.1%} | {e95['exit_rate']:.1%} |",
+            f"| 3 | E[layers] of 6 | - | <= 4.0 | {b95['expected_layers']:.2f} | {e95['expected_layers']:.2f} |",
+            f"| 3 | STS-B exited | - | >= 0.80 | {fmt(b95['stsb_exited'])} | {fmt(e95['stsb_exited'])} |",
+            f"| 3 | STS-B full depth | - | >= 0.81 | {fmt(baseline['stsb_full'])} | {fmt(m['stsb_full'])} |",
+            "| 11 | ablation without the exit term: exits | - | <= 5% | - | not run (see docs/training.md) |",
+        ]
+    lines += [
+        "",
+        f"Mean cosine of layers 3-5 to layer 6: {fmt(m['cos_to_final_3_5'])}"
+        + (
+            f" (original {fmt(baseline['cos_to_final_3_5'])}, lift {m['cos_to_final_3_5'] - baseline['cos_to_final_3_5']:+.3f})"
+            if baseline
+            else ""
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -109,7 +147,9 @@ def main() -> None:
     parser.add_argument("--thresholds", default="0.90,0.93,0.95,0.97")
     parser.add_argument("--no-per-layer-stsb", action="store_true")
     args = parser.parse_args()
-    command = "HF_HUB_OFFLINE=1 python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0]] + sys.argv[1:])
+    command = "HF_HUB_OFFLINE=1 python " + " ".join(
+        [str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0]] + sys.argv[1:]
+    )
     thresholds = [float(x) for x in args.thresholds.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     run_info: dict = {"name": args.name}

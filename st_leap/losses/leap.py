@@ -6,9 +6,8 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from sentence_transformers import SentenceTransformer
+from torch import Tensor, nn
 
 # Hyperparameters of the paper's preset. Only the values quoted in the st_leap issue tracker (issue 3) are
 # known to us: tau = 0.98, slope s = 10, student weight 0.7, contrastive temperature 0.05. The weights of the
@@ -263,8 +262,14 @@ class LEAPLoss(nn.Module):
         }
         base.update({k: v for k, v in given.items() if v is not None})
         self.preset = preset
-        for name in ("final_weight", "intermediate_weight", "exit_weight", "contrastive_weight", "late_weight",
-                     "redundancy_weight"):
+        for name in (
+            "final_weight",
+            "intermediate_weight",
+            "exit_weight",
+            "contrastive_weight",
+            "late_weight",
+            "redundancy_weight",
+        ):
             value = float(base[name])
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {base[name]!r}")
@@ -280,9 +285,7 @@ class LEAPLoss(nn.Module):
             raise ValueError(f"student_weight must be in [0, 1], got {base['student_weight']!r}")
         self.student_weight_warmup_steps = int(base["student_weight_warmup_steps"])
         if self.student_weight_warmup_steps < 0:
-            raise ValueError(
-                f"student_weight_warmup_steps must be >= 0, got {base['student_weight_warmup_steps']!r}"
-            )
+            raise ValueError(f"student_weight_warmup_steps must be >= 0, got {base['student_weight_warmup_steps']!r}")
         self.contrastive_temperature = float(base["contrastive_temperature"])
         if not self.contrastive_temperature > 0:
             raise ValueError(f"contrastive_temperature must be > 0, got {base['contrastive_temperature']!r}")
@@ -325,8 +328,10 @@ class LEAPLoss(nn.Module):
             weights = [1.0] * len(self.exit_layers)
         else:
             weights = [float(w) for w in exit_layer_weights]
-            if len(weights) != len(self.exit_layers) or any(not math.isfinite(w) or w < 0 for w in weights) or (
-                weights and sum(weights) <= 0
+            if (
+                len(weights) != len(self.exit_layers)
+                or any(not math.isfinite(w) or w < 0 for w in weights)
+                or (weights and sum(weights) <= 0)
             ):
                 raise ValueError(
                     f"exit_layer_weights must be {len(self.exit_layers)} finite numbers >= 0 with a positive sum "
@@ -373,7 +378,9 @@ class LEAPLoss(nn.Module):
         """Teacher layers (1-based) whose pooled states the intermediate term needs, in label order."""
         return [self.layer_map[layer] for layer in self.intermediate_layers]
 
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
         features = list(sentence_features)[0]
         output = self.model(features)
         hidden_states = output.get("all_layer_embeddings")
@@ -470,8 +477,7 @@ class LEAPLoss(nn.Module):
         if self.intermediate_weight > 0:
             if teacher_pooled is None:
                 raise ValueError(
-                    "intermediate_weight > 0 needs the teacher's per-layer states: a live teacher or per-layer "
-                    "labels"
+                    "intermediate_weight > 0 needs the teacher's per-layer states: a live teacher or per-layer labels"
                 )
             terms = [
                 (1 - _cos(project_hidden(pooled[layer]), teacher_pooled[layer])).mean()
@@ -480,7 +486,7 @@ class LEAPLoss(nn.Module):
             out["intermediate"] = self.intermediate_weight * torch.stack(terms).mean()
         if self.exit_weight > 0 and self.exit_layers:
             terms = []
-            for w, layer in zip(self.exit_layer_weights, self.exit_layers):
+            for w, layer in zip(self.exit_layer_weights, self.exit_layers, strict=True):
                 p = pooled[layer]
                 to_teacher = soft_margin(_cos(project_hidden(p), teacher_embedding), self.exit_tau, self.exit_slope)
                 to_student = soft_margin(_cos(p, final_state), self.exit_tau, self.exit_slope)

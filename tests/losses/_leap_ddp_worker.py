@@ -26,13 +26,23 @@ def main(model_dir: str, out_dir: str) -> None:
     words = "a the man woman dog cat is eating playing on in food ball guitar park red blue".split()
     sentences = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 5)) for i in range(64)]
     args = SentenceTransformerTrainingArguments(
-        output_dir=out_dir, max_steps=6, per_device_train_batch_size=8, learning_rate=1e-3, warmup_steps=1,
-        logging_steps=3, save_strategy="no", report_to="none", ddp_backend="gloo", disable_tqdm=True, seed=0,
+        output_dir=out_dir,
+        max_steps=6,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        warmup_steps=1,
+        logging_steps=3,
+        save_strategy="no",
+        report_to="none",
+        ddp_backend="gloo",
+        disable_tqdm=True,
+        seed=0,
         use_cpu=True,
     )
     loss = LEAPLoss(student, teacher=teacher, min_layer=2)
-    trainer = SentenceTransformerTrainer(model=student, args=args, loss=loss,
-                                         train_dataset=Dataset.from_dict({"sentence": sentences}))
+    trainer = SentenceTransformerTrainer(
+        model=student, args=args, loss=loss, train_dataset=Dataset.from_dict({"sentence": sentences})
+    )
     trainer.train()
     result = {
         "rank": rank,

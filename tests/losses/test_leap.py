@@ -43,16 +43,27 @@ def test_LEAPLoss_returns_weighted_components(leap_student, leap_sentences):
 def test_LEAPLoss_exit_term_is_dual_target_soft_margin():
     """exit = sum_l w_l [(1-a) sigmoid(s(tau - cos(p_l, t))) + a sigmoid(s(tau - cos(p_l, sg p_L)))], eq. 5."""
     model = _StubModel()
-    loss = LEAPLoss(model, final_weight=0, contrastive_weight=0, late_weight=0, redundancy_weight=0,
-                    exit_tau=0.9, exit_slope=4.0, student_weight=0.7, exit_layers=[2], min_layer=2)
+    loss = LEAPLoss(
+        model,
+        final_weight=0,
+        contrastive_weight=0,
+        late_weight=0,
+        redundancy_weight=0,
+        exit_tau=0.9,
+        exit_slope=4.0,
+        student_weight=0.7,
+        exit_layers=[2],
+        min_layer=2,
+    )
     torch.manual_seed(0)
     final = torch.randn(5, 8)
     p2 = torch.randn(5, 8)
     teacher = torch.randn(5, 8)
     out = loss.compute_loss_from_embeddings(final, {1: p2, 2: p2, 3: final}, teacher)
-    expected = 0.3 * torch.sigmoid(4 * (0.9 - F.cosine_similarity(p2, teacher))).mean() + 0.7 * torch.sigmoid(
-        4 * (0.9 - F.cosine_similarity(p2, final))
-    ).mean()
+    expected = (
+        0.3 * torch.sigmoid(4 * (0.9 - F.cosine_similarity(p2, teacher))).mean()
+        + 0.7 * torch.sigmoid(4 * (0.9 - F.cosine_similarity(p2, final))).mean()
+    )
     assert torch.allclose(out["exit"], expected, atol=1e-6)
 
 
@@ -62,9 +73,12 @@ def test_LEAPLoss_contrastive_kl_excludes_diagonal():
     torch.manual_seed(0)
     x, y = torch.randn(16, 32), torch.randn(16, 32)
     assert offdiag_similarity_kl(x, x, 0.05).item() == pytest.approx(0.0, abs=1e-6)
-    with_diag = F.kl_div(F.log_softmax(F.normalize(x) @ F.normalize(x).T / 0.05, -1),
-                         F.log_softmax(F.normalize(y) @ F.normalize(y).T / 0.05, -1), log_target=True,
-                         reduction="batchmean")
+    with_diag = F.kl_div(
+        F.log_softmax(F.normalize(x) @ F.normalize(x).T / 0.05, -1),
+        F.log_softmax(F.normalize(y) @ F.normalize(y).T / 0.05, -1),
+        log_target=True,
+        reduction="batchmean",
+    )
     assert with_diag.item() < 1e-3
     assert offdiag_similarity_kl(x, y, 0.05).item() > 0.5
 
@@ -78,7 +92,9 @@ def test_LEAPLoss_uniform_layer_map():
         uniform_layer_map(0, 6)
 
 
-def test_LEAPLoss_live_teacher_is_frozen_and_never_optimized(leap_student, leap_student_dir, leap_sentences, make_tiny_model):
+def test_LEAPLoss_live_teacher_is_frozen_and_never_optimized(
+    leap_student, leap_student_dir, leap_sentences, make_tiny_model
+):
     """A live teacher is in eval mode, gets no gradients, and is not among the loss's parameters (the Trainer's
     optimizer reads loss.named_parameters())."""
     teacher = make_tiny_model(leap_student_dir)
@@ -94,7 +110,9 @@ def test_LEAPLoss_live_teacher_is_frozen_and_never_optimized(leap_student, leap_
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in leap_student.parameters())
 
 
-def test_LEAPLoss_projection_trained_when_widths_differ(leap_student, leap_wide_teacher_dir, leap_sentences, make_tiny_model):
+def test_LEAPLoss_projection_trained_when_widths_differ(
+    leap_student, leap_wide_teacher_dir, leap_sentences, make_tiny_model
+):
     """A 48-wide, 6-layer teacher for a 32-wide, 4-layer student adds learned projections that are loss parameters
     and receive gradients; the intermediate term uses the uniform layer map."""
     teacher = make_tiny_model(leap_wide_teacher_dir)
@@ -120,8 +138,9 @@ def test_LEAPLoss_precomputed_labels_equal_live_teacher(
     cached = LEAPLoss(leap_student, intermediate_weight=1.0, min_layer=2, num_teacher_layers=6, teacher_dim=48)
     cached.load_state_dict(live.state_dict())
     sentences = leap_sentences[:8]
-    labels = compute_teacher_embeddings(teacher, sentences, tmp_path / "cache", layers=live.teacher_layers(),
-                                        show_progress_bar=False)
+    labels = compute_teacher_embeddings(
+        teacher, sentences, tmp_path / "cache", layers=live.teacher_layers(), show_progress_bar=False
+    )
     assert labels.shape == (8, 4, 48)
     leap_student.eval()
     features = leap_student.preprocess(sentences)
@@ -187,12 +206,19 @@ def test_LEAPLoss_classic_fit_pulls_layers_to_final(leap_student, leap_student_d
     loss = LEAPLoss(leap_student, teacher=teacher, min_layer=2)
     examples = [InputExample(texts=[s]) for s in leap_sentences]
     loader = DataLoader(examples, batch_size=16, shuffle=True)
-    leap_student.fit(train_objectives=[(loader, loss)], epochs=5, warmup_steps=2,
-                     optimizer_params={"lr": 1e-3}, show_progress_bar=False)
+    leap_student.fit(
+        train_objectives=[(loader, loss)],
+        epochs=5,
+        warmup_steps=2,
+        optimizer_params={"lr": 1e-3},
+        show_progress_bar=False,
+    )
     after = _cos_to_final(leap_student, leap_sentences, [2, 3])
     assert after > before + 0.05, (before, after)
     frozen = make_tiny_model(leap_student_dir)
-    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), frozen.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), frozen.state_dict().values(), strict=True)
+    )
 
 
 def test_LEAPLoss_trainer_logs_components_with_early_exit_module(leap_student_dir, leap_sentences, tmp_path):
@@ -207,11 +233,19 @@ def test_LEAPLoss_trainer_logs_components_with_early_exit_module(leap_student_di
     assert type(student[0]).__name__ == "EarlyExitTransformer"
     loss = LEAPLoss(student, teacher=from_pretrained(leap_student_dir), min_layer=2)
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, logging_steps=2, report_to="none",
-        save_strategy="no", learning_rate=1e-3, warmup_steps=1, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        logging_steps=2,
+        report_to="none",
+        save_strategy="no",
+        learning_rate=1e-3,
+        warmup_steps=1,
+        disable_tqdm=True,
     )
-    trainer = SentenceTransformerTrainer(model=student, args=args, loss=loss,
-                                         train_dataset=Dataset.from_dict({"sentence": leap_sentences[:32]}))
+    trainer = SentenceTransformerTrainer(
+        model=student, args=args, loss=loss, train_dataset=Dataset.from_dict({"sentence": leap_sentences[:32]})
+    )
     trainer.train()
     logged = {k for entry in trainer.state.log_history for k in entry}
     for term in ("final", "exit", "contrastive", "late", "redundancy"):
