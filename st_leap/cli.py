@@ -85,22 +85,26 @@ def _diagnose(args: argparse.Namespace) -> int:
 def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="End to end on the packaged all-MiniLM-L6-v2: diagnose, then measured speed-up per threshold.",
+        help="End to end on the packaged all-MiniLM-L6-v2: diagnose, a bounded LEAP retrofit, before/after table.",
+        description="1) diagnose the original model, 2) a bounded LEAP retrofit (LEAPLoss, frozen original as "
+        "teacher), 3) exit rate, E[layers], STS-B test Spearman and measured encode speed-up before and after.",
     )
     parser.add_argument("--model", default=None, help="Model folder or Hub id (default: packaged all-MiniLM-L6-v2)")
     parser.add_argument("--out", default="st_leap_demo", help="Output folder (default: %(default)s)")
-    parser.add_argument("--max-sentences", type=int, default=None, help="Use only the first N STS-B test sentences")
+    parser.add_argument("--train-steps", type=int, default=300, help="LEAP retrofit steps of batch 32; 0 skips training (default: %(default)s)")
+    parser.add_argument("--thresholds", type=_thresholds, default=[0.90, 0.95], help="Thetas of the table (default: 0.90,0.95)")
     parser.add_argument("--timing-sentences", type=int, default=512, help="Sentences per timed encode (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="Interleaved timing rounds (default: %(default)s)")
     parser.set_defaults(func=_demo)
 
 
-def _speedup_table(model, sentences: list[str], repeats: int) -> list[dict]:
+def _before_after(model, sentences: list[str], thresholds: list[float], repeats: int) -> list[dict]:
+    """Exit rate, E[layers], STS-B test Spearman and measured speed-up at full depth and each theta."""
     from st_leap.diagnostics import time_encode
+    from st_leap.training import stsb_spearman
 
     settings = {"full depth": {"exit_threshold": None}}
-    for theta in (0.90, 0.95):
-        settings[f"theta={theta:.2f}"] = {"exit_threshold": theta}
+    settings.update({f"theta={theta:.2f}": {"exit_threshold": theta} for theta in thresholds})
     timed = time_encode(model, sentences, settings, batch_size=32, repeats=repeats)
     rows = []
     for name, row in timed.items():
@@ -112,19 +116,20 @@ def _speedup_table(model, sentences: list[str], repeats: int) -> list[dict]:
                 "expected_layers": stats["expected_layers"],
                 "layer_reduction": stats["layer_reduction"],
                 "speedup": 1.0 / row["ratio_to_reference"],
-                "seconds_median": row["seconds_median"],
+                "stsb": stsb_spearman(model, "test", **settings[name]),
             }
         )
     return rows
 
 
-def _format_speedup(rows: list[dict]) -> str:
-    lines = [f"{'setting':<12} {'exit rate':>10} {'E[layers]':>10} {'L/E[l]':>8} {'measured':>9}"]
-    for r in rows:
-        lines.append(
-            f"{r['setting']:<12} {r['exit_rate']:>10.1%} {r['expected_layers']:>10.2f} "
-            f"{r['layer_reduction']:>7.2f}x {r['speedup']:>8.2f}x"
-        )
+def _format_before_after(table: dict[str, list[dict]]) -> str:
+    lines = [f"{'model':<9} {'setting':<11} {'exit rate':>9} {'E[layers]':>9} {'L/E[l]':>7} {'measured':>9} {'STS-B':>7}"]
+    for name, rows in table.items():
+        for r in rows:
+            lines.append(
+                f"{name:<9} {r['setting']:<11} {r['exit_rate']:>9.1%} {r['expected_layers']:>9.2f} "
+                f"{r['layer_reduction']:>6.2f}x {r['speedup']:>8.2f}x {r['stsb']:>7.4f}"
+            )
     return "\n".join(lines)
 
 
@@ -137,19 +142,33 @@ def _demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     model_path = resolve_model(args.model)
-    print(f"[1/2] diagnose {model_path} on the STS-B test sentences")
-    model = from_pretrained(model_path)
-    sentences = stsb_sentences("test")[: args.max_sentences] if args.max_sentences else stsb_sentences("test")
-    result = diagnose(model, sentences)
-    print(format_report(result, "original model"))
-    plot(result, out / "original_diagnose.png", title="original model")
+    sentences = stsb_sentences("test")
+    steps = 3 if args.train_steps > 0 else 2
+    print(f"[1/{steps}] diagnose {model_path} on the {len(sentences)} STS-B test sentences")
+    models = {"original": from_pretrained(model_path)}
+    report = {"model_path": model_path, "diagnose": {"original": diagnose(models["original"], sentences)}}
+    print(format_report(report["diagnose"]["original"], "original model"))
+    plot(report["diagnose"]["original"], out / "original_diagnose.png", title="original model")
 
-    print(f"\n[2/2] measured encode speed-up ({args.timing_sentences} sentences, batch 32, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats} interleaved rounds; exit rule k=1, l_min={model[0].exit_min_layer})")
-    speed = _speedup_table(model, sentences[: args.timing_sentences], args.repeats)
-    print(_format_speedup(speed))
-    _write_json({"model_path": model_path, "original": {"diagnose": result, "speedup": speed}}, out / "demo.json")
-    print(f"\nwrote {out / 'demo.json'} and {out / 'original_diagnose.png'}")
+    if args.train_steps > 0:
+        from st_leap.training import demo_retrofit
+
+        print(f"\n[2/{steps}] LEAP retrofit: {args.train_steps} steps of batch 32, frozen original as teacher")
+        models["LEAP"] = demo_retrofit(model_path, output_dir=str(out / "leap-model"), max_steps=args.train_steps)
+        report["diagnose"]["LEAP"] = diagnose(models["LEAP"], sentences)
+        print(format_report(report["diagnose"]["LEAP"], "LEAP model"))
+        plot(report["diagnose"]["LEAP"], out / "leap_diagnose.png", title="LEAP model")
+
+    print(f"\n[{steps}/{steps}] before/after: STS-B test Spearman; speed-up measured on {args.timing_sentences} sentences, "
+          f"batch 32, {torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds "
+          f"(k=1, l_min={models['original'][0].exit_min_layer})")
+    report["table"] = {
+        name: _before_after(model, sentences[: args.timing_sentences], args.thresholds, args.repeats)
+        for name, model in models.items()
+    }
+    print(_format_before_after(report["table"]))
+    _write_json(report, out / "demo.json")
+    print(f"\nwrote {out}/demo.json, the diagnose plots" + (f" and the LEAP model in {out}/leap-model" if args.train_steps else ""))
     return 0
 
 

@@ -20,7 +20,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
-from st_leap.losses.leap import masked_mean
+from st_leap.exit_policy import mean_pool
 
 CACHE_VERSION = 1
 
@@ -126,7 +126,7 @@ def compute_teacher_embeddings(
             final = out["sentence_embedding"].float()
             if layers:
                 hidden, mask = out["all_layer_embeddings"], out["attention_mask"]
-                rows = [final] + [masked_mean(hidden[layer], mask).float() for layer in layers]
+                rows = [final] + [mean_pool(hidden[layer], mask).float() for layer in layers]
                 chunks.append(torch.stack(rows, dim=1).cpu().numpy())
             else:
                 chunks.append(final.cpu().numpy())

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
 from st_leap import resources
-from st_leap.losses.leap import LEAPLoss, masked_mean
+from st_leap.diagnostics import layer_pooled_states
+from st_leap.losses.leap import LEAPLoss
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
             scheduler="warmup" + config.scheduler if config.scheduler != "constant" else "constantlr",
             optimizer_params={"lr": config.learning_rate},
             weight_decay=config.weight_decay,
-            show_progress_bar=False,
+            show_progress_bar=True,
         )
     else:
         from sentence_transformers import SentenceTransformerTrainer
@@ -194,7 +195,6 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
             report_to="none",
             seed=config.seed,
             dataloader_drop_last=True,
-            disable_tqdm=True,
         )
         callbacks = [_TimeBudget(config.max_train_seconds)] if config.max_train_seconds else None
         trainer = SentenceTransformerTrainer(
@@ -246,58 +246,30 @@ def _TimeBudget(seconds: float):  # noqa: N802 - a callback factory, named like 
 
 
 # ------------------------------------------------------------------------------------------------ measurement
-@torch.no_grad()
 def layer_similarity(model: SentenceTransformer, sentences: Sequence[str], batch_size: int = 64) -> dict[str, list]:
     """Mean cosine of each layer's masked-mean state to the final layer's, and to the previous layer's.
 
-    Full-depth forward passes with hidden states (training-free): ``to_final[l-1]`` and ``adjacent[l-1]`` for
-    layers ``l = 1..L`` (``adjacent[0]`` compares with the embedding output).
+    ``to_final[l-1]`` and ``adjacent[l-1]`` for layers ``l = 1..L`` (``adjacent[0]`` compares with the embedding
+    output), from :func:`st_leap.diagnostics.layer_pooled_states` (one full-depth pass).
     """
-    model.eval()
-    first = model[0]
-    config = first.auto_model.config
-    old = config.output_hidden_states
-    config.output_hidden_states = True
-    to_final, adjacent, n = None, None, 0
-    try:
-        for start in range(0, len(sentences), batch_size):
-            features = model.preprocess(list(sentences[start : start + batch_size]))
-            features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
-            out = first(features) if not hasattr(first, "exit_threshold") else first(features, exit_threshold=None)
-            hidden, mask = out["all_layer_embeddings"], features["attention_mask"]
-            pooled = [masked_mean(h, mask) for h in hidden]
-            final = pooled[-1]
-            tf = torch.stack([F.cosine_similarity(p, final, dim=-1).sum() for p in pooled[1:]])
-            adj = torch.stack(
-                [F.cosine_similarity(pooled[i], pooled[i - 1], dim=-1).sum() for i in range(1, len(pooled))]
-            )
-            to_final = tf if to_final is None else to_final + tf
-            adjacent = adj if adjacent is None else adjacent + adj
-            n += final.shape[0]
-    finally:
-        config.output_hidden_states = old
-    return {"to_final": (to_final / n).tolist(), "adjacent": (adjacent / n).tolist()}
+    pooled = layer_pooled_states(model, list(sentences), batch_size=batch_size, show_progress_bar=False)
+    final = pooled[:, -1]
+    layers = range(1, pooled.shape[1])
+    return {
+        "to_final": [F.cosine_similarity(pooled[:, layer], final, dim=-1).mean().item() for layer in layers],
+        "adjacent": [F.cosine_similarity(pooled[:, layer], pooled[:, layer - 1], dim=-1).mean().item() for layer in layers],
+    }
 
 
-def stsb_spearman(model: SentenceTransformer, split: str = "test", **exit_defaults: Any) -> float:
-    """Cosine Spearman on STS-B with ``EmbeddingSimilarityEvaluator``; ``exit_defaults`` are set on the early-exit
-    module for the call (e.g. ``exit_threshold=0.95, exit_min_layer=3``) and restored afterwards."""
-    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+def stsb_spearman(model: SentenceTransformer, split: str = "test", **exit_settings: Any) -> float:
+    """Cosine Spearman on STS-B, encoding with ``exit_settings`` (e.g. ``exit_threshold=0.95, exit_min_layer=3``)."""
+    from st_leap.evaluation import EarlyExitEmbeddingSimilarityEvaluator
 
     s1, s2, scores = resources.load_stsb(split)
-    evaluator = EmbeddingSimilarityEvaluator(
-        s1, s2, scores, main_similarity="cosine", name=f"stsb-{split}", batch_size=64
+    evaluator = EarlyExitEmbeddingSimilarityEvaluator(
+        s1, s2, scores, main_similarity="cosine", name=f"stsb-{split}", batch_size=64, **exit_settings
     )
-    first = model[0]
-    saved = {k: getattr(first, k) for k in exit_defaults if hasattr(first, k)}
-    for k, v in exit_defaults.items():
-        setattr(first, k, v)
-    try:
-        result = evaluator(model)
-    finally:
-        for k, v in saved.items():
-            setattr(first, k, v)
-    return float(result[evaluator.primary_metric])
+    return float(evaluator(model)[evaluator.primary_metric])
 
 
 def layer_stsb(model: SentenceTransformer, layer: int, split: str = "test") -> float:

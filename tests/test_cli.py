@@ -41,3 +41,19 @@ def test_cli_entry_point_help():
     """`python -m st_leap --help` lists the subcommands."""
     out = subprocess.run([sys.executable, "-m", "st_leap", "--help"], capture_output=True, text=True, check=True).stdout
     assert "diagnose" in out and "demo" in out
+
+
+def test_cli_demo_end_to_end_on_tiny_model(tiny_bert_dir, tmp_path, capsys, stsb_sample):
+    """`st-leap demo` diagnoses, retrofits with LEAPLoss, and writes a before/after table for both models."""
+    out = tmp_path / "demo"
+    code = main(["demo", "--model", tiny_bert_dir, "--out", str(out), "--train-steps", "2", "--timing-sentences", "8",
+                 "--repeats", "1", "--thresholds", "0.5,0.95"])
+    assert code == 0
+    report = json.loads((out / "demo.json").read_text())
+    assert set(report["table"]) == {"original", "LEAP"}
+    for rows in report["table"].values():
+        assert [r["setting"] for r in rows] == ["full depth", "theta=0.50", "theta=0.95"]
+        assert rows[0]["exit_rate"] == 0.0 and -1.0 <= rows[1]["stsb"] <= 1.0
+    assert (out / "leap-model" / "modules.json").exists()
+    assert (out / "original_diagnose.png").exists() and (out / "leap_diagnose.png").exists()
+    assert "before/after" in capsys.readouterr().out

@@ -133,7 +133,7 @@ def markdown(result: dict) -> str:
         lines += ["| setting | time / stock | speed-up | exit rate | E[layers] | theoretical L/E | realized / theoretical | vs truncated copy |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, r in rows.items():
-            def fmt(key, spec="{:.3f}"):
+            def fmt(key, spec="{:.3f}", r=r):
                 return spec.format(r[key]) if r.get(key) is not None else ""
             lines.append(
                 f"| {name} | {fmt('time_ratio_to_stock')} | {fmt('speedup_vs_stock', '{:.2f}x')} | {fmt('exit_rate', '{:.1%}')} | "

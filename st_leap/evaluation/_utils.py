@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from st_leap.exit_policy import ExitStats
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -94,19 +96,19 @@ def effective_exit_settings(model: SentenceTransformer, kwargs: dict[str, Any]) 
     return {key: kwargs.get(key, getattr(module, key)) for key in EXIT_KEYS}
 
 
-class ExitCounter:
-    """Counts exit layers over several ``encode`` calls (``exit_stats`` only covers the last one).
+class ExitCounter(ExitStats):
+    """:class:`~st_leap.exit_policy.ExitStats` summed over several ``encode`` calls (``exit_stats`` only covers the
+    last one). The depth may be left out: it is taken from the first counts added.
 
     Args:
         num_layers: depth L of the encoder; ``counts[l - 1]`` is the number of samples that stopped after layer l.
     """
 
     def __init__(self, num_layers: int | None = None) -> None:
-        self.num_layers = num_layers
-        self.counts: list[int] = [0] * num_layers if num_layers else []
+        super().__init__(num_layers or 0)
 
     def reset(self) -> None:
-        self.counts = [0] * self.num_layers if self.num_layers else []
+        self.counts = [0] * self.num_layers
 
     def add_counts(self, counts: Sequence[int]) -> None:
         if not self.counts:
@@ -135,36 +137,6 @@ class ExitCounter:
                 self.num_layers = depth
                 self.counts = [0] * depth
             self.counts[-1] += num_samples
-
-    @property
-    def num_samples(self) -> int:
-        return sum(self.counts)
-
-    @property
-    def expected_layers(self) -> float:
-        n = self.num_samples
-        return sum((i + 1) * c for i, c in enumerate(self.counts)) / n if n else float("nan")
-
-    @property
-    def exit_rate(self) -> float:
-        n = self.num_samples
-        return 1.0 - self.counts[-1] / n if n else float("nan")
-
-    @property
-    def layer_reduction(self) -> float:
-        """``L / E[layers]``, the paper's theoretical speed-up."""
-        e = self.expected_layers
-        return self.num_layers / e if self.num_samples and e else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "num_layers": self.num_layers,
-            "num_samples": self.num_samples,
-            "counts": list(self.counts),
-            "expected_layers": self.expected_layers,
-            "exit_rate": self.exit_rate,
-            "layer_reduction": self.layer_reduction,
-        }
 
 
 def load_model(model: str | SentenceTransformer, **kwargs: Any) -> SentenceTransformer:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
@@ -62,7 +63,7 @@ def sweep(
     sentences2, scores``) replaces STS-B with other scored pairs; ``split`` then only labels the result.
 
     ``method="replay"`` instead runs one full-depth pass that keeps every layer's pooled state
-    (:func:`layer_pooled_states`) and replays the exit rule on it for every theta (:func:`replay_exits`): the same
+    (:func:`replay_pooled_states`) and replays the exit rule on it for every theta (:func:`replay_exits`): the same
     exit layers and embeddings as ``encode`` (the module's exactness guarantee: a sample's embedding is the mean
     pooling of its exit layer, whatever the batch), at the cost of one encode instead of one per theta. It has no
     per-theta timings. Use it for slow models; cross-check it against ``encode`` on a fast one.
@@ -87,7 +88,7 @@ def sweep(
     settings = effective_exit_settings(st_model, base_kwargs)
     pooled = None
     if method == "replay":
-        pooled = layer_pooled_states(st_model, sentences, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        pooled = replay_pooled_states(st_model, sentences, batch_size=batch_size, show_progress_bar=show_progress_bar)
 
     def row_for(theta: float | None, full_emb: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
         if pooled is None:
@@ -101,7 +102,7 @@ def sweep(
             )
         else:
             layers = replay_exits(pooled, theta, settings["exit_patience"], settings["exit_min_layer"])
-            emb, seconds = pooled[np.arange(len(sentences)), layers - 1], None
+            emb, seconds = pooled[np.arange(len(sentences)), layers].float().numpy(), None
         dist = exit_layer_distribution(layers, depth)
         row = {
             "theta": theta,
@@ -154,17 +155,17 @@ def sweep(
     }
 
 
-def layer_pooled_states(
+def replay_pooled_states(
     model: SentenceTransformer, sentences: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool = True
-) -> np.ndarray:
-    """``(N, L, H)``: the attention-masked mean ``p_l`` of every layer's hidden states, from one full-depth pass.
+) -> torch.Tensor:
+    """``(N, L + 1, H)`` pooled states of every layer (:func:`st_leap.diagnostics.layer_pooled_states`) for replay.
 
-    This is what the exit rule looks at (paper Algorithm 1). Only models whose pipeline after the transformer is
-    mean Pooling (plus optional Normalize) are supported, because then a sample's embedding is ``p_exit`` (up to
-    the normalisation, which cosine scores ignore).
+    Only models whose pipeline after the transformer is mean Pooling (plus optional Normalize) are supported,
+    because then a sample's embedding is ``p_exit`` (up to the normalisation, which cosine scores ignore).
     """
-    import torch
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+    from st_leap.diagnostics import layer_pooled_states
 
     rest = [model[i] for i in range(1, len(model))]
     if (
@@ -176,48 +177,17 @@ def layer_pooled_states(
         raise ValueError(
             "method='replay' needs a Transformer -> mean Pooling [-> Normalize] model; use method='encode'"
         )
-    from st_leap.exit_policy import mean_pool
-
-    first = model[0]
-    order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
-    out: np.ndarray | None = None
-    starts = range(0, len(order), batch_size)
-    with torch.inference_mode():
-        for start in tqdm(starts, desc="Full-depth pass (all layers)", disable=not show_progress_bar):
-            idx = order[start : start + batch_size]
-            preprocess = getattr(model, "preprocess", None) or model.tokenize
-            features = preprocess([sentences[i] for i in idx])
-            inputs = {
-                k: v.to(model.device)
-                for k, v in features.items()
-                if k in ("input_ids", "attention_mask", "token_type_ids")
-            }
-            hidden_states = first.auto_model(**inputs, output_hidden_states=True).hidden_states[1:]
-            pooled = torch.stack([mean_pool(h.float(), inputs["attention_mask"]) for h in hidden_states], dim=1)
-            if out is None:
-                out = np.zeros((len(sentences), pooled.shape[1], pooled.shape[2]), dtype=np.float32)
-            out[idx] = pooled.cpu().numpy()
-    return out if out is not None else np.zeros((0, 0, 0), dtype=np.float32)
+    return layer_pooled_states(model, list(sentences), batch_size=batch_size, show_progress_bar=show_progress_bar)
 
 
-def replay_exits(pooled: np.ndarray, threshold: float | None, patience: int, min_layer: int) -> np.ndarray:
-    """1-based exit layers under the exit rule, replayed on per-layer pooled states ``(N, L, H)``.
+def replay_exits(pooled: torch.Tensor, threshold: float | None, patience: int, min_layer: int) -> np.ndarray:
+    """1-based exit layers replayed on ``(N, L + 1, H)`` pooled states with the one exit rule
+    (:func:`st_leap.exit_policy.exit_layers_from_pooled`); ``threshold=None`` is full depth."""
+    from st_leap.exit_policy import exit_layers_from_pooled
 
-    A sample exits after the first layer ``l`` with ``l >= max(l_min, k + 1)`` and ``cos(p_l, p_{l-k}) >= theta``;
-    ``threshold=None`` is full depth.
-    """
-    n, depth, _ = pooled.shape
-    layers = np.full(n, depth, dtype=np.int64)
     if threshold is None:
-        return layers
-    normed = pooled / np.clip(np.linalg.norm(pooled, axis=2, keepdims=True), 1e-12, None)
-    running = np.ones(n, dtype=bool)
-    for layer in range(max(min_layer, patience + 1), depth):
-        cos = (normed[:, layer - 1] * normed[:, layer - 1 - patience]).sum(axis=1)
-        done = running & (cos >= threshold)
-        layers[done] = layer
-        running &= ~done
-    return layers
+        return np.full(pooled.shape[0], pooled.shape[1] - 1, dtype=np.int64)
+    return exit_layers_from_pooled(pooled, threshold, patience, min_layer).numpy()
 
 
 def mark_pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

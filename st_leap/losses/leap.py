@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
+from st_leap.exit_policy import mean_pool
+
 # Hyperparameters of the paper's preset. Only the values quoted in the st_leap issue tracker (issue 3) are
 # known to us: tau = 0.98, slope s = 10, student weight 0.7, contrastive temperature 0.05. The weights of the
 # other terms are set to 1.0 (the neutral value), see docs/training.md.
@@ -59,12 +61,6 @@ def uniform_layer_map(num_student_layers: int, num_teacher_layers: int) -> dict[
         layer: max(1, min(num_teacher_layers, round(layer * num_teacher_layers / num_student_layers)))
         for layer in range(1, num_student_layers + 1)
     }
-
-
-def masked_mean(hidden: Tensor, attention_mask: Tensor) -> Tensor:
-    """Attention-masked mean over the sequence axis: ``(B, T, D), (B, T) -> (B, D)``."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 def soft_margin(cos: Tensor, tau: float, slope: float) -> Tensor:
@@ -390,7 +386,7 @@ class LEAPLoss(nn.Module):
                 "config.output_hidden_states=True"
             )
         mask = output["attention_mask"]
-        pooled = {layer: masked_mean(hidden_states[layer], mask) for layer in range(1, self.num_layers + 1)}
+        pooled = {layer: mean_pool(hidden_states[layer], mask) for layer in range(1, self.num_layers + 1)}
         student_embedding = output["sentence_embedding"]
 
         teacher_embedding, teacher_pooled = self._teacher_targets(features, labels, student_embedding.device)
@@ -438,7 +434,7 @@ class LEAPLoss(nn.Module):
             t_hidden = t_out["all_layer_embeddings"]
             t_mask = t_out["attention_mask"]
             t_pooled = {
-                layer: masked_mean(t_hidden[self.layer_map[layer]], t_mask).float()
+                layer: mean_pool(t_hidden[self.layer_map[layer]], t_mask).float()
                 for layer in self.intermediate_layers
             }
         return t_embedding, t_pooled

@@ -9,8 +9,9 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.readers import InputExample
 from torch.utils.data import DataLoader
 
+from st_leap.exit_policy import mean_pool
 from st_leap.losses import LEAPLoss
-from st_leap.losses.leap import PAPER_PRESET, masked_mean, offdiag_similarity_kl, uniform_layer_map
+from st_leap.losses.leap import PAPER_PRESET, offdiag_similarity_kl, uniform_layer_map
 
 
 def _pooled_layers(model: SentenceTransformer, sentences: list[str]) -> list[torch.Tensor]:
@@ -19,7 +20,7 @@ def _pooled_layers(model: SentenceTransformer, sentences: list[str]) -> list[tor
     with torch.no_grad():
         features = model.preprocess(sentences)
         out = model(features)
-    return [masked_mean(h, out["attention_mask"]) for h in out["all_layer_embeddings"]]
+    return [mean_pool(h, out["attention_mask"]) for h in out["all_layer_embeddings"]]
 
 
 def _cos_to_final(model: SentenceTransformer, sentences: list[str], layers: list[int]) -> float:
