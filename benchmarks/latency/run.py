@@ -162,6 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--int8", action="store_true", help="Also time and score INT8 dynamic quantisation (CPU only)")
     parser.add_argument("--int8-theta", type=float, default=0.95)
+    parser.add_argument("--overhead-only", action="store_true", help="Time only stock, st_leap full depth and monitor")
     parser.add_argument("--out", default="benchmarks/results/latency")
     args = parser.parse_args(argv)
 
@@ -171,9 +172,9 @@ def main(argv=None) -> int:
         stock.half()
     leap = as_early_exit(copy.deepcopy(stock))
     num_layers = leap[0].num_layers
-    truncated = {layer: truncated_copy(stock, layer) for layer in range(2, num_layers)}
+    truncated = {} if args.overhead_only else {layer: truncated_copy(stock, layer) for layer in range(2, num_layers)}
     pool = stsb_sentences("test")
-    thetas = [float(t) for t in args.thetas.split(",")]
+    thetas = [] if args.overhead_only else [float(t) for t in args.thetas.split(",")]
     cells = []
     grid = [(int(t), int(b)) for t in args.threads.split(",") for b in args.batch_sizes.split(",")]
     for threads, batch_size in tqdm(grid, desc="latency cells"):
@@ -190,6 +191,7 @@ def main(argv=None) -> int:
             "device": args.device + (" fp16" if args.device.startswith("cuda") else " fp32"), "repeats": args.repeats,
             "timer": "CUDA events" if args.device.startswith("cuda") else "time.perf_counter around model.encode",
             "force_theta": FORCE_THETA,
+            "overhead_only": args.overhead_only,
         },
         "results": cells,
     }

@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "contrastive_weight": 1.0,
     "contrastive_temperature": 0.05,
     "contrastive_layers": "exit",
-    "late_weight": 3.0,
+    "late_weight": 12.0,
     "redundancy_weight": 1.0,
 }
 
