@@ -34,7 +34,7 @@ def test_LEAPLoss_returns_weighted_components(leap_student, leap_sentences):
     out = loss([leap_student.preprocess(leap_sentences[:8])])
     assert set(out) == {"final", "exit", "contrastive", "late"}
     assert all(v.dim() == 0 and torch.isfinite(v) and v >= -1e-6 for v in out.values())
-    doubled = LEAPLoss(leap_student, min_layer=2, redundancy_weight=0.0, late_weight=6.0)
+    doubled = LEAPLoss(leap_student, min_layer=2, redundancy_weight=0.0, late_weight=2 * loss.late_weight)
     doubled.eval(), loss.eval(), leap_student.eval()
     features = leap_student.preprocess(leap_sentences[:8])
     a, b = loss([features]), doubled([dict(features)])
