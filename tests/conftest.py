@@ -69,9 +69,11 @@ def _config(model_type: str, initializer_range: float, num_layers: int):
     raise ValueError(model_type)
 
 
-def build_tiny_model_dir(path, model_type: str = "bert", initializer_range: float = 0.5, num_layers: int = 4) -> str:
+def build_tiny_model_dir(
+    path, model_type: str = "bert", initializer_range: float = 0.5, num_layers: int = 4, seed: int = 0
+) -> str:
     """Save a tiny random encoder and a word-level tokenizer to ``path``; return it as a string."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModel.from_config(_config(model_type, initializer_range, num_layers))
     model.eval()
     model.save_pretrained(path)

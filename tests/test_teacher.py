@@ -2,32 +2,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
-from transformers import BertConfig, BertModel, BertTokenizer
 
 from st_leap.teacher import CacheMismatchError, compute_teacher_embeddings, dataset_fingerprint, teacher_dataset
-
-WORDS = "a the man woman dog cat is eating playing on in food ball guitar park red blue".split()
+from tests.conftest import build_tiny_model_dir
 
 
 def _tiny(path, seed: int) -> SentenceTransformer:
-    torch.manual_seed(seed)
-    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        initializer_range=0.5,
-    )
-    BertModel(config).save_pretrained(path)
-    BertTokenizer(vocab=vocab).save_pretrained(path)
-    transformer = Transformer(str(path), max_seq_length=16)
+    transformer = Transformer(build_tiny_model_dir(path, num_layers=3, seed=seed), max_seq_length=16)
     return SentenceTransformer(modules=[transformer, Pooling(32)], device="cpu")
 
 

@@ -3,32 +3,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from transformers import BertConfig, BertModel, BertTokenizer
 
 from st_leap.training import TrainConfig
-
-WORDS = "a the man woman dog cat is eating playing on in food ball guitar park red blue".split()
+from tests.conftest import VOCAB, build_tiny_model_dir
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny 3-layer BERT saved as a plain Hugging Face folder (ST adds mean pooling)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_train")
-    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        initializer_range=0.5,
-    )
-    BertModel(config).save_pretrained(path)
-    BertTokenizer(vocab=vocab).save_pretrained(path)
-    return str(path)
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_train"), num_layers=3)
 
 
 def test_TrainConfig_reads_json_and_yaml_and_rejects_unknown_keys(tmp_path):
@@ -69,7 +52,7 @@ def test_cli_train_saves_model_that_reloads_with_exit_defaults(tiny_dir, tmp_pat
     from st_leap import resources
 
     original = resources.load_sentences
-    resources.load_sentences = lambda n, seed=0: [" ".join(WORDS[i : i + 4]) for i in range(n)]
+    resources.load_sentences = lambda n, seed=0: [" ".join(VOCAB[5 + i % 40 : 9 + i % 40]) for i in range(n)]
     try:
         assert main(["train", "--config", str(tmp_path / "train.json")]) == 0
     finally:
