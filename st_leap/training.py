@@ -103,16 +103,11 @@ class TrainConfig:
         return asdict(self)
 
 
-def resolve_model_path(name: str) -> str:
-    """``"minilm"``/``"mpnet"`` to their local folders (``st_leap.resources.resolve_model``); others unchanged."""
-    return resources.resolve_model(name)
-
-
 def load_student(name: str) -> SentenceTransformer:
     """The student as an early-exit model (``st_leap.from_pretrained``), so it saves with its exit defaults."""
     from st_leap.model import from_pretrained
 
-    return from_pretrained(resolve_model_path(name))
+    return from_pretrained(resources.resolve_model(name))
 
 
 def build_loss(model: SentenceTransformer, config: TrainConfig, teacher: SentenceTransformer | None) -> LEAPLoss:
@@ -137,7 +132,7 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
     model.max_seq_length = config.max_seq_length
     teacher = None
     if config.teacher is not None:
-        teacher = SentenceTransformer(resolve_model_path(config.teacher), device=str(model.device))
+        teacher = SentenceTransformer(resources.resolve_model(config.teacher), device=str(model.device))
         teacher.max_seq_length = config.max_seq_length
     if sentences is None:
         n = config.num_sentences or config.max_steps * config.batch_size

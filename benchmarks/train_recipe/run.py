@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from st_leap import training  # noqa: E402
+from st_leap import resources, training  # noqa: E402
 from st_leap.model import from_pretrained  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -154,7 +154,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     run_info: dict = {"name": args.name}
     if args.baseline:
-        model = from_pretrained(training.resolve_model_path(args.model))
+        model = from_pretrained(resources.resolve_model(args.model))
         run_info.update({"model": args.model, "trained": False, "train_seconds": 0.0})
     else:
         config = training.TrainConfig.from_file(args.config)
