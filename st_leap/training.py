@@ -287,15 +287,25 @@ def measure(
     min_layer: int = 3,
     per_layer_stsb: bool = True,
     split: str = "test",
+    method: str = "encode",
 ) -> dict[str, Any]:
     """Everything the recipe reports, on the STS-B ``split`` sentences.
 
     Returns per-layer similarity to final / adjacent, per-layer STS-B (optional), full-depth STS-B, and for each
     threshold: exit rate, E[layers], exit-layer counts (``model[0].exit_stats``) and the exited STS-B.
+
+    ``method="encode"`` encodes once per threshold through the early-exit module (what a user runs);
+    ``method="replay"`` runs one full-depth pass and replays the one exit rule on the pooled states of every
+    layer (:func:`st_leap.exit_policy.exit_layers_from_pooled`): the same decisions and embeddings for a
+    Transformer -> mean Pooling [-> Normalize] model, at a fraction of the cost (used between training probes).
     """
     from st_leap.model import as_early_exit
 
+    if method not in ("encode", "replay"):
+        raise ValueError(f"method must be 'encode' or 'replay', got {method!r}")
     as_early_exit(model)
+    if method == "replay":
+        return _measure_replay(model, thresholds, min_layer, per_layer_stsb, split)
     first = model[0]
     sentences = resources.stsb_sentences(split)
     result: dict[str, Any] = {"num_sentences": len(sentences), "num_layers": first.num_layers}
@@ -314,6 +324,49 @@ def measure(
             "expected_layers": stats.expected_layers,
             "counts": list(stats.counts),
             "stsb_exited": stsb_spearman(model, split, exit_threshold=theta, exit_min_layer=min_layer),
+        }
+    return result
+
+
+def _measure_replay(
+    model: SentenceTransformer, thresholds: Sequence[float], min_layer: int, per_layer_stsb: bool, split: str
+) -> dict[str, Any]:
+    import numpy as np
+
+    from st_leap.evaluation.sweep import replay_exits, replay_pooled_states
+    from st_leap.evaluation.sweep import stsb_spearman as stsb_from_embeddings
+
+    s1, s2, gold = resources.load_stsb(split)
+    sentences = resources.stsb_sentences(split)
+    index = {s: i for i, s in enumerate(sentences)}
+    pooled = replay_pooled_states(model, sentences, batch_size=64, show_progress_bar=False)
+    num_layers = pooled.shape[1] - 1
+    final = pooled[:, -1]
+    layers = range(1, num_layers + 1)
+    result: dict[str, Any] = {
+        "num_sentences": len(sentences),
+        "num_layers": num_layers,
+        "method": "replay",
+        "to_final": [F.cosine_similarity(pooled[:, layer], final, dim=-1).mean().item() for layer in layers],
+        "adjacent": [F.cosine_similarity(pooled[:, layer], pooled[:, layer - 1], dim=-1).mean().item() for layer in layers],
+    }
+
+    def score(embeddings: torch.Tensor) -> float:
+        return stsb_from_embeddings(embeddings.numpy(), index, s1, s2, gold) / 100.0
+
+    result["stsb_full"] = score(final)
+    if per_layer_stsb:
+        result["stsb_per_layer"] = [score(pooled[:, layer]) for layer in layers]
+    result["exits"] = {}
+    rows = torch.arange(len(sentences))
+    for theta in thresholds:
+        exit_layer = replay_exits(pooled, theta, 1, min_layer)
+        counts = np.bincount(exit_layer - 1, minlength=num_layers)
+        result["exits"][str(theta)] = {
+            "exit_rate": float((exit_layer < num_layers).mean()),
+            "expected_layers": float(exit_layer.mean()),
+            "counts": counts.tolist(),
+            "stsb_exited": score(pooled[rows, torch.from_numpy(exit_layer)]),
         }
     return result
 

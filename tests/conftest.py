@@ -46,14 +46,21 @@ SENTENCES = [
 ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert")
 
 
-def _config(model_type: str, initializer_range: float, num_layers: int):
-    common = dict(vocab_size=len(VOCAB), initializer_range=initializer_range, pad_token_id=0)
+def _config(
+    model_type: str,
+    initializer_range: float,
+    num_layers: int,
+    vocab_size: int = len(VOCAB),
+    hidden: int = 32,
+    max_position_embeddings: int = 128,
+):
+    common = dict(vocab_size=vocab_size, initializer_range=initializer_range, pad_token_id=0)
     bert_like = dict(
-        hidden_size=32,
+        hidden_size=hidden,
         num_hidden_layers=num_layers,
         num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=max_position_embeddings,
         **common,
     )
     if model_type == "bert":
@@ -65,19 +72,38 @@ def _config(model_type: str, initializer_range: float, num_layers: int):
     if model_type == "mpnet":
         return MPNetConfig(**bert_like, bos_token_id=2, eos_token_id=3)
     if model_type == "distilbert":
-        return DistilBertConfig(dim=32, n_layers=num_layers, n_heads=4, hidden_dim=64, max_position_embeddings=128, **common)
+        return DistilBertConfig(
+            dim=hidden,
+            n_layers=num_layers,
+            n_heads=4,
+            hidden_dim=2 * hidden,
+            max_position_embeddings=max_position_embeddings,
+            **common,
+        )
     raise ValueError(model_type)
 
 
 def build_tiny_model_dir(
-    path, model_type: str = "bert", initializer_range: float = 0.5, num_layers: int = 4, seed: int = 0
+    path,
+    model_type: str = "bert",
+    initializer_range: float = 0.5,
+    num_layers: int = 4,
+    seed: int = 0,
+    *,
+    hidden: int = 32,
+    words: list[str] | None = None,
+    max_position_embeddings: int = 128,
 ) -> str:
-    """Save a tiny random encoder and a word-level tokenizer to ``path``; return it as a string."""
+    """Save a tiny random encoder (``hidden`` wide, FFN ``2 * hidden``) and a word-level tokenizer over the special
+    tokens plus ``words`` (default ``WORDS``) to ``path``; return it as a string. Every tiny model of the test
+    suite comes from here; ``initializer_range`` sets how far apart the layers are (0.5: far, 0.02: cosine ~1)."""
+    vocab = VOCAB if words is None else VOCAB[:5] + list(words)
     torch.manual_seed(seed)
-    model = AutoModel.from_config(_config(model_type, initializer_range, num_layers))
+    config = _config(model_type, initializer_range, num_layers, len(vocab), hidden, max_position_embeddings)
+    model = AutoModel.from_config(config)
     model.eval()
     model.save_pretrained(path)
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True, model_max_length=64)
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
     tokenizer.save_pretrained(path)
     return str(path)
 

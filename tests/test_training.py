@@ -67,3 +67,40 @@ def test_cli_train_saves_model_that_reloads_with_exit_defaults(tiny_dir, tmp_pat
     emb_before = before.encode(["a man is eating"], exit_threshold=None)
     assert abs(emb_after - emb_before).max() > 1e-4  # trained weights were saved
     assert (tmp_path / "out" / "teacher_cache" / "meta.json").exists()
+
+
+def test_measure_replay_matches_encode(tiny_dir, tmp_path, monkeypatch):
+    """measure(method="replay") (one full-depth pass, the exit rule replayed) reports the same exits, E[layers],
+    exit-layer counts and STS-B figures as measure(method="encode") (one early-exit encode per threshold)."""
+    import random
+
+    import st_leap.model
+    from st_leap.training import measure
+
+    rng = random.Random(0)
+    words = VOCAB[5:]
+    rows = ["sentence1\tsentence2\tscore"]
+    for _ in range(60):
+        a = " ".join(rng.choice(words) for _ in range(rng.randint(2, 9)))
+        b = " ".join(rng.choice(words) for _ in range(rng.randint(2, 9)))
+        rows.append(f"{a}\t{b}\t{rng.uniform(0, 5):.2f}")
+    (tmp_path / "stsb").mkdir()
+    (tmp_path / "stsb" / "test.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    monkeypatch.setenv("ST_LEAP_DATA", str(tmp_path))
+
+    model = st_leap.model.from_pretrained(tiny_dir)
+    thresholds = (0.1, 0.3, 0.5, 0.7, 0.9)
+    encoded = measure(model, thresholds=thresholds, min_layer=2, per_layer_stsb=True)
+    replayed = measure(model, thresholds=thresholds, min_layer=2, per_layer_stsb=True, method="replay")
+    rates = [encoded["exits"][str(t)]["exit_rate"] for t in thresholds]
+    assert any(0 < r < 1 for r in rates), rates  # some threshold splits the sentences: the test is not vacuous
+    for theta in thresholds:
+        e, r = encoded["exits"][str(theta)], replayed["exits"][str(theta)]
+        assert e["counts"] == r["counts"]
+        assert e["expected_layers"] == pytest.approx(r["expected_layers"])
+        assert e["stsb_exited"] == pytest.approx(r["stsb_exited"], abs=1e-4)
+    assert encoded["stsb_full"] == pytest.approx(replayed["stsb_full"], abs=1e-4)
+    assert encoded["stsb_per_layer"] == pytest.approx(replayed["stsb_per_layer"], abs=1e-4)
+    assert encoded["to_final"] == pytest.approx(replayed["to_final"], abs=1e-5)
+    with pytest.raises(ValueError, match="method must be 'encode' or 'replay'"):
+        measure(model, method="fast")

@@ -10,9 +10,9 @@ import pytest
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
-from transformers import BertConfig, BertModel, BertTokenizer
 
 import st_leap
+from tests.conftest import build_tiny_model_dir
 
 EVAL_WORDS = (
     "a the man woman dog cat is are eating playing running sitting on in with food ball guitar park house street "
@@ -22,23 +22,17 @@ EVAL_WORDS = (
 
 def _build_tiny_st(path, hidden: int = 32, layers: int = 4, seed: int = 0) -> str:
     """Save a tiny random BERT sentence-transformer (mean pooling + normalize) to ``path``."""
-    import torch
-
-    torch.manual_seed(seed)
-    hf_dir = path / "hf"
-    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *EVAL_WORDS])}
-    BertTokenizer(vocab=vocab).save_pretrained(hf_dir)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=2 * hidden,
+    hf_dir = build_tiny_model_dir(
+        path / "hf",
+        "bert",
+        0.1,  # small init: adjacent layers agree, so thresholds around 0.9 make samples exit
+        layers,
+        seed,
+        hidden=hidden,
+        words=EVAL_WORDS,
         max_position_embeddings=64,
-        initializer_range=0.1,  # small init: adjacent layers agree, so thresholds around 0.9 make samples exit
     )
-    BertModel(config).save_pretrained(hf_dir)
-    transformer = Transformer(str(hf_dir), max_seq_length=32)
+    transformer = Transformer(hf_dir, max_seq_length=32)
     model = SentenceTransformer(
         modules=[transformer, Pooling(transformer.get_embedding_dimension()), Normalize()], device="cpu"
     )

@@ -6,7 +6,8 @@ import pytest
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
-from transformers import BertConfig, BertModel, BertTokenizer
+
+from tests.conftest import build_tiny_model_dir
 
 WORDS = (
     "a the man woman dog cat is are eating playing running sitting on in with food ball guitar park house street "
@@ -15,24 +16,10 @@ WORDS = (
 
 
 def build_tiny_bert(path, hidden: int = 32, layers: int = 4, seed: int = 0) -> str:
-    """Save a tiny random BERT (wide init so cosines are not all ~1) and its tokenizer to ``path``."""
-    import torch
-
-    torch.manual_seed(seed)
-    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
-    tokenizer = BertTokenizer(vocab=vocab)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=64,
-        initializer_range=0.5,
+    """A tiny random BERT (wide init so cosines are not all ~1) and its tokenizer, saved to ``path``."""
+    return build_tiny_model_dir(
+        path, "bert", 0.5, layers, seed, hidden=hidden, words=WORDS, max_position_embeddings=64
     )
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def tiny_model(path: str, max_seq_length: int = 16) -> SentenceTransformer:
