@@ -384,19 +384,27 @@ def demo_retrofit(
 ) -> SentenceTransformer:
     """A bounded LEAP retrofit for ``st-leap demo`` (about 6-10 minutes on 2 CPU cores).
 
-    Self-distils ``model_path`` (default all-MiniLM-L6-v2) with the frozen original as precomputed teacher and
-    LEAPLoss defaults for ``max_steps`` steps of batch 32 (lr 1e-4, 10% warm-up), saves it to ``output_dir`` with
-    exit defaults theta=0.95, l_min=3, and returns it (an early-exit model).
+    Self-distils ``model_path`` (default all-MiniLM-L6-v2) with the frozen original as precomputed teacher for
+    ``max_steps`` steps of batch 32 (lr 3e-4, 10% warm-up), saves it to ``output_dir`` with exit defaults
+    theta=0.95, l_min=3, and returns it (an early-exit model). The loss is LEAPLoss with the settings of the best
+    300-step probe (``benchmarks/results/train_recipe_probes.md``, ``p_sw0_final4_red6_lr3e-4``): the teacher as
+    the only target, ``final_weight=4`` (full depth stays at the original's STS-B) and ``redundancy_weight=6``.
+    ``overrides`` are :class:`TrainConfig` fields (``loss`` replaces the loss settings).
     """
     path = model_path or "minilm"
+    settings: dict[str, Any] = {
+        "learning_rate": 3e-4,
+        "loss": {"student_weight": 0.0, "final_weight": 4.0, "redundancy_weight": 6.0},
+        "warmup_steps": max(1, max_steps // 10),
+    }
+    settings.update(overrides)
     config = TrainConfig(
         model=path,
         teacher=path,
         teacher_mode="precomputed",
         output_dir=output_dir,
         max_steps=max_steps,
-        warmup_steps=max(1, max_steps // 10),
-        **overrides,
+        **settings,
     )
     return train(config)
 

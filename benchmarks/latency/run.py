@@ -54,6 +54,19 @@ def truncated_copy(model: SentenceTransformer, num_layers: int) -> SentenceTrans
     return copied
 
 
+def load_stock(model_path: str, device: str) -> SentenceTransformer:
+    """The stock sentence-transformers pipeline over the model's weights, also for a model saved by st_leap (whose
+    first module is an EarlyExitTransformer): its weights sit at the folder root, so a stock Transformer loads them."""
+    modules_file = Path(model_path) / "modules.json"
+    if modules_file.exists() and "st_leap." in modules_file.read_text(encoding="utf-8"):
+        from sentence_transformers.base.modules import Transformer
+
+        leap = st_leap.load(model_path, device=device)
+        first = Transformer(model_path, max_seq_length=leap[0].max_seq_length)
+        return SentenceTransformer(modules=[first, *(leap[i] for i in range(1, len(leap)))], device=device)
+    return SentenceTransformer(model_path, device=device)
+
+
 def sentences_for(batch_size: int, pool: list[str], minimum: int) -> list[str]:
     return pool[: max(minimum, 16 * batch_size)]
 
@@ -167,7 +180,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     model_path = resolve_model(args.model)
-    stock = SentenceTransformer(model_path, device=args.device)
+    stock = load_stock(model_path, args.device)
     if args.device.startswith("cuda"):
         stock.half()
     leap = as_early_exit(copy.deepcopy(stock))

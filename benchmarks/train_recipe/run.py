@@ -145,6 +145,8 @@ def markdown(name: str, result: dict, baseline: dict | None, ablation: dict | No
             ]
         else:
             lines.append("| 11 | same recipe without the exit term: exits | - | <= 5% | - | not run |")
+        if ablation is not None:
+            lines += ["", f"Table 11 rows from `{ablation['meta_info']['command']}` ({ablation['run_info'].get('steps')} steps)."]
     lines += [
         "",
         f"Mean cosine of layers 3-5 to layer 6: {fmt(m['cos_to_final_3_5'])}"
