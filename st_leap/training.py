@@ -247,7 +247,13 @@ def layer_similarity(model: SentenceTransformer, sentences: Sequence[str], batch
     ``to_final[l-1]`` and ``adjacent[l-1]`` for layers ``l = 1..L`` (``adjacent[0]`` compares with the embedding
     output), from :func:`st_leap.diagnostics.layer_pooled_states` (one full-depth pass).
     """
-    pooled = layer_pooled_states(model, list(sentences), batch_size=batch_size, show_progress_bar=False)
+    return _similarity_from_pooled(
+        layer_pooled_states(model, list(sentences), batch_size=batch_size, show_progress_bar=False)
+    )
+
+
+def _similarity_from_pooled(pooled: torch.Tensor) -> dict[str, list]:
+    """``to_final`` / ``adjacent`` mean cosines of ``(N, L + 1, H)`` pooled states, for layers ``1..L``."""
     final = pooled[:, -1]
     layers = range(1, pooled.shape[1])
     return {
@@ -331,42 +337,35 @@ def measure(
 def _measure_replay(
     model: SentenceTransformer, thresholds: Sequence[float], min_layer: int, per_layer_stsb: bool, split: str
 ) -> dict[str, Any]:
-    import numpy as np
-
     from st_leap.evaluation.sweep import replay_exits, replay_pooled_states
     from st_leap.evaluation.sweep import stsb_spearman as stsb_from_embeddings
+    from st_leap.exit_policy import ExitStats
 
     s1, s2, gold = resources.load_stsb(split)
     sentences = resources.stsb_sentences(split)
     index = {s: i for i, s in enumerate(sentences)}
     pooled = replay_pooled_states(model, sentences, batch_size=64, show_progress_bar=False)
     num_layers = pooled.shape[1] - 1
-    final = pooled[:, -1]
-    layers = range(1, num_layers + 1)
-    result: dict[str, Any] = {
-        "num_sentences": len(sentences),
-        "num_layers": num_layers,
-        "method": "replay",
-        "to_final": [F.cosine_similarity(pooled[:, layer], final, dim=-1).mean().item() for layer in layers],
-        "adjacent": [F.cosine_similarity(pooled[:, layer], pooled[:, layer - 1], dim=-1).mean().item() for layer in layers],
-    }
+    result: dict[str, Any] = {"num_sentences": len(sentences), "num_layers": num_layers, "method": "replay"}
+    result.update(_similarity_from_pooled(pooled))
 
     def score(embeddings: torch.Tensor) -> float:
         return stsb_from_embeddings(embeddings.numpy(), index, s1, s2, gold) / 100.0
 
-    result["stsb_full"] = score(final)
+    result["stsb_full"] = score(pooled[:, -1])
     if per_layer_stsb:
-        result["stsb_per_layer"] = [score(pooled[:, layer]) for layer in layers]
+        result["stsb_per_layer"] = [score(pooled[:, layer]) for layer in range(1, num_layers + 1)]
     result["exits"] = {}
     rows = torch.arange(len(sentences))
     for theta in thresholds:
-        exit_layer = replay_exits(pooled, theta, 1, min_layer)
-        counts = np.bincount(exit_layer - 1, minlength=num_layers)
+        exit_layer = torch.from_numpy(replay_exits(pooled, theta, model[0].exit_patience, min_layer))
+        stats = ExitStats(num_layers)
+        stats.update(exit_layer)
         result["exits"][str(theta)] = {
-            "exit_rate": float((exit_layer < num_layers).mean()),
-            "expected_layers": float(exit_layer.mean()),
-            "counts": counts.tolist(),
-            "stsb_exited": score(pooled[rows, torch.from_numpy(exit_layer)]),
+            "exit_rate": stats.exit_rate,
+            "expected_layers": stats.expected_layers,
+            "counts": list(stats.counts),
+            "stsb_exited": score(pooled[rows, exit_layer]),
         }
     return result
 

@@ -218,6 +218,7 @@ def main() -> None:
         model = training.train(config)
         run_info["train_seconds"] = model.leap_train_seconds
         run_info["steps"] = getattr(model, "leap_steps", None)
+        run_info["log_history"] = getattr(model, "leap_log_history", None)  # the Trainer's per-term loss log
     start = time.perf_counter()
     metrics = training.measure(model, thresholds=thresholds, min_layer=3, per_layer_stsb=not args.no_per_layer_stsb)
     metrics["cos_to_final_3_5"] = training.mean_cos_to_final(metrics)
