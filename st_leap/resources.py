@@ -9,7 +9,8 @@ are local.
   concatenated and unzipped once into the st_leap cache folder.
 - ``data_dir()``: the shared data folder (``$ST_LEAP_DATA``, else the first ``shared/data`` found next to
   the working directory or this checkout).
-- ``load_stsb(split)``, ``load_sentences(n)``: STS-B pairs and training sentences.
+- ``load_stsb(split)``, ``load_sentences(n)``, ``load_passages(n)``: STS-B pairs, training sentences and
+  passage-length training texts.
 """
 
 from __future__ import annotations
@@ -136,6 +137,47 @@ def load_sentences(n: int | None = None, seed: int = 12345) -> list[str]:
         raise FileNotFoundError(f"No training sentences found under {data_dir() / 'nli'}")
     random.Random(seed).shuffle(sentences)
     return sentences if n is None else sentences[:n]
+
+
+# Line ranges (1-based, inclusive) of ``nli/more_sentences.txt.gz`` whose lines are consecutive sentences of
+# articles and reviews (shared/data/SOURCES.md: BBC News, Reuters-21578, IMDB reviews, in document order).
+PASSAGE_SOURCES: dict[str, tuple[int, int]] = {
+    "bbc": (173_113, 207_991),
+    "reuters": (207_992, 306_320),
+    "imdb": (306_321, 438_543),
+}
+
+
+def load_passages(n: int | None = None, seed: int = 12345, sentences_per_passage: int = 8) -> list[str]:
+    """Passage-length training texts: runs of ``sentences_per_passage`` consecutive sentences of one source.
+
+    ``nli/more_sentences.txt.gz`` keeps the sentences of its news and review sources in document order
+    (``PASSAGE_SOURCES``), so consecutive lines read as a paragraph (a run may cross an article boundary, and
+    sentences dropped by the data filters leave small gaps). Training on them exercises the lengths a search
+    index encodes (about 150-250 tokens), which short NLI sentences do not. Non-overlapping runs, shuffled with
+    ``seed``, first ``n`` taken.
+    """
+    if not isinstance(sentences_per_passage, int) or sentences_per_passage < 1:
+        raise ValueError(f"sentences_per_passage must be an int >= 1, got {sentences_per_passage!r}")
+    path = data_dir() / "nli" / "more_sentences.txt.gz"
+    if not path.exists():
+        raise FileNotFoundError(f"Passages are built from {path}, which does not exist")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        lines = [line.strip() for line in f]
+    last = max(end for _, end in PASSAGE_SOURCES.values())
+    if len(lines) < last:
+        raise ValueError(
+            f"{path} has {len(lines)} lines, fewer than the {last} that PASSAGE_SOURCES expects (see SOURCES.md)"
+        )
+    passages = []
+    for start, end in PASSAGE_SOURCES.values():
+        block = lines[start - 1 : end]
+        for i in range(0, len(block) - sentences_per_passage + 1, sentences_per_passage):
+            passages.append(" ".join(block[i : i + sentences_per_passage]))
+    random.Random(seed).shuffle(passages)
+    if n is not None and n > len(passages):
+        raise ValueError(f"Asked for {n} passages, only {len(passages)} can be built")
+    return passages if n is None else passages[:n]
 
 
 def beir_dir(name: str) -> Path:

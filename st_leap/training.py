@@ -38,7 +38,10 @@ class TrainConfig:
     ``teacher_mode``: ``"live"`` (frozen teacher run at every step) or ``"precomputed"`` (embeddings cached in
     ``cache_dir`` by :mod:`st_leap.teacher` and given to the loss as labels). ``loss``: keyword arguments of
     :class:`~st_leap.losses.LEAPLoss`. ``exit_threshold``/``exit_min_layer``: the exit defaults saved with the
-    model.
+    model. ``data``: ``"sentences"`` (:func:`~st_leap.resources.load_sentences`) or ``"passages"``
+    (:func:`~st_leap.resources.load_passages`, ``sentences_per_passage`` consecutive sentences of news and
+    reviews; train them at the serving length, e.g. ``max_seq_length: 256``); ``num_sentences`` is the number of
+    training texts of either kind.
     """
 
     model: str = "minilm"
@@ -47,6 +50,8 @@ class TrainConfig:
     output_dir: str = "runs/leap"
     num_sentences: int | None = None
     sentence_seed: int = 12345
+    data: str = "sentences"
+    sentences_per_passage: int = 8
     max_steps: int = 240
     batch_size: int = 32
     learning_rate: float = 1e-4
@@ -67,6 +72,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.teacher_mode not in ("live", "precomputed"):
             raise ValueError(f"teacher_mode must be 'live' or 'precomputed', got {self.teacher_mode!r}")
+        if self.data not in ("sentences", "passages"):
+            raise ValueError(f"data must be 'sentences' or 'passages', got {self.data!r}")
         if self.api not in ("trainer", "fit"):
             raise ValueError(f"api must be 'trainer' or 'fit', got {self.api!r}")
         for name in ("max_steps", "batch_size", "max_seq_length", "logging_steps"):
@@ -136,7 +143,12 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
         teacher.max_seq_length = config.max_seq_length
     if sentences is None:
         n = config.num_sentences or config.max_steps * config.batch_size
-        sentences = resources.load_sentences(n, seed=config.sentence_seed)
+        if config.data == "passages":
+            sentences = resources.load_passages(
+                n, seed=config.sentence_seed, sentences_per_passage=config.sentences_per_passage
+            )
+        else:
+            sentences = resources.load_sentences(n, seed=config.sentence_seed)
     sentences = list(sentences)
     loss = build_loss(model, config, teacher)
 

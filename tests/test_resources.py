@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from st_leap import resources
+from st_leap.training import TrainConfig
+
+
+@pytest.fixture
+def fake_data(tmp_path, monkeypatch):
+    """A data folder whose more_sentences file has 30 numbered lines, with two 'article' sources in it."""
+    (tmp_path / "stsb").mkdir()
+    (tmp_path / "nli").mkdir()
+    with gzip.open(tmp_path / "nli" / "more_sentences.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("".join(f"s{i}\n" for i in range(1, 31)))
+    monkeypatch.setenv("ST_LEAP_DATA", str(tmp_path))
+    monkeypatch.setattr(resources, "PASSAGE_SOURCES", {"a": (3, 12), "b": (20, 26)})
+    return tmp_path
+
+
+def test_load_passages_joins_runs_of_consecutive_lines_within_one_source(fake_data):
+    """Each passage is sentences_per_passage consecutive lines of one source range: no line outside the ranges,
+    no run across two sources, no line used twice; the order is shuffled by seed."""
+    passages = resources.load_passages(sentences_per_passage=3)
+    # source a: lines 3-12 -> runs 3-5, 6-8, 9-11 (12 left over); source b: lines 20-26 -> 20-22, 23-25
+    expected = {"s3 s4 s5", "s6 s7 s8", "s9 s10 s11", "s20 s21 s22", "s23 s24 s25"}
+    assert sorted(passages) == sorted(expected)
+    assert resources.load_passages(sentences_per_passage=3, seed=1) == resources.load_passages(
+        sentences_per_passage=3, seed=1
+    )
+    assert resources.load_passages(sentences_per_passage=3, seed=1) != resources.load_passages(
+        sentences_per_passage=3, seed=2
+    )
+    assert len(resources.load_passages(4, sentences_per_passage=3)) == 4
+
+
+def test_load_passages_rejects_bad_input(fake_data, monkeypatch):
+    with pytest.raises(ValueError, match="sentences_per_passage must be an int >= 1, got 0"):
+        resources.load_passages(sentences_per_passage=0)
+    with pytest.raises(ValueError, match="Asked for 9 passages, only 5 can be built"):
+        resources.load_passages(9, sentences_per_passage=3)
+    monkeypatch.setattr(resources, "PASSAGE_SOURCES", {"a": (3, 40)})
+    with pytest.raises(ValueError, match="has 30 lines, fewer than the 40"):
+        resources.load_passages()
+
+
+def test_passage_sources_fit_the_shared_file():
+    """The line ranges in PASSAGE_SOURCES end inside the real more_sentences file (SOURCES.md layout)."""
+    try:
+        path = resources.data_dir() / "nli" / "more_sentences.txt.gz"
+    except FileNotFoundError:
+        pytest.skip("no shared data folder")
+    if not path.exists():
+        pytest.skip("no more_sentences.txt.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        num_lines = sum(1 for _ in f)
+    assert max(end for _, end in resources.PASSAGE_SOURCES.values()) <= num_lines
+    passages = resources.load_passages(50)
+    assert len(passages) == 50
+    assert all(len(p.split()) > 40 for p in passages)  # paragraphs, not single sentences
+
+
+def test_TrainConfig_rejects_unknown_data_kind():
+    with pytest.raises(ValueError, match="data must be 'sentences' or 'passages', got 'docs'"):
+        TrainConfig(data="docs")
