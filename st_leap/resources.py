@@ -154,7 +154,7 @@ def load_passages(n: int | None = None, seed: int = 12345, sentences_per_passage
     ``nli/more_sentences.txt.gz`` keeps the sentences of its news and review sources in document order
     (``PASSAGE_SOURCES``), so consecutive lines read as a paragraph (a run may cross an article boundary, and
     sentences dropped by the data filters leave small gaps). Training on them exercises the lengths a search
-    index encodes (about 150-250 tokens), which short NLI sentences do not. Non-overlapping runs, shuffled with
+    index encodes, which short NLI sentences do not. Non-overlapping runs, shuffled with
     ``seed``, first ``n`` taken.
     """
     if not isinstance(sentences_per_passage, int) or sentences_per_passage < 1:

@@ -1,12 +1,13 @@
 """One table for a multi-stage recipe: each stage's STS-B exits and quality, cumulative steps and training time.
 
-    python benchmarks/train_recipe/stages.py --name train_recipe_stages \
-        train_recipe_leap:leap_recipe train_recipe_continue train_recipe_continue2 train_recipe_passages
+    python benchmarks/train_recipe/stages.py --name train_recipe_stages train_recipe_baseline:anchors_minilm \
+        train_recipe_leap:table6_leap_recipe train_recipe_continue train_recipe_continue2 train_recipe_continue3 \
+        train_recipe_passages
 
 Reads ``benchmarks/results/<stage>.json`` written by ``run.py`` (one per stage, in training order; each stage
-starts from the previous stage's model) and, when present, the SciFact Table 6 files
-``table6_<prefix>_{full_depth,theta095}_beir_scifact.json`` written by ``benchmarks/evaluation/anchors.py``
-(``<prefix>`` is the stage name unless given as ``stage:prefix``).
+starts from the previous stage's model; a ``run.py --baseline`` result counts as the untrained row) and, when
+present, the SciFact files ``<stem>_{full_depth,theta095}_beir_scifact.json`` written by
+``benchmarks/evaluation/anchors.py`` (``<stem>`` is ``table6_<stage>`` unless given as ``stage:stem``).
 Writes ``benchmarks/results/<name>.md`` and ``<name>.json``. No model is run here.
 """
 
@@ -23,10 +24,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = {"exit_rate": 0.85, "expected_layers": 4.0, "stsb_exited": 0.80, "stsb_full": 0.81}
 
 
-def scifact(prefix: str) -> dict[str, float | None]:
+def scifact(stem: str) -> dict[str, float | None]:
     out: dict[str, float | None] = {"ndcg10_full": None, "ndcg10_theta095": None, "doc_exit_rate_theta095": None}
-    full = RESULTS / f"table6_{prefix}_full_depth_beir_scifact.json"
-    exited = RESULTS / f"table6_{prefix}_theta095_beir_scifact.json"
+    full = RESULTS / f"{stem}_full_depth_beir_scifact.json"
+    exited = RESULTS / f"{stem}_theta095_beir_scifact.json"
     if full.exists():
         out["ndcg10_full"] = json.loads(full.read_text())["ndcg"]["NDCG@10"]
     if exited.exists():
@@ -39,7 +40,7 @@ def scifact(prefix: str) -> dict[str, float | None]:
 def collect(stages: list[str], theta: str) -> list[dict]:
     rows, steps, seconds = [], 0, 0.0
     for spec in stages:
-        stage, _, prefix = spec.partition(":")
+        stage, _, stem = spec.partition(":")
         result = json.loads((RESULTS / f"{stage}.json").read_text())
         info, metrics = result["run_info"], result["metrics"]
         cfg = info.get("config") or {}
@@ -50,9 +51,9 @@ def collect(stages: list[str], theta: str) -> list[dict]:
             {
                 "stage": stage,
                 "starts_from": cfg.get("model"),
-                "data": cfg.get("data", "sentences"),
+                "data": cfg.get("data", "sentences") if cfg else "untrained",
                 "max_seq_length": cfg.get("max_seq_length"),
-                "stage_steps": info.get("steps"),
+                "stage_steps": int(info.get("steps") or 0),
                 "cumulative_steps": steps,
                 "cumulative_train_minutes": round(seconds / 60, 1),
                 "exit_rate": exits["exit_rate"],
@@ -61,7 +62,7 @@ def collect(stages: list[str], theta: str) -> list[dict]:
                 "stsb_full": metrics["stsb_full"],
                 "stsb_layers_3_5": metrics["stsb_per_layer"][2:5],
                 "cos_to_final_3_5": metrics["cos_to_final_3_5"],
-                **scifact(prefix or stage),
+                **scifact(stem or f"table6_{stage}"),
             }
         )
     return rows
@@ -74,6 +75,9 @@ def markdown(name: str, rows: list[dict], theta: str, command: str) -> str:
     def num(x, digits=3):
         return "-" if x is None else f"{x:.{digits}f}"
 
+    def data(r):
+        return r["data"] if r["max_seq_length"] is None else f"{r['data']}, {r['max_seq_length']}"
+
     def ndcg(x):
         return "-" if x is None else f"{100 * x:.2f}"
 
@@ -84,8 +88,8 @@ def markdown(name: str, rows: list[dict], theta: str, command: str) -> str:
         "",
         f"Each stage starts from the previous stage's model. STS-B test, theta={theta}, l_min=3, measured through the "
         "early-exit module's `encode` by `run.py`; SciFact NDCG@10 (x100) from `anchors.py` where it was run "
-        "('-' = not run). Targets (issue 3): exits >= 85%, E[layers] <= 4.0, STS-B exited >= 0.80, full depth >= "
-        "0.81. Original all-MiniLM-L6-v2: 0.6% / 5.99 / 0.816 / 0.820, SciFact 64.51.",
+        f"('-' = not run). Targets (issue 3): exits >= {TARGETS['exit_rate']:.0%}, E[layers] <= "
+        f"{TARGETS['expected_layers']}, STS-B exited >= {TARGETS['stsb_exited']}, full depth >= {TARGETS['stsb_full']}.",
         "",
         "| stage | data, max length | steps (cumulative) | train min (cumulative) | exits | E[layers] | STS-B exited "
         "| STS-B full | STS-B of L3 / L4 / L5 | cos to final L3-5 | SciFact full / theta | docs exiting |",
@@ -93,7 +97,7 @@ def markdown(name: str, rows: list[dict], theta: str, command: str) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| `{r['stage']}` | {r['data']}, {r['max_seq_length']} | {r['stage_steps']} ({r['cumulative_steps']}) "
+            f"| `{r['stage']}` | {data(r)} | {r['stage_steps']} ({r['cumulative_steps']}) "
             f"| {r['cumulative_train_minutes']} | {pct(r['exit_rate'])} | {num(r['expected_layers'], 2)} "
             f"| {num(r['stsb_exited'])} | {num(r['stsb_full'])} | {' / '.join(num(x) for x in r['stsb_layers_3_5'])} "
             f"| {num(r['cos_to_final_3_5'])} | {ndcg(r['ndcg10_full'])} / {ndcg(r['ndcg10_theta095'])} "
@@ -104,7 +108,7 @@ def markdown(name: str, rows: list[dict], theta: str, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stages", nargs="+", help="result names of the stages, in training order (stage or stage:table6_prefix)")
+    parser.add_argument("stages", nargs="+", help="result names of the stages, in training order (stage or stage:scifact_stem)")
     parser.add_argument("--name", required=True, help="output name under benchmarks/results/")
     parser.add_argument("--theta", default="0.95")
     args = parser.parse_args(argv)

@@ -28,7 +28,7 @@ def test_stages_accumulate_and_pick_up_scifact(tmp_path, monkeypatch):
     monkeypatch.setattr(stages, "RESULTS", tmp_path)
     _stage(tmp_path, "a", "minilm", 2000, 600.0, 0.5)
     _stage(tmp_path, "b", "runs/a", 300, 120.0, 0.7)
-    (tmp_path / "table6_pre_a_full_depth_beir_scifact.json").write_text(json.dumps({"ndcg": {"NDCG@10": 0.6}}))
+    (tmp_path / "pre_a_full_depth_beir_scifact.json").write_text(json.dumps({"ndcg": {"NDCG@10": 0.6}}))
     rows = stages.collect(["a:pre_a", "b"], "0.95")
     assert [r["cumulative_steps"] for r in rows] == [2000, 2300]
     assert [r["cumulative_train_minutes"] for r in rows] == [10.0, 12.0]
