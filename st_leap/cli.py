@@ -91,7 +91,7 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", default=None, help="Model folder or Hub id (default: packaged all-MiniLM-L6-v2)")
     parser.add_argument("--out", default="st_leap_demo", help="Output folder (default: %(default)s)")
-    parser.add_argument("--train-steps", type=int, default=300, help="LEAP retrofit steps of batch 32; 0 skips training (default: %(default)s)")
+    parser.add_argument("--train-steps", type=int, default=600, help="LEAP retrofit steps of batch 32; 0 skips training (default: %(default)s)")
     parser.add_argument("--thresholds", type=_thresholds, default=[0.90, 0.93, 0.95], help="Thetas of the table (default: 0.90,0.93,0.95)")
     parser.add_argument("--timing-sentences", type=int, default=512, help="Sentences per timed encode (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="Interleaved timing rounds (default: %(default)s)")

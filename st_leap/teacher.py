@@ -115,11 +115,13 @@ def compute_teacher_embeddings(
     if layers:
         config.output_hidden_states = True
     chunks = []
+    # longest first, like SentenceTransformer.encode: batches of similar length pad little
+    order = np.argsort([-len(s) for s in sentences], kind="stable")
     try:
         for start in tqdm(
             range(0, len(sentences), batch_size), desc="Teacher embeddings", disable=not show_progress_bar
         ):
-            batch = sentences[start : start + batch_size]
+            batch = [sentences[i] for i in order[start : start + batch_size]]
             features = teacher.preprocess(batch)
             features = {k: v.to(teacher.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
             out = teacher(features)
@@ -135,7 +137,9 @@ def compute_teacher_embeddings(
         teacher.train(was_training)
     width = teacher.get_embedding_dimension()
     shape = (0, 1 + len(layers), width) if layers else (0, width)
-    embeddings = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(shape, np.float32)
+    embeddings = np.zeros((len(sentences), *shape[1:]), np.float32)
+    if chunks:
+        embeddings[order] = np.concatenate(chunks).astype(np.float32)
 
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,8 @@ class TrainConfig:
     model. ``data``: ``"sentences"`` (:func:`~st_leap.resources.load_sentences`) or ``"passages"``
     (:func:`~st_leap.resources.load_passages`, ``sentences_per_passage`` consecutive sentences of news and
     reviews; train them at the serving length, e.g. ``max_seq_length: 256``); ``num_sentences`` is the number of
-    training texts of either kind.
+    training texts of either kind. ``group_by_length``: batches of similar-length texts
+    (:class:`~st_leap.sampler.LengthGroupedBatchSampler`, less padding, faster steps; ``api: "trainer"`` only).
     """
 
     model: str = "minilm"
@@ -57,6 +58,7 @@ class TrainConfig:
     learning_rate: float = 1e-4
     warmup_steps: int = 24
     scheduler: str = "linear"
+    group_by_length: bool = False
     weight_decay: float = 0.01
     max_seq_length: int = 64
     api: str = "trainer"
@@ -76,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"data must be 'sentences' or 'passages', got {self.data!r}")
         if self.api not in ("trainer", "fit"):
             raise ValueError(f"api must be 'trainer' or 'fit', got {self.api!r}")
+        if self.group_by_length and self.api != "trainer":
+            raise ValueError("group_by_length needs api='trainer' (fit builds its own random batches)")
         for name in ("max_steps", "batch_size", "max_seq_length", "logging_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -157,11 +161,14 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
 
         cache = config.cache_dir or str(Path(config.output_dir) / "teacher_cache")
         layers = loss.teacher_layers() if loss.intermediate_weight > 0 else None
+        teacher_start = time.perf_counter()
         embeddings = compute_teacher_embeddings(teacher, sentences, cache, layers=layers)
+        teacher_seconds = time.perf_counter() - teacher_start
         dataset = teacher_dataset(sentences, embeddings)
         teacher = None  # not needed any more: free it
     else:
         dataset = Dataset.from_dict({"sentence": sentences})
+        teacher_seconds = 0.0
 
     start = time.perf_counter()
     if config.api == "fit":
@@ -189,6 +196,8 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
         from sentence_transformers import SentenceTransformerTrainer
         from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
+        from st_leap.sampler import LengthGroupedBatchSampler
+
         args = SentenceTransformerTrainingArguments(
             output_dir=config.output_dir,
             max_steps=config.max_steps,
@@ -202,6 +211,7 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
             report_to="none",
             seed=config.seed,
             dataloader_drop_last=True,
+            batch_sampler=LengthGroupedBatchSampler if config.group_by_length else "batch_sampler",
         )
         callbacks = [_TimeBudget(config.max_train_seconds)] if config.max_train_seconds else None
         trainer = SentenceTransformerTrainer(
@@ -218,6 +228,7 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
         first.exit_threshold = config.exit_threshold
         first.exit_min_layer = config.exit_min_layer
     model.leap_train_seconds = train_seconds  # type: ignore[attr-defined]
+    model.leap_teacher_seconds = teacher_seconds  # type: ignore[attr-defined]
     if config.save:
         model.save(config.output_dir)
         (Path(config.output_dir) / "leap_training.json").write_text(
@@ -226,6 +237,7 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
                     "config": config.to_dict(),
                     "loss": loss.get_config_dict(),
                     "train_seconds": train_seconds,
+                    "teacher_seconds": teacher_seconds,
                     "steps": getattr(model, "leap_steps", None),
                     "log_history": getattr(model, "leap_log_history", None),
                 },
@@ -390,13 +402,13 @@ def mean_cos_to_final(measurement: dict[str, Any], layers: Sequence[int] = (3, 4
 def demo_retrofit(
     model_path: str | None = None,
     output_dir: str = "runs/leap-demo",
-    max_steps: int = 300,
+    max_steps: int = 600,
     **overrides: Any,
 ) -> SentenceTransformer:
     """A bounded LEAP retrofit for ``st-leap demo`` (about 6-10 minutes on 2 CPU cores).
 
     Self-distils ``model_path`` (default all-MiniLM-L6-v2) with the frozen original as precomputed teacher for
-    ``max_steps`` steps of batch 32 (lr 3e-4, 10% warm-up), saves it to ``output_dir`` with exit defaults
+    ``max_steps`` steps of batch 32 (lr 3e-4, 10% warm-up, length-grouped batches), saves it to ``output_dir`` with exit defaults
     theta=0.95, l_min=3, and returns it (an early-exit model). The loss is LEAPLoss with the settings of the best
     300-step probe (``benchmarks/results/train_recipe_probes.md``, ``p_sw0_final4_red6_lr3e-4``): the teacher as
     the only target, ``final_weight=4`` (full depth stays at the original's STS-B) and ``redundancy_weight=6``.
@@ -407,6 +419,7 @@ def demo_retrofit(
         "learning_rate": 3e-4,
         "loss": {"student_weight": 0.0, "final_weight": 4.0, "redundancy_weight": 6.0},
         "warmup_steps": max(1, max_steps // 10),
+        "group_by_length": True,
     }
     settings.update(overrides)
     config = TrainConfig(
