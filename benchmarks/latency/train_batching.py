@@ -14,8 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,38 +21,26 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.sampler import DefaultBatchSampler
 from sentence_transformers.util import batch_to_device
 from torch.utils.data import RandomSampler
 
 from st_leap.losses import LEAPLoss
-from st_leap.resources import load_sentences, resolve_model
+from st_leap.resources import load_sentences
 from st_leap.sampler import LengthGroupedBatchSampler
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import meta_info  # noqa: E402
+from train_step import step_parser, student_and_teacher, write_outputs  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None)
+    parser = step_parser(__doc__, "benchmarks/results/train_batching")
     parser.add_argument("--num-sentences", type=int, default=64000)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-seq-length", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results/train_batching")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
-    path = resolve_model(args.model)
-    student = SentenceTransformer(path, device="cpu")
-    student.max_seq_length = args.max_seq_length
-    teacher = SentenceTransformer(path, device="cpu")
-    teacher.max_seq_length = args.max_seq_length
-    teacher.eval().requires_grad_(False)
+    path, student, teacher = student_and_teacher(args)
     sentences = load_sentences(args.num_sentences)
     dataset = Dataset.from_dict({"sentence": sentences})
     generator = torch.Generator()
@@ -119,11 +105,7 @@ def main(argv=None) -> int:
     for name, row in rows.items():
         lines.append(f"| {name} | {row['mean_padded_length']:.1f} | {row['seconds_median']:.3f} s | "
                      f"{row['ratio_to_reference']:.2f}x |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_outputs(args.out, result, lines)
     return 0
 
 

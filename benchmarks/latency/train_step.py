@@ -55,23 +55,43 @@ def make_step(loss: torch.nn.Module, features: dict, teacher: SentenceTransforme
     return step
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_parser(doc: str, out: str) -> argparse.ArgumentParser:
+    """The arguments every training-step benchmark takes (model, batch size, max length, threads, output stem)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", default="benchmarks/results/train_step")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    parser.add_argument("--out", default=out)
+    return parser
 
+
+def student_and_teacher(args: argparse.Namespace) -> tuple[str, SentenceTransformer, SentenceTransformer]:
+    """Set the thread count; load the model twice: a student, and a frozen teacher in eval mode."""
+    torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
-    base = SentenceTransformer(path, device="cpu")
-    base.max_seq_length = args.max_seq_length
+    student = SentenceTransformer(path, device="cpu")
+    student.max_seq_length = args.max_seq_length
     teacher = SentenceTransformer(path, device="cpu")
     teacher.max_seq_length = args.max_seq_length
     teacher.eval().requires_grad_(False)
+    return path, student, teacher
+
+
+def write_outputs(out: str, result: dict, lines: list[str]) -> None:
+    """``<out>.json`` and ``<out>.md``; print the markdown."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    parser = step_parser(__doc__, "benchmarks/results/train_step")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    path, base, teacher = student_and_teacher(args)
     texts = load_sentences(args.batch_size, seed=0)
     features = batch_to_device(base.preprocess(texts), "cpu")
 
@@ -118,11 +138,7 @@ def main(argv=None) -> int:
              "| loss | time per step (median) | vs MSELoss (ST) |", "| --- | --- | --- |"]
     for name, row in rows.items():
         lines.append(f"| {name} | {row['seconds_median']:.3f} s | {row['ratio_to_reference'] - 1:+.1%} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_outputs(args.out, result, lines)
     return 0
 
 
