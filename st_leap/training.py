@@ -194,6 +194,7 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
         )
     else:
         from sentence_transformers import SentenceTransformerTrainer
+        from sentence_transformers.base.sampler import BatchSamplers
         from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
         from st_leap.sampler import LengthGroupedBatchSampler
@@ -211,7 +212,7 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
             report_to="none",
             seed=config.seed,
             dataloader_drop_last=True,
-            batch_sampler=LengthGroupedBatchSampler if config.group_by_length else "batch_sampler",
+            batch_sampler=LengthGroupedBatchSampler if config.group_by_length else BatchSamplers.BATCH_SAMPLER,
         )
         callbacks = [_TimeBudget(config.max_train_seconds)] if config.max_train_seconds else None
         trainer = SentenceTransformerTrainer(
