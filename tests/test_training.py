@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from st_leap.training import TrainConfig
+from st_leap.training import TrainConfig, build_loss
 from tests.conftest import VOCAB, build_tiny_model_dir
 
 
@@ -104,3 +105,33 @@ def test_measure_replay_matches_encode(tiny_dir, tmp_path, monkeypatch):
     assert encoded["to_final"] == pytest.approx(replayed["to_final"], abs=1e-5)
     with pytest.raises(ValueError, match="method must be 'encode' or 'replay'"):
         measure(model, method="fast")
+
+
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "train_recipe"
+
+
+@pytest.fixture(scope="module")
+def six_layer_student(tmp_path_factory):
+    from st_leap.model import from_pretrained
+
+    return from_pretrained(build_tiny_model_dir(tmp_path_factory.mktemp("six"), num_layers=6))
+
+
+@pytest.mark.parametrize("path", sorted(RECIPE_DIR.glob("*.json")), ids=lambda p: p.name)
+def test_committed_recipe_configs_build_their_loss(path, six_layer_student):
+    """Every committed benchmark config parses and its loss settings build a LEAPLoss (catches schema drift)."""
+    config = TrainConfig.from_file(path)
+    loss = build_loss(six_layer_student, config, teacher=None)
+    for key, value in config.loss.items():
+        assert getattr(loss, key) == value, key
+
+
+def test_ablation_configs_are_their_recipe_without_the_exit_term(six_layer_student):
+    """The Table 11 ablations change nothing but the exit weight (and where they write)."""
+    for recipe, ablation in [("config.json", "config_no_exit.json"), ("config_2h.json", "config_2h_no_exit.json")]:
+        a = TrainConfig.from_file(RECIPE_DIR / recipe).to_dict()
+        b = TrainConfig.from_file(RECIPE_DIR / ablation).to_dict()
+        assert b["loss"].pop("exit_weight") == 0.0
+        assert {k for k in a if a[k] != b[k]} == {"output_dir"}
+        terms = build_loss(six_layer_student, TrainConfig.from_file(RECIPE_DIR / ablation), teacher=None)
+        assert terms.exit_weight == 0.0 and terms.late_weight > 0 and terms.redundancy_weight > 0
