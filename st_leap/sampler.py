@@ -62,10 +62,6 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         self.megabatch_factor = megabatch_factor
         self.lengths = text_lengths(dataset, valid_label_columns)
 
-    def __len__(self) -> int:
-        n = len(self.lengths)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
     def __iter__(self) -> Iterator[list[int]]:
         generator = self.generator or torch.Generator()
         if self.seed is not None:

@@ -136,8 +136,8 @@ def compute_teacher_embeddings(
         config.output_hidden_states = old_flag
         teacher.train(was_training)
     width = teacher.get_embedding_dimension()
-    shape = (0, 1 + len(layers), width) if layers else (0, width)
-    embeddings = np.zeros((len(sentences), *shape[1:]), np.float32)
+    shape = (len(sentences), 1 + len(layers), width) if layers else (len(sentences), width)
+    embeddings = np.zeros(shape, np.float32)
     if chunks:
         embeddings[order] = np.concatenate(chunks).astype(np.float32)
 

@@ -406,7 +406,8 @@ def demo_retrofit(
     max_steps: int = 600,
     **overrides: Any,
 ) -> SentenceTransformer:
-    """A bounded LEAP retrofit for ``st-leap demo`` (about 6-10 minutes on 2 CPU cores).
+    """A bounded LEAP retrofit for ``st-leap demo`` (the whole demo, this step included, took 10 min 11 s on 2 CPU
+    cores: ``benchmarks/results/demo_run.json``).
 
     Self-distils ``model_path`` (default all-MiniLM-L6-v2) with the frozen original as precomputed teacher for
     ``max_steps`` steps of batch 32 (lr 3e-4, 10% warm-up, length-grouped batches), saves it to ``output_dir`` with exit defaults
