@@ -65,6 +65,7 @@ class TrainConfig:
     seed: int = 42
     logging_steps: int = 20
     loss: dict[str, Any] = field(default_factory=dict)
+    loss_version: int = 2
     exit_threshold: float | None = 0.95
     exit_min_layer: int = 3
     cache_dir: str | None = None
@@ -72,6 +73,11 @@ class TrainConfig:
     save: bool = True
 
     def __post_init__(self) -> None:
+        if self.loss_version not in (1, 2):
+            raise ValueError(f"loss_version must be 1 (names before issue 12) or 2, got {self.loss_version!r}")
+        if self.loss_version == 1:
+            self.loss = migrate_loss_settings(self.loss, self.max_steps)
+            self.loss_version = 2
         if self.teacher_mode not in ("live", "precomputed"):
             raise ValueError(f"teacher_mode must be 'live' or 'precomputed', got {self.teacher_mode!r}")
         if self.data not in ("sentences", "passages"):
@@ -121,9 +127,37 @@ def load_student(name: str) -> SentenceTransformer:
     return from_pretrained(resources.resolve_model(name))
 
 
+# Loss keys of configs written before the paper's terms got the paper's names (st_leap 0.x, issue 12).
+LEGACY_LOSS_KEYS = {"min_layer": "exit_min_layer", "late_weight": "anchor_weight", "late_layers": "anchor_layers",
+                    "redundancy_weight": "adjacent_weight", "redundancy_layers": "adjacent_layers"}
+
+
+def migrate_loss_settings(loss: dict[str, Any], max_steps: int) -> dict[str, Any]:
+    """Loss settings of a config file written before ``loss_version: 2`` in today's names.
+
+    Old ``late_*`` / ``redundancy_*`` were st_leap's own terms; they are now ``anchor_*`` / ``adjacent_*``, and
+    ``late`` / ``redundancy`` mean the paper's eqs. 8 / 9. ``student_weight_warmup_steps: N`` becomes
+    ``student_weight_ramp: [0, N / max_steps]`` (the same linear ramp).
+    """
+    if loss.get("preset", "default") != "default":
+        raise ValueError(
+            "loss_version 1 preset='paper' was not the paper's loss (weights 1.0, no late/redundancy terms) and is "
+            "gone: use loss_version 2 with preset 'paper' (Table 14) or list the old weights explicitly"
+        )
+    out = {LEGACY_LOSS_KEYS.get(k, k): v for k, v in loss.items() if k != "preset"}
+    # The version-1 defaults that differ from today's (final 1.0 and the adjacent pull 1.0).
+    out.setdefault("final_weight", 1.0)
+    out.setdefault("adjacent_weight", 1.0)
+    steps = out.pop("student_weight_warmup_steps", 0)
+    if steps:
+        out["student_weight_ramp"] = [0.0, min(1.0, steps / max_steps)]
+    return out
+
+
 def build_loss(model: SentenceTransformer, config: TrainConfig, teacher: SentenceTransformer | None) -> LEAPLoss:
     loss_kwargs = dict(config.loss)
-    loss_kwargs.setdefault("min_layer", config.exit_min_layer)
+    loss_kwargs.setdefault("exit_min_layer", config.exit_min_layer)
+    loss_kwargs.setdefault("total_steps", config.max_steps)
     if config.teacher_mode == "precomputed" and teacher is not None:
         loss_kwargs.setdefault("num_teacher_layers", int(teacher[0].auto_model.config.num_hidden_layers))
         loss_kwargs.setdefault("teacher_dim", int(teacher.get_embedding_dimension()))
@@ -160,7 +194,7 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
         from st_leap.teacher import compute_teacher_embeddings, teacher_dataset
 
         cache = config.cache_dir or str(Path(config.output_dir) / "teacher_cache")
-        layers = loss.teacher_layers() if loss.intermediate_weight > 0 else None
+        layers = loss.teacher_layers() if loss.settings.intermediate_weight > 0 else None
         teacher_start = time.perf_counter()
         embeddings = compute_teacher_embeddings(teacher, sentences, cache, layers=layers)
         teacher_seconds = time.perf_counter() - teacher_start
@@ -413,13 +447,14 @@ def demo_retrofit(
     ``max_steps`` steps of batch 32 (lr 3e-4, 10% warm-up, length-grouped batches), saves it to ``output_dir`` with exit defaults
     theta=0.95, l_min=3, and returns it (an early-exit model). The loss is LEAPLoss with the settings of the best
     300-step probe (``benchmarks/results/train_recipe_probes.md``, ``p_sw0_final4_red6_lr3e-4``): the teacher as
-    the only target, ``final_weight=4`` (full depth stays at the original's STS-B) and ``redundancy_weight=6``.
+    the only target, with the recipe's ``final_weight=4`` (full depth stays at the original's STS-B) and
+    ``adjacent_weight=6``.
     ``overrides`` are :class:`TrainConfig` fields (``loss`` replaces the loss settings).
     """
     path = model_path or "minilm"
     settings: dict[str, Any] = {
         "learning_rate": 3e-4,
-        "loss": {"student_weight": 0.0, "final_weight": 4.0, "redundancy_weight": 6.0},
+        "loss": {"student_weight": 0.0},
         "warmup_steps": max(1, max_steps // 10),
         "group_by_length": True,
     }

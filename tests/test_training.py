@@ -122,8 +122,9 @@ def test_committed_recipe_configs_build_their_loss(path, six_layer_student):
     """Every committed benchmark config parses and its loss settings build a LEAPLoss (catches schema drift)."""
     config = TrainConfig.from_file(path)
     loss = build_loss(six_layer_student, config, teacher=None)
+    settings = loss.get_config_dict()
     for key, value in config.loss.items():
-        assert getattr(loss, key) == value, key
+        assert settings[key] == (list(value) if isinstance(value, tuple) else value), key
 
 
 def test_ablation_configs_are_their_recipe_without_the_exit_term(six_layer_student):
@@ -134,4 +135,41 @@ def test_ablation_configs_are_their_recipe_without_the_exit_term(six_layer_stude
         assert b["loss"].pop("exit_weight") == 0.0
         assert {k for k in a if a[k] != b[k]} == {"output_dir"}
         terms = build_loss(six_layer_student, TrainConfig.from_file(RECIPE_DIR / ablation), teacher=None)
-        assert terms.exit_weight == 0.0 and terms.late_weight > 0 and terms.redundancy_weight > 0
+        assert terms.exit_weight == 0.0 and terms.anchor_weight > 0 and terms.adjacent_weight > 0
+
+
+PAPER_TABLES_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_tables"
+
+
+@pytest.mark.parametrize("path", sorted((PAPER_TABLES_DIR / "experiments").glob("*.json")), ids=lambda p: p.stem)
+def test_paper_table_experiments_build_their_loss(path, six_layer_student):
+    """Every Table 11/12 experiment is defaults.json plus its own keys, and builds its LEAPLoss; the Table 11 rows
+    of one loss share every setting but the loss."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_tables_run", PAPER_TABLES_DIR / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    labels, data = run.experiment_config(path.stem)
+    assert labels["table"] in ("11", "11-ours", "12")
+    config = TrainConfig.from_dict(data)
+    loss = build_loss(six_layer_student, config, teacher=None)
+    assert loss.preset == ("paper" if "paper" in path.stem else "recipe")
+    defaults = json.loads((PAPER_TABLES_DIR / "defaults.json").read_text())
+    if labels["table"].startswith("11"):
+        assert {k for k in defaults if data[k] != defaults[k]} == set()
+
+
+def test_version_1_loss_keys_are_migrated(tmp_path, six_layer_student):
+    """A config written before the paper's names (loss_version 1) loads with its old meaning: late -> anchor,
+    redundancy -> adjacent, the old defaults final 1 / adjacent 1, warm-up steps -> a ramp fraction."""
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"max_steps": 100, "loss_version": 1,
+                                "loss": {"late_weight": 3.0, "student_weight_warmup_steps": 25}}))
+    config = TrainConfig.from_file(path)
+    assert config.loss == {"anchor_weight": 3.0, "student_weight_ramp": [0.0, 0.25], "final_weight": 1.0,
+                           "adjacent_weight": 1.0}
+    loss = build_loss(six_layer_student, config, teacher=None)
+    assert loss.settings.late_weight == 0.0 and loss.settings.anchor_weight == 3.0
+    with pytest.raises(ValueError, match="was not the paper's loss"):
+        TrainConfig.from_dict({"loss_version": 1, "loss": {"preset": "paper"}})

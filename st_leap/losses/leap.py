@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 import torch
@@ -11,39 +13,181 @@ from torch import Tensor, nn
 
 from st_leap.exit_policy import mean_pool
 
-# Hyperparameters of the paper's preset. Only the values quoted in the st_leap issue tracker (issue 3) are
-# known to us: tau = 0.98, slope s = 10, student weight 0.7, contrastive temperature 0.05. The weights of the
-# other terms are set to 1.0 (the neutral value), see docs/training.md.
-PAPER_PRESET: dict[str, Any] = {
-    "final_weight": 1.0,
-    "intermediate_weight": 1.0,
-    "exit_weight": 1.0,
-    "exit_tau": 0.98,
-    "exit_slope": 10.0,
-    "student_weight": 0.7,
-    "student_weight_warmup_steps": 0,
-    "contrastive_weight": 1.0,
-    "contrastive_temperature": 0.05,
-    "contrastive_layers": "final",
-    "late_weight": 0.0,
-    "redundancy_weight": 0.0,
+# Named layer ranges (1-based, L = student depth, l_min = the exit rule's exit_min_layer).
+LAYER_RANGES: dict[str, str] = {
+    "all": "1..L",
+    "below_final": "1..L-1",
+    "exit": "l_min..L-1",
+    "exit_and_final": "l_min..L",
+    "before_exit": "l_min-1..L-1",
 }
+LayerSpec = str | Sequence[int]
 
-# Our defaults: the values our CPU-scale measurements support (docs/training.md, benchmarks/train_recipe/).
-DEFAULTS: dict[str, Any] = {
-    "final_weight": 1.0,
-    "intermediate_weight": 0.0,
-    "exit_weight": 1.0,
-    "exit_tau": 0.98,
-    "exit_slope": 5.0,
-    "student_weight": 0.7,
-    "student_weight_warmup_steps": 0,
-    "contrastive_weight": 1.0,
-    "contrastive_temperature": 0.05,
-    "contrastive_layers": "exit",
-    "late_weight": 12.0,
-    "redundancy_weight": 1.0,
-}
+
+@dataclass(frozen=True)
+class LEAPSettings:
+    """Every hyperparameter of :class:`LEAPLoss`, each in one place. The defaults are our CPU-scale recipe
+    (``docs/training.md``); :meth:`paper` gives the paper's Table 14 / eqs. 3-9.
+
+    The paper's terms keep the paper's names (``final``, ``intermediate``, ``exit``, ``contrastive``, ``late``,
+    ``redundancy``) and formulas. ``anchor`` and ``adjacent`` are st_leap's own terms, not the paper's.
+
+    Layer arguments take a list of 1-based layers or a named range: ``"all"`` (1..L), ``"below_final"``
+    (1..L-1), ``"exit"`` (l_min..L-1), ``"exit_and_final"`` (l_min..L), ``"before_exit"`` (l_min-1..L-1).
+    """
+
+    # paper eq. 3: 1 - cos(e_s^L, e_t)
+    final_weight: float = 4.0
+    # paper eq. 3 (alpha): mean over layers of 1 - cos(e_s^l, e_t^pi(l))
+    intermediate_weight: float = 0.0
+    intermediate_layers: LayerSpec = "all"
+    # paper eqs. 4-5 (beta): soft margin sigmoid(slope * (tau - cos)) to the teacher and to sg(student final)
+    exit_weight: float = 1.0
+    exit_layers: LayerSpec = "exit"
+    exit_layer_weights: tuple[float, ...] | None = None
+    exit_tau: float = 0.98
+    exit_slope: float = 5.0
+    # "sum": the paper's L_exit^(t) + beta_stu * L_exit^(s); "convex": ours, (1 - a) L_exit^(t) + a L_exit^(s)
+    exit_targets: Literal["sum", "convex"] = "convex"
+    student_weight: float = 0.7
+    # progressive student weight: 0 before start, linear to student_weight at end (fractions of training)
+    student_weight_ramp: tuple[float, float] | None = None
+    # paper eq. 3 (delta): KL between batch similarity softmaxes, diagonal excluded
+    contrastive_weight: float = 1.0
+    contrastive_temperature: float = 0.05
+    contrastive_layers: Literal["final", "exit"] = "exit"
+    # "student_teacher": KL(P_s || P_t) as printed in the paper; "teacher_student": KL(P_t || P_s), ours
+    contrastive_direction: Literal["student_teacher", "teacher_student"] = "teacher_student"
+    # paper eq. 8 (epsilon): mean over layers of (1 - cos(e_l, e_L)) ** 0.5
+    late_weight: float = 0.0
+    late_layers: LayerSpec = "exit"
+    # paper eq. 9 (gamma): -mean_l min(||e_{l+1} - e_l||, cap), e normalized
+    redundancy_weight: float = 0.0
+    redundancy_layers: LayerSpec = "below_final"
+    redundancy_cap: float = 0.3
+    # ours: linear dual-target pull (1 - a)(1 - cos(P p_l, t)) + a (1 - cos(p_l, sg p_L))
+    anchor_weight: float = 12.0
+    anchor_layers: LayerSpec = "before_exit"
+    # ours: 1 - cos(p_{l-1}, sg p_l), the quantity the adjacent-cosine exit rule reads
+    adjacent_weight: float = 6.0
+    adjacent_layers: LayerSpec = "exit_and_final"
+
+    def __post_init__(self) -> None:
+        for name in ("final", "intermediate", "exit", "contrastive", "late", "redundancy", "anchor", "adjacent"):
+            value = getattr(self, f"{name}_weight")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}_weight must be a finite number >= 0, got {value!r}")
+        if not (-1.0 <= self.exit_tau <= 1.0):
+            raise ValueError(f"exit_tau must be in [-1, 1], got {self.exit_tau!r}")
+        if not (self.exit_slope > 0 and math.isfinite(self.exit_slope)):
+            raise ValueError(f"exit_slope must be a finite number > 0, got {self.exit_slope!r}")
+        if not (0.0 <= self.student_weight <= 1.0) and self.exit_targets == "convex":
+            raise ValueError(f"student_weight must be in [0, 1] with exit_targets='convex', got {self.student_weight!r}")
+        if not (math.isfinite(self.student_weight) and self.student_weight >= 0):
+            raise ValueError(f"student_weight must be a finite number >= 0, got {self.student_weight!r}")
+        if self.exit_targets not in ("sum", "convex"):
+            raise ValueError(f"exit_targets must be 'sum' or 'convex', got {self.exit_targets!r}")
+        if self.student_weight_ramp is not None:
+            ramp = tuple(self.student_weight_ramp)
+            if len(ramp) != 2 or not (0.0 <= ramp[0] < ramp[1] <= 1.0):
+                raise ValueError(
+                    f"student_weight_ramp must be (start, end) fractions of training with 0 <= start < end <= 1, "
+                    f"got {self.student_weight_ramp!r}"
+                )
+            object.__setattr__(self, "student_weight_ramp", (float(ramp[0]), float(ramp[1])))
+        if not self.contrastive_temperature > 0:
+            raise ValueError(f"contrastive_temperature must be > 0, got {self.contrastive_temperature!r}")
+        if self.contrastive_layers not in ("final", "exit"):
+            raise ValueError(f"contrastive_layers must be 'final' or 'exit', got {self.contrastive_layers!r}")
+        if self.contrastive_direction not in ("student_teacher", "teacher_student"):
+            raise ValueError(
+                "contrastive_direction must be 'student_teacher' or 'teacher_student', "
+                f"got {self.contrastive_direction!r}"
+            )
+        if not (self.redundancy_cap > 0 and math.isfinite(self.redundancy_cap)):
+            raise ValueError(f"redundancy_cap must be a finite number > 0, got {self.redundancy_cap!r}")
+        for name in ("intermediate", "exit", "late", "redundancy", "anchor", "adjacent"):
+            spec = getattr(self, f"{name}_layers")
+            if isinstance(spec, str):
+                if spec not in LAYER_RANGES:
+                    raise ValueError(f"{name}_layers must be a list of layers or one of {sorted(LAYER_RANGES)}, got {spec!r}")
+            else:
+                object.__setattr__(self, f"{name}_layers", tuple(spec))
+        if self.exit_layer_weights is not None:
+            object.__setattr__(self, "exit_layer_weights", tuple(float(w) for w in self.exit_layer_weights))
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> LEAPSettings:
+        """The paper's loss as printed: eq. 7 with the weights of Table 14 and the terms of eqs. 3-9.
+
+        alpha = 0.3, beta = 0.4, beta_stu = 0.7, delta = 0.3, epsilon = 0.2, gamma = 0.05, tau = 0.98, slope 10,
+        student exit weight ramped over 10%-60% of training. Choices where the text is open (docs/training.md,
+        "The paper's loss"): the late term on l_min..L-1 (appendix B.2's layers 6-11 of 12; eq. 8's 9-11 are the
+        same three layers at L = 6, l_min = 3), the eq. 9 distance cap = 0.3 (the text reuses delta), a linear
+        ramp from 0 at 10% to beta_stu at 60%, KL(P_s || P_t) as printed with the diagonal excluded, the
+        temperature 0.05 (not given), and uniform layer weights w_l (not given).
+        """
+        values: dict[str, Any] = {
+            "final_weight": 1.0,
+            "intermediate_weight": 0.3,
+            "intermediate_layers": "all",
+            "exit_weight": 0.4,
+            "exit_layers": "all",
+            "exit_tau": 0.98,
+            "exit_slope": 10.0,
+            "exit_targets": "sum",
+            "student_weight": 0.7,
+            "student_weight_ramp": (0.1, 0.6),
+            "contrastive_weight": 0.3,
+            "contrastive_temperature": 0.05,
+            "contrastive_layers": "final",
+            "contrastive_direction": "student_teacher",
+            "late_weight": 0.2,
+            "late_layers": "exit",
+            "redundancy_weight": 0.05,
+            "redundancy_layers": "below_final",
+            "redundancy_cap": 0.3,
+            "anchor_weight": 0.0,
+            "adjacent_weight": 0.0,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> LEAPSettings:
+        """``"recipe"`` (the class defaults) or ``"paper"`` (:meth:`paper`), with ``overrides`` on top."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"Unknown LEAPLoss settings {unknown}; allowed: {sorted(known)}")
+        if preset == "paper":
+            return cls.paper(**overrides)
+        if preset == "recipe":
+            return cls(**overrides)
+        raise ValueError(f"preset must be 'recipe' or 'paper', got {preset!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+
+def resolve_layers(name: str, spec: LayerSpec, num_layers: int, exit_min_layer: int, lo: int = 1) -> list[int]:
+    """The 1-based layers of a layer argument: a list, or a named range of :data:`LAYER_RANGES`."""
+    L = num_layers
+    if isinstance(spec, str):
+        start, stop = {
+            "all": (1, L),
+            "below_final": (1, L - 1),
+            "exit": (exit_min_layer, L - 1),
+            "exit_and_final": (exit_min_layer, L),
+            "before_exit": (exit_min_layer - 1, L - 1),
+        }[spec]
+        return list(range(max(lo, start), stop + 1))
+    layers = list(spec)
+    bad = [x for x in layers if not isinstance(x, int) or isinstance(x, bool) or not lo <= x <= L]
+    if bad:
+        raise ValueError(f"{name} must be ints in {lo}..{L}, got {layers!r}")
+    return sorted(set(layers))
 
 
 def uniform_layer_map(num_student_layers: int, num_teacher_layers: int) -> dict[int, int]:
@@ -68,25 +212,37 @@ def soft_margin(cos: Tensor, tau: float, slope: float) -> Tensor:
     return torch.sigmoid(slope * (tau - cos)).mean()
 
 
-def offdiag_similarity_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """KL(teacher || student) between row-softmaxed cosine-similarity matrices of a batch, diagonal excluded.
+def offdiag_similarity_kl(
+    student: Tensor, teacher: Tensor, temperature: float, direction: str = "teacher_student"
+) -> Tensor:
+    """KL between row-softmaxed cosine-similarity matrices of a batch, diagonal excluded.
 
-    With the diagonal in, every row's softmax at a low temperature is a one-hot on the diagonal for both
-    models and the KL is ~0 whatever the embeddings; without it the rows compare how each model ranks the
-    *other* sentences of the batch. Needs a batch of at least 2.
+    ``direction="student_teacher"`` is KL(P_s || P_t), as the paper prints it; ``"teacher_student"`` is
+    KL(P_t || P_s). With the diagonal in, every row's softmax at a low temperature is a one-hot on the diagonal
+    for both models and the KL is ~0 whatever the embeddings; without it the rows compare how each model ranks
+    the *other* sentences of the batch. Needs a batch of at least 2.
     """
     if student.shape[0] < 2:
         return student.new_zeros(())
     s = F.normalize(student, dim=-1)
     t = F.normalize(teacher, dim=-1)
-    sim_s = s @ s.T / temperature
-    sim_t = t @ t.T / temperature
-    eye = torch.eye(sim_s.shape[0], dtype=torch.bool, device=sim_s.device)
-    sim_s = sim_s.masked_fill(eye, float("-inf"))
-    sim_t = sim_t.masked_fill(eye, float("-inf"))
-    log_p_s = F.log_softmax(sim_s, dim=-1).masked_fill(eye, 0.0)
-    log_p_t = F.log_softmax(sim_t, dim=-1).masked_fill(eye, 0.0)
+    eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+    log_p_s = F.log_softmax((s @ s.T / temperature).masked_fill(eye, float("-inf")), dim=-1).masked_fill(eye, 0.0)
+    log_p_t = F.log_softmax((t @ t.T / temperature).masked_fill(eye, float("-inf")), dim=-1).masked_fill(eye, 0.0)
+    if direction == "student_teacher":
+        log_p_t, log_p_s = log_p_s, log_p_t
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean()
+
+
+def late_distance(layer: Tensor, final: Tensor, eps: float = 1e-6) -> Tensor:
+    """Paper eq. 8 for one layer: ``(1 - cos(e_l, e_L)) ** 0.5``, batch mean. ``1 - cos`` is clamped at ``eps``
+    so the square root's gradient stays finite when the layers coincide."""
+    return (1 - _cos(layer, final)).clamp_min(eps).sqrt().mean()
+
+
+def capped_step(lower: Tensor, upper: Tensor, cap: float) -> Tensor:
+    """Paper eq. 9 for one pair: ``min(||e_{l+1} - e_l||, cap)`` of the normalized embeddings, batch mean."""
+    return (F.normalize(upper, dim=-1) - F.normalize(lower, dim=-1)).norm(dim=-1).clamp_max(cap).mean()
 
 
 def _cos(a: Tensor, b: Tensor) -> Tensor:
@@ -108,57 +264,51 @@ class LEAPLoss(nn.Module):
         self,
         model: SentenceTransformer,
         teacher: SentenceTransformer | None = None,
+        settings: LEAPSettings | None = None,
         *,
-        preset: Literal["default", "paper"] = "default",
-        final_weight: float | None = None,
-        intermediate_weight: float | None = None,
-        intermediate_layers: Sequence[int] | None = None,
-        exit_weight: float | None = None,
-        exit_layers: Sequence[int] | None = None,
-        exit_layer_weights: Sequence[float] | None = None,
-        exit_tau: float | None = None,
-        exit_slope: float | None = None,
-        student_weight: float | None = None,
-        student_weight_warmup_steps: int | None = None,
-        contrastive_weight: float | None = None,
-        contrastive_temperature: float | None = None,
-        contrastive_layers: Literal["final", "exit"] | None = None,
-        late_weight: float | None = None,
-        late_layers: Sequence[int] | None = None,
-        redundancy_weight: float | None = None,
-        redundancy_layers: Sequence[int] | None = None,
-        min_layer: int = 3,
+        preset: Literal["recipe", "paper"] = "recipe",
+        exit_min_layer: int = 3,
+        total_steps: int | None = None,
         num_teacher_layers: int | None = None,
         teacher_dim: int | None = None,
+        **overrides: Any,
     ) -> None:
         """
         LEAP (Layer-wise Exit-Aware Pretraining) loss: trains a sentence-transformers model so that its
         intermediate layers converge to the final embedding, which lets
         ``encode(texts, exit_threshold=...)`` stop most samples before the last layer.
 
-        With ``p_l`` the attention-masked mean of the student's hidden states after layer ``l`` (1-based, the
-        quantity the exit rule looks at), ``e`` the student's sentence embedding, ``t`` the teacher's sentence
-        embedding, ``t_m`` the teacher's pooled layer ``m``, ``P`` a learned linear projection (only when the
-        teacher is wider or narrower than the student, identity otherwise), ``sg`` stop-gradient and
-        ``a`` the student weight, the loss is the weighted sum of
+        With ``e_l`` the attention-masked mean of the student's hidden states after layer ``l`` (1-based, the
+        quantity the exit rule looks at; cosines make its normalization implicit), ``e_L`` the final one, ``t``
+        the teacher's sentence embedding, ``t_m`` the teacher's pooled layer ``m``, ``P`` a learned linear
+        projection (only when the teacher is wider or narrower than the student), ``sg`` stop-gradient and ``a``
+        the student weight (beta_stu), the loss is the weighted sum of these terms. The first six are the
+        paper's (eq. 7), with the paper's names:
 
-        - ``final`` (eq. 3): ``1 - cos(P e, t)``;
-        - ``intermediate`` (eq. 4): mean over ``intermediate_layers`` of ``1 - cos(P p_l, t_{m(l)})`` with the
-          uniform layer map ``m(l) = round(l * L_t / L_s)``;
-        - ``exit`` (eq. 5): weighted mean over ``exit_layers`` of ``(1 - a) sigmoid(s (tau - cos(P p_l, t)))
-          + a sigmoid(s (tau - cos(p_l, sg p_L)))``, the dual-target soft margin; ``a`` can ramp from 0 to its
-          value over ``student_weight_warmup_steps`` training steps (progressive schedule);
-        - ``contrastive`` (eq. 7): KL between the teacher's and the student's row-softmaxed batch cosine
-          similarity matrices, diagonal excluded (with the diagonal the KL is ~0 at low temperature), on the
-          final embedding and, with ``contrastive_layers="exit"``, on each exit layer too;
-        - ``late`` (eq. 8): mean over ``late_layers`` of the linear (non-saturating) dual-target distance
-          ``(1 - a)(1 - cos(P p_l, t)) + a (1 - cos(p_l, sg p_L))``;
-        - ``redundancy`` (eq. 9): mean over ``redundancy_layers`` of ``1 - cos(p_{l-1}, sg p_l)``: it makes the
-          states before a possible exit agree with the next layer's, which is what the adjacent-cosine exit
-          rule measures.
+        - ``final`` (eq. 3): ``1 - cos(P e_L, t)``;
+        - ``intermediate`` (eq. 3, alpha): mean over ``intermediate_layers`` of ``1 - cos(P e_l, t_{m(l)})`` with
+          the uniform layer map ``m(l) = round(l * L_t / L_s)``;
+        - ``exit`` (eqs. 4-5, beta): ``E_t + a E_s`` (``exit_targets="sum"``, the paper) or ``(1 - a) E_t + a E_s``
+          (``"convex"``, ours), with ``E_t`` the ``w_l``-weighted mean over ``exit_layers`` of
+          ``sigmoid(slope (tau - cos(P e_l, t)))`` and ``E_s`` the same over ``exit_layers`` below ``L`` against
+          ``sg e_L``; ``a`` can ramp from 0 over a window of training (``student_weight_ramp``);
+        - ``contrastive`` (eq. 3, delta): KL between the two models' row-softmaxed batch cosine similarity
+          matrices, diagonal excluded, on the final embedding (and each exit layer with
+          ``contrastive_layers="exit"``);
+        - ``late`` (eq. 8, epsilon): mean over ``late_layers`` of ``(1 - cos(e_l, e_L)) ** 0.5``;
+        - ``redundancy`` (eq. 9, gamma): ``-mean_l min(||e_{l+1} - e_l||, redundancy_cap)`` over
+          ``redundancy_layers``, normalized embeddings: it *rewards* distance between adjacent layers up to the
+          cap, so that layers do not collapse.
 
-        Every term whose weight is 0 is skipped (not computed). ``forward`` returns the weighted terms as a
-        dict, so the Trainer logs each one and sums them.
+        Two terms are st_leap's own, not the paper's:
+
+        - ``anchor``: mean over ``anchor_layers`` of the linear dual-target distance
+          ``(1 - a)(1 - cos(P e_l, t)) + a (1 - cos(e_l, sg e_L))`` (it does not saturate as the soft margin does);
+        - ``adjacent``: mean over ``adjacent_layers`` of ``1 - cos(e_{l-1}, sg e_l)``: it pulls each layer toward
+          the next, the quantity the adjacent-cosine exit rule reads (the opposite force of ``redundancy``).
+
+        Every term whose weight is 0 is skipped. ``forward`` returns the weighted terms as a dict, so the Trainer
+        logs each one and sums them.
 
         Args:
             model: The student SentenceTransformer. Its first module must be a ``Transformer`` (or
@@ -166,38 +316,22 @@ class LEAPLoss(nn.Module):
             teacher: A live teacher SentenceTransformer, frozen here (eval mode, ``requires_grad=False``, no
                 gradients, kept out of the loss's parameters). ``None`` means the teacher embeddings come as
                 labels (see Inputs); without labels either, the teacher is the student's own stop-gradient
-                final embedding (self-distillation: only the exit/late/redundancy terms then do work).
-            preset: ``"default"`` (our measured defaults, docs/training.md) or ``"paper"`` (the paper's values
-                as far as they are known to us). Any explicit argument overrides the preset.
-            final_weight: Weight of the final-layer distillation term.
-            intermediate_weight: Weight of the intermediate-layer distillation (0 by default: with a teacher as
-                deep as the student it pulls layer ``l`` back to the teacher's layer ``l``, against exiting).
-            intermediate_layers: Student layers (1-based) of the intermediate term; default all but the last.
-            exit_weight: Weight of the exit term.
-            exit_layers: Student layers (1-based) of the exit term; default ``min_layer .. L-1``.
-            exit_layer_weights: One weight ``w_l`` per exit layer (default uniform); normalised to sum to 1.
-            exit_tau: Margin tau of the soft margin.
-            exit_slope: Slope s of the soft margin (the paper's 10 saturates when layers start far from the
-                final one: sigmoid(10 * (0.98 - 0.3)) ~ 0.999, gradient ~ 0.01).
-            student_weight: Weight ``a`` of the student-final target in the dual targets (0.7).
-            student_weight_warmup_steps: Progressive schedule: ``a`` grows linearly from 0 to
-                ``student_weight`` over this many training forward passes (0 = constant).
-            contrastive_weight: Weight of the contrastive KL term.
-            contrastive_temperature: Temperature of the similarity softmax.
-            contrastive_layers: ``"final"`` or ``"exit"`` (final embedding plus every exit layer).
-            late_weight: Weight of the late-layer term.
-            late_layers: Student layers of the late term; default ``min_layer - 1 .. L-1``.
-            redundancy_weight: Weight of the redundancy term.
-            redundancy_layers: Layers ``l`` whose predecessor is pulled to them; default ``min_layer .. L``.
-            min_layer: The exit rule's l_min, used for the default layer ranges.
+                final embedding (self-distillation).
+            settings: A :class:`LEAPSettings`; default: the ``preset``'s, with ``overrides`` on top.
+            preset: ``"recipe"`` (our CPU-scale recipe, the :class:`LEAPSettings` defaults) or ``"paper"``
+                (:meth:`LEAPSettings.paper`, Table 14 and eqs. 3-9 as printed).
+            exit_min_layer: The exit rule's l_min, used by the named layer ranges.
+            total_steps: Number of training steps; needed by ``student_weight_ramp`` (fractions of training).
+                ``st-leap train`` sets it from ``max_steps``.
             num_teacher_layers: Depth of the teacher when embeddings come as labels (for the layer map);
                 read from the live teacher otherwise.
             teacher_dim: Width of the teacher embeddings when they come as labels (creates the projection);
                 read from the live teacher otherwise.
+            overrides: Any field of :class:`LEAPSettings` (for example ``exit_weight=0.0``).
 
         References:
             - Kapadia et al., LEAP: Layer-wise Exit-Aware Pretraining for Efficient Transformer Inference,
-              arXiv 2605.01058 (ACL 2026 Industry).
+              arXiv 2605.01058 (ACL 2026 Industry), eqs. 3-9, Table 14.
             - st_leap docs: docs/training.md
 
         Requirements:
@@ -212,7 +346,7 @@ class LEAPLoss(nn.Module):
             +---------------------------------+-----------------------------------------------------------+
             | (sentence_A)                    | teacher embedding ``(D_t,)``, or ``(1 + K, D_t)``: final  |
             |                                 | then the pooled teacher layer of each intermediate layer  |
-            |                                 | (``st_leap.teacher.TeacherEmbeddingCache``)               |
+            |                                 | (``st_leap.teacher.compute_teacher_embeddings``)          |
             +---------------------------------+-----------------------------------------------------------+
 
         Relations:
@@ -233,61 +367,23 @@ class LEAPLoss(nn.Module):
                 model = SentenceTransformer("all-MiniLM-L6-v2")
                 teacher = SentenceTransformer("all-MiniLM-L6-v2")
                 train_dataset = Dataset.from_dict({"sentence": ["It's nice weather outside today.", "He drove to work."]})
-                loss = losses.LEAPLoss(model, teacher=teacher)
+                loss = losses.LEAPLoss(model, teacher=teacher)  # or preset="paper", total_steps=...
                 args = SentenceTransformerTrainingArguments(output_dir="out", learning_rate=1e-4, warmup_steps=24)
                 trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss)
                 trainer.train()
         """
         super().__init__()
-        if preset not in ("default", "paper"):
-            raise ValueError(f"preset must be 'default' or 'paper', got {preset!r}")
-        base = dict(DEFAULTS if preset == "default" else PAPER_PRESET)
-        given = {
-            "final_weight": final_weight,
-            "intermediate_weight": intermediate_weight,
-            "exit_weight": exit_weight,
-            "exit_tau": exit_tau,
-            "exit_slope": exit_slope,
-            "student_weight": student_weight,
-            "student_weight_warmup_steps": student_weight_warmup_steps,
-            "contrastive_weight": contrastive_weight,
-            "contrastive_temperature": contrastive_temperature,
-            "contrastive_layers": contrastive_layers,
-            "late_weight": late_weight,
-            "redundancy_weight": redundancy_weight,
-        }
-        base.update({k: v for k, v in given.items() if v is not None})
+        if "min_layer" in overrides:
+            warnings.warn("LEAPLoss(min_layer=...) is now exit_min_layer=...", DeprecationWarning, stacklevel=2)
+            exit_min_layer = overrides.pop("min_layer")
+        if preset == "default":
+            preset = "recipe"
+        if settings is None:
+            settings = LEAPSettings.from_preset(preset, **overrides)
+        elif overrides:
+            settings = replace(settings, **overrides)
+        self.settings = settings
         self.preset = preset
-        for name in (
-            "final_weight",
-            "intermediate_weight",
-            "exit_weight",
-            "contrastive_weight",
-            "late_weight",
-            "redundancy_weight",
-        ):
-            value = float(base[name])
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {base[name]!r}")
-            setattr(self, name, value)
-        self.exit_tau = float(base["exit_tau"])
-        if not (-1.0 <= self.exit_tau <= 1.0):
-            raise ValueError(f"exit_tau must be in [-1, 1], got {base['exit_tau']!r}")
-        self.exit_slope = float(base["exit_slope"])
-        if not (self.exit_slope > 0 and math.isfinite(self.exit_slope)):
-            raise ValueError(f"exit_slope must be a finite number > 0, got {base['exit_slope']!r}")
-        self.student_weight = float(base["student_weight"])
-        if not (0.0 <= self.student_weight <= 1.0):
-            raise ValueError(f"student_weight must be in [0, 1], got {base['student_weight']!r}")
-        self.student_weight_warmup_steps = int(base["student_weight_warmup_steps"])
-        if self.student_weight_warmup_steps < 0:
-            raise ValueError(f"student_weight_warmup_steps must be >= 0, got {base['student_weight_warmup_steps']!r}")
-        self.contrastive_temperature = float(base["contrastive_temperature"])
-        if not self.contrastive_temperature > 0:
-            raise ValueError(f"contrastive_temperature must be > 0, got {base['contrastive_temperature']!r}")
-        self.contrastive_layers = base["contrastive_layers"]
-        if self.contrastive_layers not in ("final", "exit"):
-            raise ValueError(f"contrastive_layers must be 'final' or 'exit', got {self.contrastive_layers!r}")
 
         self.model = model
         backbone = model[0]
@@ -301,47 +397,42 @@ class LEAPLoss(nn.Module):
         self.num_layers = L = int(config.num_hidden_layers)
         self.student_dim = int(model.get_embedding_dimension())
         self.hidden_dim = int(config.hidden_size)
-        if not (isinstance(min_layer, int) and 1 <= min_layer <= L):
-            raise ValueError(f"min_layer must be an int in 1..{L}, got {min_layer!r}")
-        self.min_layer = min_layer
+        if not (isinstance(exit_min_layer, int) and not isinstance(exit_min_layer, bool) and 1 <= exit_min_layer <= L):
+            raise ValueError(f"exit_min_layer must be an int in 1..{L}, got {exit_min_layer!r}")
+        self.exit_min_layer = exit_min_layer
+        if settings.student_weight_ramp is not None and not (isinstance(total_steps, int) and total_steps >= 1):
+            raise ValueError(
+                f"student_weight_ramp={settings.student_weight_ramp} is given in fractions of training: pass "
+                f"total_steps (the number of training steps), got total_steps={total_steps!r}"
+            )
+        self.total_steps = total_steps
 
-        def check_layers(name: str, layers: Iterable[int] | None, default: list[int], lo: int) -> list[int]:
-            if layers is None:
-                return default
-            layers = list(layers)
-            bad = [x for x in layers if not isinstance(x, int) or isinstance(x, bool) or not lo <= x <= L]
-            if bad:
-                raise ValueError(f"{name} must be ints in {lo}..{L}, got {layers!r}")
-            return sorted(set(layers))
+        def layers(name: str, lo: int = 1) -> list[int]:
+            return resolve_layers(f"{name}_layers", getattr(settings, f"{name}_layers"), L, exit_min_layer, lo)
 
-        self.intermediate_layers = check_layers("intermediate_layers", intermediate_layers, list(range(1, L)), 1)
-        self.exit_layers = check_layers("exit_layers", exit_layers, list(range(min_layer, L)), 1)
-        self.late_layers = check_layers("late_layers", late_layers, list(range(max(1, min_layer - 1), L)), 1)
-        self.redundancy_layers = check_layers(
-            "redundancy_layers", redundancy_layers, list(range(max(2, min_layer), L + 1)), 2
-        )
-        if exit_layer_weights is None:
-            weights = [1.0] * len(self.exit_layers)
+        self.intermediate_layers = layers("intermediate")
+        self.exit_layers = layers("exit")
+        self.late_layers = [x for x in layers("late") if x < L]
+        self.redundancy_layers = [x for x in layers("redundancy") if x < L]
+        self.anchor_layers = layers("anchor")
+        self.adjacent_layers = layers("adjacent", lo=2)
+        if settings.exit_layer_weights is None:
+            self.exit_layer_weights = [1.0] * len(self.exit_layers)
         else:
-            weights = [float(w) for w in exit_layer_weights]
-            if (
-                len(weights) != len(self.exit_layers)
-                or any(not math.isfinite(w) or w < 0 for w in weights)
-                or (weights and sum(weights) <= 0)
-            ):
+            weights = list(settings.exit_layer_weights)
+            if len(weights) != len(self.exit_layers) or any(not math.isfinite(w) or w < 0 for w in weights):
                 raise ValueError(
-                    f"exit_layer_weights must be {len(self.exit_layers)} finite numbers >= 0 with a positive sum "
-                    f"(one per exit layer {self.exit_layers}), got {list(exit_layer_weights)!r}"
+                    f"exit_layer_weights must be {len(self.exit_layers)} finite numbers >= 0 (one per exit layer "
+                    f"{self.exit_layers}), got {weights!r}"
                 )
-        total = sum(weights) or 1.0
-        self.exit_layer_weights = [w / total for w in weights]
+            self.exit_layer_weights = weights
 
         # Teacher.
         self._teacher = _FrozenTeacher(teacher) if teacher is not None else None
         self._same_tokenizer = False
         if teacher is not None:
             t_config = teacher[0].auto_model.config
-            if self.intermediate_weight > 0:
+            if settings.intermediate_weight > 0:
                 t_config.output_hidden_states = True
             num_teacher_layers = int(t_config.num_hidden_layers)
             teacher_dim = int(teacher.get_embedding_dimension())
@@ -358,6 +449,13 @@ class LEAPLoss(nn.Module):
         )
         self.register_buffer("_steps", torch.zeros((), dtype=torch.long), persistent=False)
 
+    def __getattr__(self, name: str) -> Any:
+        # Hyperparameters read as attributes (loss.exit_weight), from the one settings object.
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in LEAPSettings.__dataclass_fields__ and not name.endswith("_layers"):
+            return getattr(settings, name)
+        return super().__getattr__(name)
+
     # ----------------------------------------------------------------------------------------------------------
     @property
     def teacher(self) -> SentenceTransformer | None:
@@ -366,9 +464,12 @@ class LEAPLoss(nn.Module):
 
     def current_student_weight(self) -> float:
         """The student weight ``a`` at the current training step (progressive schedule)."""
-        if self.student_weight_warmup_steps <= 0:
-            return self.student_weight
-        return self.student_weight * min(1.0, float(self._steps.item()) / self.student_weight_warmup_steps)
+        ramp = self.settings.student_weight_ramp
+        if ramp is None:
+            return self.settings.student_weight
+        progress = float(self._steps.item()) / self.total_steps
+        start, end = ramp
+        return self.settings.student_weight * min(1.0, max(0.0, (progress - start) / (end - start)))
 
     def teacher_layers(self) -> list[int]:
         """Teacher layers (1-based) whose pooled states the intermediate term needs, in label order."""
@@ -399,10 +500,11 @@ class LEAPLoss(nn.Module):
         self, features: dict[str, Tensor], labels: Tensor | None, device: torch.device
     ) -> tuple[Tensor | None, dict[int, Tensor] | None]:
         """Teacher final embedding ``(B, D_t)`` and pooled teacher layers ``{student layer: (B, D_t)}``."""
+        needs_layers = self.settings.intermediate_weight > 0
         if labels is not None and labels.dim() >= 2:
             labels = labels.to(device=device, dtype=torch.float32)
             if labels.dim() == 2:
-                if self.intermediate_weight > 0:
+                if needs_layers:
                     raise ValueError(
                         "intermediate_weight > 0 needs per-layer teacher labels of shape (batch, 1 + "
                         f"{len(self.intermediate_layers)}, dim), got labels of shape {tuple(labels.shape)}"
@@ -430,7 +532,7 @@ class LEAPLoss(nn.Module):
         t_out = teacher(dict(t_features))
         t_embedding = t_out["sentence_embedding"].float()
         t_pooled = None
-        if self.intermediate_weight > 0:
+        if needs_layers:
             t_hidden = t_out["all_layer_embeddings"]
             t_mask = t_out["attention_mask"]
             t_pooled = {
@@ -458,19 +560,20 @@ class LEAPLoss(nn.Module):
         Returns:
             The weighted terms whose weight is > 0, by name; their sum is the loss.
         """
+        s = self.settings
         L = self.num_layers
         final_state = pooled[L].detach()
         if teacher_embedding is None:
             teacher_embedding = student_embedding.detach()
-            project = project_hidden = lambda x: x  # noqa: E731
+            project = project_hidden = _identity
         else:
-            project = self.projection if self.projection is not None else (lambda x: x)
-            project_hidden = self.hidden_projection if self.hidden_projection is not None else (lambda x: x)
+            project = self.projection if self.projection is not None else _identity
+            project_hidden = self.hidden_projection if self.hidden_projection is not None else _identity
         a = self.current_student_weight()
         out: dict[str, Tensor] = {}
-        if self.final_weight > 0:
-            out["final"] = self.final_weight * (1 - _cos(project(student_embedding), teacher_embedding)).mean()
-        if self.intermediate_weight > 0:
+        if s.final_weight > 0:
+            out["final"] = s.final_weight * (1 - _cos(project(student_embedding), teacher_embedding)).mean()
+        if s.intermediate_weight > 0 and self.intermediate_layers:
             if teacher_pooled is None:
                 raise ValueError(
                     "intermediate_weight > 0 needs the teacher's per-layer states: a live teacher or per-layer labels"
@@ -479,33 +582,49 @@ class LEAPLoss(nn.Module):
                 (1 - _cos(project_hidden(pooled[layer]), teacher_pooled[layer])).mean()
                 for layer in self.intermediate_layers
             ]
-            out["intermediate"] = self.intermediate_weight * torch.stack(terms).mean()
-        if self.exit_weight > 0 and self.exit_layers:
-            terms = []
-            for w, layer in zip(self.exit_layer_weights, self.exit_layers, strict=True):
-                p = pooled[layer]
-                to_teacher = soft_margin(_cos(project_hidden(p), teacher_embedding), self.exit_tau, self.exit_slope)
-                to_student = soft_margin(_cos(p, final_state), self.exit_tau, self.exit_slope)
-                terms.append(w * ((1 - a) * to_teacher + a * to_student))
-            out["exit"] = self.exit_weight * torch.stack(terms).sum()
-        if self.contrastive_weight > 0:
-            t = self.contrastive_temperature
-            terms = [offdiag_similarity_kl(student_embedding, teacher_embedding, t)]
-            if self.contrastive_layers == "exit":
-                terms += [offdiag_similarity_kl(pooled[layer], teacher_embedding, t) for layer in self.exit_layers]
-            out["contrastive"] = self.contrastive_weight * torch.stack(terms).mean()
-        if self.late_weight > 0 and self.late_layers:
-            terms = []
-            for layer in self.late_layers:
-                p = pooled[layer]
-                terms.append(
-                    (1 - a) * (1 - _cos(project_hidden(p), teacher_embedding)).mean()
-                    + a * (1 - _cos(p, final_state)).mean()
-                )
-            out["late"] = self.late_weight * torch.stack(terms).mean()
-        if self.redundancy_weight > 0 and self.redundancy_layers:
-            terms = [(1 - _cos(pooled[layer - 1], pooled[layer].detach())).mean() for layer in self.redundancy_layers]
-            out["redundancy"] = self.redundancy_weight * torch.stack(terms).mean()
+            out["intermediate"] = s.intermediate_weight * torch.stack(terms).mean()
+        if s.exit_weight > 0 and self.exit_layers:
+            weights = dict(zip(self.exit_layers, self.exit_layer_weights, strict=True))
+            to_teacher = torch.stack(
+                [
+                    weights[layer] * soft_margin(_cos(project_hidden(pooled[layer]), teacher_embedding), s.exit_tau, s.exit_slope)
+                    for layer in self.exit_layers
+                ]
+            ).mean()
+            below = [layer for layer in self.exit_layers if layer < L]
+            to_student = (
+                torch.stack(
+                    [weights[layer] * soft_margin(_cos(pooled[layer], final_state), s.exit_tau, s.exit_slope) for layer in below]
+                ).mean()
+                if below
+                else to_teacher.new_zeros(())
+            )
+            teacher_part = 1.0 if s.exit_targets == "sum" else 1.0 - a
+            out["exit"] = s.exit_weight * (teacher_part * to_teacher + a * to_student)
+        if s.contrastive_weight > 0:
+            def kl(x: Tensor) -> Tensor:
+                return offdiag_similarity_kl(x, teacher_embedding, s.contrastive_temperature, s.contrastive_direction)
+
+            terms = [kl(student_embedding)]
+            if s.contrastive_layers == "exit":
+                terms += [kl(pooled[layer]) for layer in self.exit_layers]
+            out["contrastive"] = s.contrastive_weight * torch.stack(terms).mean()
+        if s.late_weight > 0 and self.late_layers:
+            terms = [late_distance(pooled[layer], pooled[L]) for layer in self.late_layers]
+            out["late"] = s.late_weight * torch.stack(terms).mean()
+        if s.redundancy_weight > 0 and self.redundancy_layers:
+            terms = [capped_step(pooled[layer], pooled[layer + 1], s.redundancy_cap) for layer in self.redundancy_layers]
+            out["redundancy"] = -s.redundancy_weight * torch.stack(terms).mean()
+        if s.anchor_weight > 0 and self.anchor_layers:
+            terms = [
+                (1 - a) * (1 - _cos(project_hidden(pooled[layer]), teacher_embedding)).mean()
+                + a * (1 - _cos(pooled[layer], final_state)).mean()
+                for layer in self.anchor_layers
+            ]
+            out["anchor"] = s.anchor_weight * torch.stack(terms).mean()
+        if s.adjacent_weight > 0 and self.adjacent_layers:
+            terms = [(1 - _cos(pooled[layer - 1], pooled[layer].detach())).mean() for layer in self.adjacent_layers]
+            out["adjacent"] = s.adjacent_weight * torch.stack(terms).mean()
         if not out:
             raise ValueError("Every LEAPLoss term has weight 0: nothing to train")
         return out
@@ -513,24 +632,9 @@ class LEAPLoss(nn.Module):
     def get_config_dict(self) -> dict[str, Any]:
         return {
             "preset": self.preset,
-            "final_weight": self.final_weight,
-            "intermediate_weight": self.intermediate_weight,
-            "intermediate_layers": self.intermediate_layers,
-            "exit_weight": self.exit_weight,
-            "exit_layers": self.exit_layers,
-            "exit_layer_weights": self.exit_layer_weights,
-            "exit_tau": self.exit_tau,
-            "exit_slope": self.exit_slope,
-            "student_weight": self.student_weight,
-            "student_weight_warmup_steps": self.student_weight_warmup_steps,
-            "contrastive_weight": self.contrastive_weight,
-            "contrastive_temperature": self.contrastive_temperature,
-            "contrastive_layers": self.contrastive_layers,
-            "late_weight": self.late_weight,
-            "late_layers": self.late_layers,
-            "redundancy_weight": self.redundancy_weight,
-            "redundancy_layers": self.redundancy_layers,
-            "min_layer": self.min_layer,
+            **self.settings.to_dict(),
+            "exit_min_layer": self.exit_min_layer,
+            "total_steps": self.total_steps,
             "teacher": "live" if self._teacher is not None else "labels or self",
         }
 
@@ -546,6 +650,10 @@ class LEAPLoss(nn.Module):
     archivePrefix={arXiv},
 }
 """
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
 
 
 _TOKEN_KEYS = {"input_ids", "attention_mask", "token_type_ids"}

@@ -39,7 +39,7 @@ def main(model_dir: str, out_dir: str) -> None:
         seed=0,
         use_cpu=True,
     )
-    loss = LEAPLoss(student, teacher=teacher, min_layer=2)
+    loss = LEAPLoss(student, teacher=teacher, exit_min_layer=2)
     trainer = SentenceTransformerTrainer(
         model=student, args=args, loss=loss, train_dataset=Dataset.from_dict({"sentence": sentences})
     )
