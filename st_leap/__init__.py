@@ -6,13 +6,35 @@
   into an early-exit one, and reload a saved one.
 - :func:`diagnose`: is a model exit-compatible? (paper section 5.2)
 - :mod:`st_leap.losses`: :class:`~st_leap.losses.LEAPLoss`, the training objective that creates exits.
+
+The names are imported on first use, so ``import st_leap`` (and ``st-leap --help``) does not load torch.
 """
 
 from __future__ import annotations
 
-from st_leap.diagnostics import diagnose
-from st_leap.model import from_pretrained, load
-from st_leap.modules import EarlyExitTransformer
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from st_leap.version import __version__
 
+if TYPE_CHECKING:
+    from st_leap.diagnostics import diagnose
+    from st_leap.model import from_pretrained, load
+    from st_leap.modules import EarlyExitTransformer
+
+_EXPORTS = {
+    "EarlyExitTransformer": "st_leap.modules",
+    "from_pretrained": "st_leap.model",
+    "load": "st_leap.model",
+    "diagnose": "st_leap.diagnostics",
+}
+
 __all__ = ["EarlyExitTransformer", "from_pretrained", "load", "diagnose", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'st_leap' has no attribute {name!r}")

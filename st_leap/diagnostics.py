@@ -9,11 +9,9 @@ the exit rule gives at each threshold. It also times the monitoring overhead and
 from __future__ import annotations
 
 import inspect
-import json
 import statistics
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +20,7 @@ from sentence_transformers.util import batch_to_device
 from tqdm.auto import trange
 
 from st_leap.exit_policy import (
+    PAPER_THRESHOLDS,
     ExitStats,
     default_min_layer,
     exit_layers_from_pooled,
@@ -30,7 +29,6 @@ from st_leap.exit_policy import (
 )
 from st_leap.modules import EarlyExitTransformer
 
-DEFAULT_THRESHOLDS = (0.90, 0.93, 0.95, 0.97, 0.99)
 # Verdict rules (documented in docs/diagnostics.md).
 MIN_EXIT_RATE = 0.25  # at theta = 0.95: below this, early exit buys (almost) nothing
 MIN_EXITED_SIMILARITY = 0.90  # exited samples' pooled state must be this close to the final one
@@ -66,6 +64,26 @@ def layer_pooled_states(
 
 def _mean_cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item()
+
+
+def layer_similarities(pooled: torch.Tensor, patience: int = 1) -> dict[str, list[float]]:
+    """Mean cosine of each layer's pooled state to the final layer's (``to_final``) and to the state ``patience``
+    layers before (``adjacent``, the quantity the exit rule reads), for layers ``l = 1..L`` of ``(N, L + 1, H)``
+    pooled states (index 0 = embedding output, so ``adjacent[l - 1]`` exists for ``l >= patience``)."""
+    num_layers = pooled.shape[1] - 1
+    final = pooled[:, num_layers]
+    return {
+        "to_final": [_mean_cos(pooled[:, layer], final) for layer in range(1, num_layers + 1)],
+        "adjacent": [
+            _mean_cos(pooled[:, layer], pooled[:, layer - patience]) if layer >= patience else None
+            for layer in range(1, num_layers + 1)
+        ],
+    }
+
+
+def layer_similarity(model: SentenceTransformer, sentences: Sequence[str], batch_size: int = 64) -> dict[str, list]:
+    """:func:`layer_similarities` (patience 1) of ``model`` on ``sentences``, from one full-depth pass."""
+    return layer_similarities(layer_pooled_states(model, list(sentences), batch_size=batch_size, show_progress_bar=False))
 
 
 def _early_exit_view(model: SentenceTransformer) -> tuple[SentenceTransformer, EarlyExitTransformer]:
@@ -167,7 +185,7 @@ def measure_monitoring_overhead(
 def diagnose(
     model: SentenceTransformer,
     sentences: Sequence[str],
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float] = PAPER_THRESHOLDS,
     exit_patience: int = 1,
     exit_min_layer: int | None = None,
     batch_size: int = 32,
@@ -206,16 +224,15 @@ def diagnose(
     for theta in thresholds:
         validate_exit_args(theta, exit_patience, exit_min_layer, num_layers)
     final = pooled[:, num_layers]
-
+    similarity = layer_similarities(pooled, exit_patience)
     result: dict[str, Any] = {
         "num_layers": num_layers,
         "num_sentences": len(sentences),
         "exit_patience": exit_patience,
         "exit_min_layer": exit_min_layer,
-        "similarity_to_final": [_mean_cos(pooled[:, layer], final) for layer in range(1, num_layers + 1)],
+        "similarity_to_final": similarity["to_final"],
         "adjacent_similarity": [
-            _mean_cos(pooled[:, layer], pooled[:, layer - exit_patience]) if layer > exit_patience else None
-            for layer in range(1, num_layers + 1)
+            value if layer > exit_patience else None for layer, value in enumerate(similarity["adjacent"], start=1)
         ],
         "contraction_ratio": [
             ((pooled[:, layer + 1] - pooled[:, layer]).norm(dim=-1) / (pooled[:, layer] - pooled[:, layer - 1]).norm(dim=-1).clamp(min=1e-12))
@@ -227,8 +244,7 @@ def diagnose(
     }
     for theta in thresholds:
         exit_layer = exit_layers_from_pooled(pooled, theta, exit_patience, exit_min_layer)
-        stats = ExitStats(num_layers)
-        stats.update(exit_layer)
+        stats = ExitStats.from_exit_layers(exit_layer, num_layers)
         exited = exit_layer < num_layers
         at_exit = pooled[torch.arange(len(sentences)), exit_layer]
         result["thresholds"][f"{theta:g}"] = {
@@ -275,73 +291,3 @@ def _verdict(result: dict[str, Any]) -> dict[str, Any]:
     }
     failed = [name for name, check in checks.items() if not check["passed"]]
     return {"exit_compatible": not failed, "failed": failed, "checks": checks}
-
-
-def format_report(result: dict[str, Any], title: str = "") -> str:
-    """The diagnostics as a plain-text table."""
-    num_layers = result["num_layers"]
-    lines = [f"== st_leap diagnose {title}".rstrip(), ""]
-    lines.append(f"{'layer':>5} {'cos to final':>13} {'cos(l, l-k)':>12} {'gamma_l':>8}")
-    for layer in range(1, num_layers + 1):
-        adj = result["adjacent_similarity"][layer - 1]
-        gamma = result["contraction_ratio"][layer - 1] if layer < num_layers else None
-        lines.append(
-            f"{layer:>5} {result['similarity_to_final'][layer - 1]:>13.3f} "
-            f"{'-' if adj is None else f'{adj:.3f}':>12} {'-' if gamma is None else f'{gamma:.3f}':>8}"
-        )
-    lines += ["", f"exit rule: k={result['exit_patience']}, l_min={result['exit_min_layer']}, {result['num_sentences']} sentences"]
-    lines.append(f"{'theta':>6} {'exit rate':>10} {'E[layers]':>10} {'L/E[l]':>7} {'exited cos':>11}  exits per layer")
-    for theta, row in result["thresholds"].items():
-        sim = row["exited_similarity_to_final"]
-        lines.append(
-            f"{theta:>6} {row['exit_rate']:>10.1%} {row['expected_layers']:>10.2f} {row['layer_reduction']:>6.2f}x "
-            f"{'-' if sim is None else f'{sim:.3f}':>11}  {row['counts']}"
-        )
-    if "monitoring_overhead" in result:
-        mo = result["monitoring_overhead"]
-        lines += [
-            "",
-            f"monitoring overhead: {mo['overhead']:+.1%} (check from layer 2, theta never fires; median of "
-            f"{mo['repeats']} interleaved runs, {mo['num_sentences']} sentences, batch {mo['batch_size']}, "
-            f"{mo['torch_threads']} threads)",
-        ]
-    verdict = result["verdict"]
-    lines += ["", "verdict: " + ("EXIT-COMPATIBLE" if verdict["exit_compatible"] else "NOT exit-compatible")]
-    for name, check in verdict["checks"].items():
-        value = check["value"]
-        shown = json.dumps(value) if isinstance(value, dict) else ("-" if value is None else f"{value:.3f}")
-        lines.append(f"  [{'ok' if check['passed'] else 'FAIL'}] {name}: {shown}  ({check['rule']})")
-    return "\n".join(lines)
-
-
-def plot(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
-    """Similarity-to-final and adjacent-cosine curves, and the exit-layer histogram per threshold, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    num_layers = result["num_layers"]
-    layers = list(range(1, num_layers + 1))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(layers, result["similarity_to_final"], marker="o", label="cos(p_l, p_L)")
-    adj = [(layer, v) for layer, v in zip(layers, result["adjacent_similarity"]) if v is not None]
-    left.plot([a for a, _ in adj], [v for _, v in adj], marker="s", label=f"cos(p_l, p_l-{result['exit_patience']})")
-    for theta in result["thresholds"]:
-        left.axhline(float(theta), color="grey", lw=0.6, ls=":")
-    left.axvline(result["exit_min_layer"], color="red", lw=0.8, ls="--", label="l_min")
-    left.set(xlabel="layer", ylabel="mean cosine", title="Similarity by layer", xticks=layers)
-    left.legend(fontsize=8)
-    width = 0.8 / max(1, len(result["thresholds"]))
-    for i, (theta, row) in enumerate(result["thresholds"].items()):
-        share = [c / max(1, row["num_samples"]) for c in row["counts"]]
-        right.bar([x + (i - (len(result["thresholds"]) - 1) / 2) * width for x in layers], share, width, label=f"θ={theta}")
-    right.set(xlabel="exit layer", ylabel="share of samples", title="Exit-layer histogram", xticks=layers)
-    right.legend(fontsize=8)
-    fig.suptitle(title or "st_leap diagnose")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -8,6 +8,7 @@ decides *whether* a sample stops lives here; *how* the layers are stepped lives 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
@@ -43,6 +44,10 @@ def validate_exit_args(
     return threshold, int(patience), int(min_layer)
 
 
+#: The paper's theta grid (Tables 2, 5): the default of diagnose, sweeps, calibration and measurements.
+PAPER_THRESHOLDS = (0.90, 0.92, 0.93, 0.95, 0.97, 0.99)
+
+
 def default_min_layer(num_layers: int) -> int:
     """Default l_min: half the depth (3 of 6, 6 of 12), and never below 2."""
     return max(2, num_layers // 2) if num_layers > 1 else 1
@@ -76,23 +81,50 @@ def converged(pooled: Tensor, pooled_before: Tensor, threshold: float) -> Tensor
 
 @dataclass
 class ExitStats:
-    """Where the samples of one or more forward passes stopped.
+    """Where samples stopped: the one exit-layer counter of st_leap (the module, evaluators, mteb, beir, sweeps).
 
     ``counts[l - 1]`` is the number of samples that stopped after layer ``l`` (``l = L`` is full depth).
+    ``num_layers=0`` leaves the depth open until the first counts are added.
     """
 
-    num_layers: int
+    num_layers: int = 0
     counts: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.counts:
             self.counts = [0] * self.num_layers
+        elif not self.num_layers:
+            self.num_layers = len(self.counts)
 
-    def update(self, exit_layers: Tensor) -> None:
-        """Add the 1-based exit layers of a batch."""
-        binned = torch.bincount(exit_layers.detach().to("cpu", torch.long) - 1, minlength=self.num_layers)
-        for i, n in enumerate(binned.tolist()):
-            self.counts[i] += n
+    @classmethod
+    def from_exit_layers(cls, exit_layers: Tensor | Sequence[int], num_layers: int) -> ExitStats:
+        """The counts of 1-based exit layers."""
+        stats = cls(num_layers)
+        stats.update(exit_layers)
+        return stats
+
+    def update(self, exit_layers: Tensor | Sequence[int]) -> None:
+        """Add the 1-based exit layers of a batch (a tensor, array or list); layers outside 1..L are an error."""
+        layers = torch.as_tensor(exit_layers).detach().to("cpu", torch.long).reshape(-1)
+        if layers.numel() and (int(layers.min()) < 1 or int(layers.max()) > self.num_layers):
+            raise ValueError(f"exit layers must lie in 1..{self.num_layers}, got {sorted(set(layers.tolist()))}")
+        self.add_counts(torch.bincount(layers - 1, minlength=self.num_layers).tolist())
+
+    def add_counts(self, counts: Sequence[int]) -> None:
+        """Add per-layer counts (another call's ``counts``)."""
+        if not self.num_layers:
+            self.num_layers = len(counts)
+            self.counts = [0] * len(counts)
+        if len(counts) != self.num_layers:
+            raise ValueError(f"counts has {len(counts)} layers, expected {self.num_layers}")
+        for i, n in enumerate(counts):
+            self.counts[i] += int(n)
+
+    def merge(self, other: ExitStats) -> ExitStats:
+        """Add another counter's counts to this one; returns ``self``."""
+        if other.num_samples or other.num_layers:
+            self.add_counts(other.counts)
+        return self
 
     @property
     def num_samples(self) -> int:
@@ -115,11 +147,18 @@ class ExitStats:
         """Theoretical speed-up ``L / E[layers]`` (the paper's 'layer reduction')."""
         return self.num_layers / self.expected_layers if self.num_samples else float("nan")
 
-    def to_dict(self) -> dict[str, float | int | list[int]]:
+    @property
+    def fractions(self) -> list[float]:
+        """Share of samples per exit layer."""
+        n = self.num_samples
+        return [c / n for c in self.counts] if n else [0.0] * self.num_layers
+
+    def to_dict(self) -> dict[str, float | int | list[int] | list[float]]:
         return {
             "num_layers": self.num_layers,
             "num_samples": self.num_samples,
             "counts": list(self.counts),
+            "fractions": self.fractions,
             "exit_rate": self.exit_rate,
             "expected_layers": self.expected_layers,
             "layer_reduction": self.layer_reduction,

@@ -58,6 +58,12 @@ def _backbone(model: nn.Module) -> _Backbone:
     )
 
 
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The layer stack of a supported Hugging Face encoder (``model.encoder.layer`` for BERT and MPNet,
+    ``model.transformer.layer`` for DistilBERT): deleting from it truncates the model statically."""
+    return _backbone(model).layers
+
+
 class EarlyExitTransformer(Transformer):
     """A :class:`~sentence_transformers.base.modules.Transformer` whose samples stop at the first converged layer.
 
@@ -119,14 +125,7 @@ class EarlyExitTransformer(Transformer):
             raise ValueError(
                 f"EarlyExitTransformer steps the encoder layer by layer and needs backend='torch', got {self.backend!r}"
             )
-        self._backbone = _backbone(self.auto_model)
-        self.num_layers: int = len(self._backbone.layers)
-        if exit_min_layer is None:
-            exit_min_layer = default_min_layer(self.num_layers)
-        self.exit_threshold, self.exit_patience, self.exit_min_layer = validate_exit_args(
-            exit_threshold, exit_patience, exit_min_layer, self.num_layers
-        )
-        self.exit_stats = ExitStats(self.num_layers)
+        self._setup_exits(exit_threshold, exit_patience, exit_min_layer)
 
     @classmethod
     def from_transformer(
@@ -144,15 +143,19 @@ class EarlyExitTransformer(Transformer):
             raise ValueError(f"EarlyExitTransformer needs backend='torch', got {transformer.backend!r}")
         module = cls.__new__(cls)
         module.__dict__.update(transformer.__dict__)  # same submodules, tokenizer and config: nothing is copied
-        module._backbone = _backbone(module.auto_model)
-        module.num_layers = len(module._backbone.layers)
-        if exit_min_layer is None:
-            exit_min_layer = default_min_layer(module.num_layers)
-        module.exit_threshold, module.exit_patience, module.exit_min_layer = validate_exit_args(
-            exit_threshold, exit_patience, exit_min_layer, module.num_layers
-        )
-        module.exit_stats = ExitStats(module.num_layers)
+        module._setup_exits(exit_threshold, exit_patience, exit_min_layer)
         return module
+
+    def _setup_exits(self, exit_threshold: float | None, exit_patience: int, exit_min_layer: int | None) -> None:
+        """The layer stack, the validated exit defaults and a fresh exit counter."""
+        self._backbone = _backbone(self.auto_model)
+        self.num_layers: int = len(self._backbone.layers)
+        if exit_min_layer is None:
+            exit_min_layer = default_min_layer(self.num_layers)
+        self.exit_threshold, self.exit_patience, self.exit_min_layer = validate_exit_args(
+            exit_threshold, exit_patience, exit_min_layer, self.num_layers
+        )
+        self.exit_stats = ExitStats(self.num_layers)
 
     @property
     def _right_padded(self) -> bool:

@@ -82,9 +82,19 @@ def mpnet_path() -> str:
 
 
 def data_dir() -> Path:
-    """The shared data folder: ``$ST_LEAP_DATA``, else ``shared/data`` beside the cwd or this checkout."""
+    """The shared data folder: ``$ST_LEAP_DATA``, else ``shared/data`` beside the cwd or this checkout.
+
+    A ``$ST_LEAP_DATA`` that does not hold ``stsb/`` is an error that names it (never silently replaced).
+    """
     env = os.environ.get("ST_LEAP_DATA")
-    candidates = [Path(env)] if env else []
+    if env:
+        if not (Path(env) / "stsb").is_dir():
+            raise FileNotFoundError(
+                f"ST_LEAP_DATA={env} does not hold the shared data (no stsb/ folder in it); point it at the folder "
+                "that holds stsb/, beir/ and nli/, or unset it to search for shared/data"
+            )
+        return Path(env)
+    candidates = []
     here = Path(__file__).resolve().parent.parent
     for base in (Path.cwd(), here):
         candidates += [base / "shared" / "data", base.parent / "shared" / "data"]
@@ -98,20 +108,24 @@ def data_dir() -> Path:
     )
 
 
-def load_stsb(split: str = "test") -> tuple[list[str], list[str], list[float]]:
-    """STS-B pairs of one split as ``(sentences1, sentences2, scores in [0, 1])``.
+def load_stsb(
+    split: str = "test", normalize: bool = True, folder: str | Path | None = None
+) -> tuple[list[str], list[str], list[float]]:
+    """STS-B pairs of one split as ``(sentences1, sentences2, scores)``: scores in [0, 1], or the gold 0-5 with
+    ``normalize=False`` (as mteb stores them).
 
-    Read with quoting off: some sentences start with a double quote.
+    Read with quoting off: some sentences start with a double quote. ``folder`` (the data folder) defaults to :func:`data_dir`.
     """
+    base = Path(folder) if folder is not None else data_dir()
     if split not in ("train", "dev", "test"):
         raise ValueError(f"split must be one of 'train', 'dev', 'test', got {split!r}")
     s1, s2, scores = [], [], []
-    with (data_dir() / "stsb" / f"{split}.tsv").open(encoding="utf-8", newline="") as f:
+    with (base / "stsb" / f"{split}.tsv").open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         for row in reader:
             s1.append(row["sentence1"])
             s2.append(row["sentence2"])
-            scores.append(float(row["score"]) / 5.0)
+            scores.append(float(row["score"]) / (5.0 if normalize else 1.0))
     return s1, s2, scores
 
 
@@ -186,6 +200,19 @@ def beir_dir(name: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"No BEIR dataset {name!r} under {path.parent}")
     return path
+
+
+def known_local_models() -> dict[str, str]:
+    """``{resolved local folder: Hub id}`` of the packaged models that are installed (and unpacked)."""
+    known = {}
+    try:
+        known[str(Path(minilm_path()).resolve())] = "sentence-transformers/all-MiniLM-L6-v2"
+    except FileNotFoundError:
+        pass
+    mpnet = cache_dir() / "all-mpnet-base-v2"
+    if (mpnet / "modules.json").exists():  # never unpack the zip parts just to name a model
+        known[str(mpnet.resolve())] = "sentence-transformers/all-mpnet-base-v2"
+    return known
 
 
 MODEL_ALIASES = {

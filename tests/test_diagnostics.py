@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from st_leap.diagnostics import diagnose, format_report, plot, time_encode
+from st_leap.diagnostics import diagnose, time_encode
 from st_leap.model import from_pretrained
+from st_leap.reporting import diagnose_report, plot_diagnose
 from tests.conftest import SENTENCES, stock_model
 
 
@@ -59,10 +60,10 @@ def test_diagnose_overhead_and_outputs(tiny_bert_dir, tmp_path):
     overhead = result["monitoring_overhead"]
     assert overhead["full_depth_seconds_median"] > 0 and overhead["monitored_seconds_median"] > 0
     assert type(model[0]).__name__ == "Transformer", "diagnose must not convert the caller's model"
-    text = format_report(result, "tiny")
+    text = diagnose_report(result, "tiny")
     assert "verdict" in text and "monitoring overhead" in text
     json.dumps(result)
-    png = plot(result, tmp_path / "d.png")
+    png = plot_diagnose(result, tmp_path / "d.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

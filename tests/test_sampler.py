@@ -90,8 +90,8 @@ def test_train_with_group_by_length_uses_the_sampler(tmp_path, monkeypatch):
     tiny = build_tiny_model_dir(tmp_path / "tiny", num_layers=3)
     config = TrainConfig(model=tiny, teacher=tiny, output_dir=str(tmp_path / "out"), max_steps=3, batch_size=4,
                          num_sentences=24, max_seq_length=16, warmup_steps=1, group_by_length=True, logging_steps=1)
-    model = train(config)
-    assert model.leap_steps == 3
+    result = train(config)
+    assert result.steps == 3
     assert len(seen) >= 3 and all(len(b) == 4 for b in seen)
     saved = json.loads((tmp_path / "out" / "leap_training.json").read_text())
     assert saved["config"]["group_by_length"] is True and saved["teacher_seconds"] >= 0

@@ -76,7 +76,7 @@ def test_measure_replay_matches_encode(tiny_dir, tmp_path, monkeypatch):
     import random
 
     import st_leap.model
-    from st_leap.training import measure
+    from st_leap.evaluation.sweep import measure
 
     rng = random.Random(0)
     words = VOCAB[5:]
@@ -117,24 +117,28 @@ def six_layer_student(tmp_path_factory):
     return from_pretrained(build_tiny_model_dir(tmp_path_factory.mktemp("six"), num_layers=6))
 
 
-@pytest.mark.parametrize("path", sorted(RECIPE_DIR.glob("*.json")), ids=lambda p: p.name)
-def test_committed_recipe_configs_build_their_loss(path, six_layer_student):
-    """Every committed benchmark config parses and its loss settings build a LEAPLoss (catches schema drift)."""
-    config = TrainConfig.from_file(path)
+@pytest.mark.parametrize("path", sorted((RECIPE_DIR / "experiments").glob("*.json")), ids=lambda p: p.stem)
+def test_committed_recipe_experiments_build_their_loss(path, six_layer_student):
+    """Every committed recipe experiment, over defaults.json, parses and builds its LEAPLoss (catches schema drift)."""
+    from benchmarks.train_recipe.run import experiment_config
+
+    config = experiment_config(path.stem)
     loss = build_loss(six_layer_student, config, teacher=None)
     settings = loss.get_config_dict()
     for key, value in config.loss.items():
         assert settings[key] == (list(value) if isinstance(value, tuple) else value), key
 
 
-def test_ablation_configs_are_their_recipe_without_the_exit_term(six_layer_student):
-    """The Table 11 ablations change nothing but the exit weight (and where they write)."""
-    for recipe, ablation in [("config.json", "config_no_exit.json"), ("config_2h.json", "config_2h_no_exit.json")]:
-        a = TrainConfig.from_file(RECIPE_DIR / recipe).to_dict()
-        b = TrainConfig.from_file(RECIPE_DIR / ablation).to_dict()
+def test_ablation_experiments_are_their_recipe_without_the_exit_term(six_layer_student):
+    """The Table 11 ablations of the recipe change nothing but the exit weight (and where they write)."""
+    from benchmarks.train_recipe.run import experiment_config
+
+    for recipe, ablation in [("stage1", "no_exit"), ("2h", "2h_no_exit")]:
+        a = experiment_config(recipe).to_dict()
+        b = experiment_config(ablation).to_dict()
         assert b["loss"].pop("exit_weight") == 0.0
         assert {k for k in a if a[k] != b[k]} == {"output_dir"}
-        terms = build_loss(six_layer_student, TrainConfig.from_file(RECIPE_DIR / ablation), teacher=None)
+        terms = build_loss(six_layer_student, experiment_config(ablation), teacher=None)
         assert terms.exit_weight == 0.0 and terms.anchor_weight > 0 and terms.adjacent_weight > 0
 
 
@@ -145,11 +149,8 @@ PAPER_TABLES_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_t
 def test_paper_table_experiments_build_their_loss(path, six_layer_student):
     """Every Table 11/12 experiment is defaults.json plus its own keys, and builds its LEAPLoss; the Table 11 rows
     of one loss share every setting but the loss."""
-    import importlib.util
+    from benchmarks.paper_tables import run
 
-    spec = importlib.util.spec_from_file_location("paper_tables_run", PAPER_TABLES_DIR / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
     labels, data = run.experiment_config(path.stem)
     assert labels["table"] in ("11", "11-ours", "12")
     config = TrainConfig.from_dict(data)

@@ -3,19 +3,26 @@
 all-MiniLM-L6-v2's published MTEB scores: STSBenchmark cosine Spearman 82.03, SciFact NDCG@10 64.51, NFCorpus
 NDCG@10 31.59. This script runs the same model through ``st_leap.evaluation.mteb.run_mteb`` (mteb.evaluate on the
 local data) and ``st_leap.evaluation.beir.evaluate_beir`` (BEIR DenseRetrievalExactSearch + EvaluateRetrieval) and,
-for STS-B, ``EarlyExitEmbeddingSimilarityEvaluator``; it writes JSON + markdown under benchmarks/results/.
+for STS-B, ``EarlyExitEmbeddingSimilarityEvaluator``; it writes JSON + markdown under benchmarks/results/evaluation/.
 
-    HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py                      # all-MiniLM-L6-v2, full depth
-    HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py --paths beir         # one path per process, then
-    HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py --paths none         # combine both into the table
-    HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py --model PATH --exit-threshold 0.95 --name leap
+    HF_HUB_OFFLINE=1 python -m benchmarks.evaluation.anchors                      # all-MiniLM-L6-v2, full depth
+    HF_HUB_OFFLINE=1 python -m benchmarks.evaluation.anchors --paths beir         # one path per process, then
+    HF_HUB_OFFLINE=1 python -m benchmarks.evaluation.anchors --paths none         # combine both into the table
+    HF_HUB_OFFLINE=1 python -m benchmarks.evaluation.anchors --model PATH --exit-threshold 0.95 --name leap
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from benchmarks._common import command_line, results_dir
+from st_leap import resources
+from st_leap.evaluation.beir import evaluate_beir
+from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator
+from st_leap.evaluation.mteb import run_mteb
+from st_leap.model import load_model, model_name
+from st_leap.reporting import run_info, write_json, write_text
 
 PUBLISHED = {
     "sentence-transformers/all-MiniLM-L6-v2": {"STSBenchmark": 82.03, "SciFact": 64.51, "NFCorpus": 31.59},
@@ -23,12 +30,6 @@ PUBLISHED = {
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from st_leap import resources
-    from st_leap.evaluation._utils import load_model, model_name, run_info, write_json
-    from st_leap.evaluation.beir import evaluate_beir
-    from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator
-    from st_leap.evaluation.mteb import run_mteb
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="path or Hub id (default: all-MiniLM-L6-v2 from PyPI)")
     parser.add_argument("--exit-threshold", default="none", help="theta, or 'none' for full depth")
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--paths", default="mteb,beir", help="which paths to run now: mteb, beir, both, or 'none' (combine only)"
     )
     parser.add_argument("--name", default="anchors_minilm_full_depth", help="result file stem")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results"))
+    parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results/evaluation)")
     args = parser.parse_args(argv)
 
     path = args.model or resources.minilm_path()
@@ -46,10 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(path)
     name = model_name(model, path)
     tasks = [t.strip().lower() for t in args.tasks.split(",") if t.strip()]
-    out = Path(args.out)
-    command = "HF_HUB_OFFLINE=1 python benchmarks/evaluation/anchors.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    out = Path(args.out) if args.out else results_dir("evaluation")
+    command = command_line("benchmarks.evaluation.anchors", argv)
 
     paths = {p.strip() for p in args.paths.split(",") if p.strip() and p.strip() != "none"}
     mteb_dir = out / f"{args.name}_mteb"
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {r['task']} | {r['metric']} | {pub} | {r['mteb_path']:.2f} | {r['other_path']:.2f} | "
             f"{r['other_path_name']} | {diff} | {r['mteb_minus_other']:+.4f} |"
         )
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text("\n".join(lines) + "\n", out / f"{args.name}.md")
     print("\n".join(lines))
     return result
 

@@ -18,18 +18,14 @@ Writes ``<out>.json`` (run_info / results / meta_info) and ``<out>.md``.
 
 Example::
 
-    HF_HUB_OFFLINE=1 python benchmarks/latency/run.py --threads 1,2 --batch-sizes 1,8,32 --int8
+    HF_HUB_OFFLINE=1 python -m benchmarks.latency.run --threads 1,2 --batch-sizes 1,8,32 --int8
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -38,10 +34,11 @@ from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
 import st_leap
+from benchmarks._common import command_line, meta_info, write_result
 from st_leap.diagnostics import time_encode
 from st_leap.evaluation import EarlyExitEmbeddingSimilarityEvaluator
 from st_leap.model import as_early_exit
-from st_leap.modules import _backbone
+from st_leap.modules import encoder_layers
 from st_leap.resources import load_stsb, resolve_model, stsb_sentences
 
 FORCE_THETA = 1e-6  # any positive cosine passes: with l_min = l every sample stops at l
@@ -50,7 +47,7 @@ FORCE_THETA = 1e-6  # any positive cosine passes: with l_min = l every sample st
 def truncated_copy(model: SentenceTransformer, num_layers: int) -> SentenceTransformer:
     """A stock copy of ``model`` keeping only its first ``num_layers`` encoder layers."""
     copied = copy.deepcopy(model)
-    del _backbone(copied[0].auto_model).layers[num_layers:]
+    del encoder_layers(copied[0].auto_model)[num_layers:]
     return copied
 
 
@@ -176,7 +173,7 @@ def main(argv=None) -> int:
     parser.add_argument("--int8", action="store_true", help="Also time and score INT8 dynamic quantisation (CPU only)")
     parser.add_argument("--int8-theta", type=float, default=0.95)
     parser.add_argument("--overhead-only", action="store_true", help="Time only stock, st_leap full depth and monitor")
-    parser.add_argument("--out", default="benchmarks/results/latency")
+    parser.add_argument("--out", default="benchmarks/results/latency/latency")
     args = parser.parse_args(argv)
 
     model_path = resolve_model(args.model)
@@ -199,7 +196,7 @@ def main(argv=None) -> int:
                    + ", ".join(f"forced {layer} vs truncated {rows[f'forced {layer}']['cost_vs_truncated']:+.1%}" for layer in truncated))
     result = {
         "run_info": {
-            "command": "HF_HUB_OFFLINE=1 python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+            "command": command_line("benchmarks.latency.run", argv),
             "model": args.model or "all-MiniLM-L6-v2 (packaged)", "model_path": model_path, "num_layers": num_layers,
             "device": args.device + (" fp16" if args.device.startswith("cuda") else " fp32"), "repeats": args.repeats,
             "timer": "CUDA events" if args.device.startswith("cuda") else "time.perf_counter around model.encode",
@@ -212,29 +209,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
         result["int8"] = {"threads": 1, "batch_size": 32,
                           "rows": run_int8(leap, sentences_for(32, pool, args.min_sentences), 32, args.int8_theta, args.repeats)}
-    result["meta_info"] = meta_info()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
+    result["meta_info"] = meta_info(result["run_info"]["command"])
+    write_result(args.out, result, markdown(result))
     print(markdown(result))
     return 0
-
-
-def meta_info() -> dict:
-    import sentence_transformers
-    import transformers
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = None
-    return {
-        "st_leap": st_leap.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "processor": platform.processor(), "git_sha": sha,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training step time with random batches vs length-grouped batches (``group_by_length`` in a train config).
 
-One student (all-MiniLM-L6-v2) and one LEAPLoss with the recipe's settings (final 4, redundancy 6, student weight
-0.7); the teacher's final embeddings are computed outside the timer, as the precomputed-teacher recipe does. Each
+One student (all-MiniLM-L6-v2) and one LEAPLoss with the recipe's settings (its defaults: final 4, anchor 12,
+adjacent 6, student weight 0.7); the teacher's final embeddings are computed outside the timer, as the precomputed-teacher recipe does. Each
 round draws the next batch of ST's default random batch sampler and of :class:`st_leap.sampler.LengthGroupedBatchSampler`
 over the same training sentences and times one optimizer step (forward, backward, AdamW) on each, interleaved
 after warm-up. Reports the median step time, the median per-round ratio, and the mean padded length (tokens per
@@ -9,7 +9,7 @@ row the model actually computes on).
 
 Example::
 
-    HF_HUB_OFFLINE=1 python benchmarks/latency/train_batching.py --threads 2 --rounds 40
+    HF_HUB_OFFLINE=1 python -m benchmarks.latency.train_batching --threads 2 --rounds 40
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -25,17 +24,15 @@ from sentence_transformers.base.sampler import DefaultBatchSampler
 from sentence_transformers.util import batch_to_device
 from torch.utils.data import RandomSampler
 
+from benchmarks._common import command_line, meta_info
+from benchmarks.latency.train_step import step_parser, student_and_teacher, write_outputs
 from st_leap.losses import LEAPLoss
 from st_leap.resources import load_sentences
 from st_leap.sampler import LengthGroupedBatchSampler
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import meta_info  # noqa: E402
-from train_step import step_parser, student_and_teacher, write_outputs  # noqa: E402
-
 
 def main(argv=None) -> int:
-    parser = step_parser(__doc__, "benchmarks/results/train_batching")
+    parser = step_parser(__doc__, "benchmarks/results/latency/train_batching")
     parser.add_argument("--num-sentences", type=int, default=64000)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
@@ -52,8 +49,7 @@ def main(argv=None) -> int:
     }
     iterators = {name: iter(sampler) for name, sampler in samplers.items()}
 
-    loss = LEAPLoss(student, teacher=None, final_weight=4.0, redundancy_weight=6.0, student_weight=0.7,
-                    teacher_dim=teacher.get_embedding_dimension())
+    loss = LEAPLoss(student, teacher=None, teacher_dim=teacher.get_embedding_dimension())  # the recipe's loss
     optimizer = torch.optim.AdamW([p for p in loss.parameters() if p.requires_grad], lr=1e-5)
     student.train()
 
@@ -88,16 +84,16 @@ def main(argv=None) -> int:
         }
         for name, t in times.items()
     }
-    command = "HF_HUB_OFFLINE=1 python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    command = command_line("benchmarks.latency.train_batching", argv)
     result = {
         "run_info": {"command": command, "model": path, "num_sentences": args.num_sentences,
                      "batch_size": args.batch_size, "max_seq_length": args.max_seq_length, "threads": args.threads,
                      "rounds": args.rounds, "warmup": args.warmup, "reference": reference},
         "results": rows,
-        "meta_info": meta_info(),
+        "meta_info": meta_info(command),
     }
     lines = ["# Training step time: random vs length-grouped batches", "", f"Command: `{command}`", "",
-             f"Student all-MiniLM-L6-v2, LEAPLoss (final 4, redundancy 6, student weight 0.7, precomputed teacher), "
+             f"Student all-MiniLM-L6-v2, LEAPLoss (the recipe's: final 4, anchor 12, adjacent 6, student weight 0.7, precomputed teacher), "
              f"batch {args.batch_size} of {args.num_sentences} NLI training sentences, max length "
              f"{args.max_seq_length}, {args.threads} threads; median of {args.rounds} interleaved rounds after "
              f"{args.warmup} warm-up rounds, each round a new batch from each sampler.", "",

@@ -6,36 +6,32 @@ interleaved after warm-up and the ratio is the median of per-round ratios to the
 - ``MSELoss (ST)``: sentence-transformers' own distillation loss, labels = the teacher's embeddings of the batch
   computed in the step (as a live teacher does);
 - ``LEAPLoss final only``: LEAPLoss with every weight but the final-layer term at 0;
-- ``LEAPLoss default``: LEAPLoss with its default terms;
+- ``LEAPLoss default``: LEAPLoss with its default terms (the recipe's loss);
 - ``LEAPLoss paper preset``: ``preset="paper"``.
 
 The paper reports +20% per step for LEAP over plain distillation.
 
 Example::
 
-    HF_HUB_OFFLINE=1 python benchmarks/latency/train_step.py --threads 2 --batch-size 32 --repeats 10
+    HF_HUB_OFFLINE=1 python -m benchmarks.latency.train_step --threads 2 --batch-size 32 --repeats 10
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MSELoss
 from sentence_transformers.util import batch_to_device
 
+from benchmarks._common import command_line, meta_info, write_result
 from st_leap.losses import LEAPLoss
 from st_leap.resources import load_sentences, resolve_model
-
-sys.path.insert(0, str(Path(__file__).parent))
-from run import meta_info  # noqa: E402
 
 
 def make_step(loss: torch.nn.Module, features: dict, teacher: SentenceTransformer | None):
@@ -80,15 +76,12 @@ def student_and_teacher(args: argparse.Namespace) -> tuple[str, SentenceTransfor
 
 def write_outputs(out: str, result: dict, lines: list[str]) -> None:
     """``<out>.json`` and ``<out>.md``; print the markdown."""
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_result(out, result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def main(argv=None) -> int:
-    parser = step_parser(__doc__, "benchmarks/results/train_step")
+    parser = step_parser(__doc__, "benchmarks/results/latency/train_step")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
     path, base, teacher = student_and_teacher(args)
@@ -97,12 +90,12 @@ def main(argv=None) -> int:
 
     students = {}
     steps = {}
-    zero = dict(intermediate_weight=0.0, exit_weight=0.0, contrastive_weight=0.0, late_weight=0.0, redundancy_weight=0.0)
+    zero = dict(intermediate_weight=0.0, exit_weight=0.0, contrastive_weight=0.0, anchor_weight=0.0, adjacent_weight=0.0)
     configs = {
         "MSELoss (ST)": lambda m: (MSELoss(m), teacher),
         "LEAPLoss final only": lambda m: (LEAPLoss(m, teacher=teacher, final_weight=1.0, **zero), None),
         "LEAPLoss default": lambda m: (LEAPLoss(m, teacher=teacher), None),
-        "LEAPLoss paper preset": lambda m: (LEAPLoss(m, teacher=teacher, preset="paper"), None),
+        "LEAPLoss paper preset": lambda m: (LEAPLoss(m, teacher=teacher, preset="paper", total_steps=1000), None),
     }
     for name, build in configs.items():
         students[name] = copy.deepcopy(base).train()
@@ -125,12 +118,12 @@ def main(argv=None) -> int:
         }
         for name, t in times.items()
     }
-    command = "HF_HUB_OFFLINE=1 python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    command = command_line("benchmarks.latency.train_step", argv)
     result = {
         "run_info": {"command": command, "model": path, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
                      "threads": args.threads, "repeats": args.repeats, "reference": reference},
         "results": rows,
-        "meta_info": meta_info(),
+        "meta_info": meta_info(command),
     }
     lines = ["# Training cost per step: LEAPLoss vs plain distillation", "", f"Command: `{command}`", "",
              f"Student and live frozen teacher: all-MiniLM-L6-v2; batch {args.batch_size}, max length {args.max_seq_length}, "

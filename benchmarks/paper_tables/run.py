@@ -1,6 +1,6 @@
 """The paper's Table 11 (ablation) and Table 12 (beta sensitivity) at our scale, for the paper's loss and ours.
 
-    HF_HUB_OFFLINE=1 python benchmarks/paper_tables/run.py t11_paper_final t11_paper_inter t11_paper_contrast \
+    HF_HUB_OFFLINE=1 python -m benchmarks.paper_tables.run t11_paper_final t11_paper_inter t11_paper_contrast \
         t11_paper_exit
 
 Each experiment is ``experiments/<name>.json``: only the keys that differ from ``defaults.json`` (a retrofit of
@@ -18,17 +18,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks._common import load_experiment, meta_info, results_dir, write_result
+from st_leap.evaluation.sweep import measure
+from st_leap.reporting import write_text
+from st_leap.training import TrainConfig, train
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "paper_tables"
+RESULTS = results_dir("paper_tables")
 THRESHOLDS = (0.90, 0.93, 0.95)
+# Row order of the summaries: each Table 11 row adds one term to the row above it.
+ORDER = [
+    *(f"t11_paper_{row}" for row in ("final", "inter", "contrast", "exit", "full")),
+    *(f"t11_ours_{row}" for row in ("final", "contrast", "exit", "full")),
+    *(f"t12_paper_beta{beta}" for beta in ("01", "02", "04", "06", "08")),
+]
 
 # The paper's own rows (Table 11: STS-B, exit rate at its L7 of 12; Table 12: STS-B, exit@L7), quoted verbatim.
 PAPER = {
@@ -50,11 +56,7 @@ PAPER = {
 
 def experiment_config(name: str) -> tuple[dict, dict]:
     """(labels, TrainConfig dict) of an experiment: defaults.json with the experiment's keys on top."""
-    path = HERE / "experiments" / f"{name}.json"
-    if not path.exists():
-        known = sorted(p.stem for p in (HERE / "experiments").glob("*.json"))
-        raise SystemExit(f"No experiment {name!r} ({path}); known: {', '.join(known)}")
-    data = json.loads((HERE / "defaults.json").read_text()) | json.loads(path.read_text())
+    data = load_experiment(HERE, name)
     labels = {"table": data.pop("table"), "row": data.pop("row")}
     data["output_dir"] = f"runs/paper_tables/{name}"
     loss = data.get("loss", {})
@@ -63,47 +65,23 @@ def experiment_config(name: str) -> tuple[dict, dict]:
     return labels, data
 
 
-def meta_info(command: str) -> dict:
-    import sentence_transformers
-    import torch
-    import transformers
-
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {
-        "command": command,
-        "git_sha": sha,
-        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_threads": torch.get_num_threads(),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "sentence_transformers": sentence_transformers.__version__,
-        },
-    }
-
-
 def run_one(name: str, command: str) -> dict:
-    from st_leap import training
-
     labels, data = experiment_config(name)
-    config = training.TrainConfig.from_dict(data)
-    model = training.train(config)
+    config = TrainConfig.from_dict(data)
+    trained = train(config)
     start = time.perf_counter()
-    metrics = training.measure(model, thresholds=THRESHOLDS, min_layer=config.exit_min_layer, per_layer_stsb=True)
-    log = json.loads((Path(config.output_dir) / "leap_training.json").read_text())
+    metrics = measure(trained.model, thresholds=THRESHOLDS, min_layer=config.exit_min_layer, per_layer_stsb=True)
     return {
         "run_info": {
             **labels,
             "name": name,
             "config": config.to_dict(),
-            "loss": log["loss"],
-            "steps": log["steps"],
-            "train_seconds": log["train_seconds"],
-            "teacher_seconds": log["teacher_seconds"],
+            "loss": trained.loss_config,
+            "steps": trained.steps,
+            "train_seconds": trained.train_seconds,
+            "teacher_seconds": trained.teacher_seconds,
             "measure_seconds": time.perf_counter() - start,
-            "log_history": log["log_history"],
+            "log_history": trained.log_history,
         },
         "metrics": metrics,
         "meta_info": meta_info(command),
@@ -134,8 +112,7 @@ def summary(table: str) -> str | None:
             results.append(result)
     if not results:
         return None
-    order = {p.stem: i for i, p in enumerate(sorted((HERE / "experiments").glob("*.json")))}
-    results.sort(key=lambda r: (r["run_info"]["row"].startswith("+"), order.get(r["run_info"]["name"], 0)))
+    results.sort(key=lambda r: ORDER.index(r["run_info"]["name"]) if r["run_info"]["name"] in ORDER else len(ORDER))
     loss_name = "st_leap's own loss terms" if table.endswith("ours") else "the paper's loss (preset='paper')"
     lines = [
         f"# Table {table.split('-')[0]} at our scale: {loss_name}",
@@ -171,7 +148,7 @@ def write_summaries() -> None:
     for table in ("11", "11-ours", "12"):
         text = summary(table)
         if text is not None:
-            (RESULTS / f"table{table}.md").write_text(text)
+            write_text(text, RESULTS / f"table{table}.md")
             print(text)
 
 
@@ -190,11 +167,8 @@ def main() -> None:
             if out.exists() and not args.force:
                 print(f"{name}: {out} exists, skipped (--force reruns it)")
                 continue
-            command = f"HF_HUB_OFFLINE=1 python benchmarks/paper_tables/run.py {name}"
-            result = run_one(name, command)
-            tmp = out.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(result, indent=2))
-            tmp.replace(out)
+            command = f"HF_HUB_OFFLINE=1 python -m benchmarks.paper_tables.run {name}"
+            write_result(out.with_suffix(""), run_one(name, command))
             write_summaries()
     write_summaries()
 

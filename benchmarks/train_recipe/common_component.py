@@ -1,6 +1,6 @@
 """Split each layer's pooled state into the component shared by all sentences and the per-sentence part.
 
-    HF_HUB_OFFLINE=1 python benchmarks/train_recipe/common_component.py [MODEL ...] [--sentences 600]
+    HF_HUB_OFFLINE=1 python -m benchmarks.train_recipe.common_component [MODEL ...] [--sentences 600]
 
 For every layer l of each model (default: the packaged all-MiniLM-L6-v2) over the first STS-B test sentences:
 ``|mu_l|`` (norm of the mean pooled state), the mean norm of the deviation ``p_l - mu_l``, the cosine of ``mu_l``
@@ -12,18 +12,13 @@ sentence-specific content (which is the slow part). See docs/training.md.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from st_leap import resources  # noqa: E402
-from st_leap.diagnostics import layer_pooled_states  # noqa: E402
-from st_leap.model import from_pretrained  # noqa: E402
+from st_leap import resources
+from st_leap.diagnostics import layer_pooled_states
+from st_leap.model import from_pretrained
 
 
 def table(model_path: str, num_sentences: int) -> str:

@@ -1,10 +1,10 @@
 """Short LEAP training probes: one config with overrides per run, measured by replay on STS-B test.
 
-    HF_HUB_OFFLINE=1 python benchmarks/train_recipe/probe.py --config benchmarks/train_recipe/config.json \
-        --name A --set max_steps=300 --loss '{"redundancy_weight": 4}'
+    HF_HUB_OFFLINE=1 python -m benchmarks.train_recipe.probe --experiment stage1 \
+        --name A --set max_steps=300 --loss '{"adjacent_weight": 4}'
 
-``--summary`` writes ``benchmarks/results/train_recipe_probes.md`` from all recorded probes. Each probe appends one JSON line (overrides, training time, per-layer cosine to final / adjacent / STS-B, exits
-and exited STS-B per theta) to ``benchmarks/results/train_recipe_probes.jsonl``; the models go to
+``--summary`` writes ``benchmarks/results/train_recipe/train_recipe_probes.md`` from all recorded probes. Each probe appends one JSON line (overrides, training time, per-layer cosine to final / adjacent / STS-B, exits
+and exited STS-B per theta) to ``benchmarks/results/train_recipe/train_recipe_probes.jsonl``; the models go to
 ``runs/probes/<name>`` (gitignored). Used to choose the recipe's loss settings (docs/training.md).
 """
 
@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from benchmarks._common import ROOT, command_line, results_dir
+from benchmarks.train_recipe.run import experiment_config
+from st_leap.evaluation.sweep import measure
+from st_leap.reporting import write_text
+from st_leap.training import TrainConfig, train
 
-from st_leap import training  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results" / "train_recipe_probes.jsonl"
+RESULTS = results_dir("train_recipe") / "train_recipe_probes.jsonl"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--experiment", help="experiments/<NAME>.json over defaults.json")
+    source.add_argument("--config", help="a whole training config file")
     parser.add_argument("--name")
     parser.add_argument("--summary", action="store_true", help="write the markdown table of all probes and exit")
     parser.add_argument("--set", action="append", default=[], help="config override KEY=JSON_VALUE")
@@ -35,13 +36,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.summary:
         text = summary([json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line])
-        RESULTS.with_suffix(".md").write_text(text, encoding="utf-8")
+        write_text(text, RESULTS.with_suffix(".md"))
         print(text)
         return
-    if not (args.config and args.name):
-        parser.error("--config and --name are required (or --summary)")
+    if not ((args.config or args.experiment) and args.name):
+        parser.error("--experiment (or --config) and --name are required (or --summary)")
 
-    config = training.TrainConfig.from_file(args.config)
+    config = experiment_config(args.experiment) if args.experiment else TrainConfig.from_file(args.config)
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -49,17 +50,18 @@ def main() -> None:
     data = config.to_dict() | overrides
     data["loss"] = dict(data.get("loss") or {}) | json.loads(args.loss)
     data["output_dir"] = str(ROOT / "runs" / "probes" / args.name)
-    config = training.TrainConfig.from_dict(data)
+    config = TrainConfig.from_dict(data)
     start = time.perf_counter()
-    model = training.train(config)
+    trained = train(config)
+    model = trained.model
     train_seconds = time.perf_counter() - start
     thresholds = tuple(float(t) for t in args.thresholds.split(","))
-    metrics = training.measure(model, thresholds=thresholds, min_layer=config.exit_min_layer, method="replay")
+    metrics = measure(model, thresholds=thresholds, min_layer=config.exit_min_layer, method="replay")
     record = {
         "name": args.name,
-        "command": "HF_HUB_OFFLINE=1 python benchmarks/train_recipe/probe.py " + " ".join(sys.argv[1:]),
+        "command": command_line("benchmarks.train_recipe.probe"),
         "config": config.to_dict(),
-        "steps": getattr(model, "leap_steps", None),
+        "steps": trained.steps,
         "train_seconds": round(train_seconds, 1),
         "metrics": metrics,
     }
@@ -81,7 +83,7 @@ def summary(records: list[dict]) -> str:
     lines = [
         "# LEAP training probes (STS-B test, replayed exit rule, l_min=3)",
         "",
-        "Each row: `python benchmarks/train_recipe/probe.py ...` (command in the JSONL), all-MiniLM-L6-v2 student, "
+        "Each row: `python -m benchmarks.train_recipe.probe ...` (command in the JSONL), all-MiniLM-L6-v2 student, "
         "frozen original as precomputed teacher, batch 32, linear decay. Layer columns are layers 2-5.",
         "",
         "| probe | steps | lr | loss overrides | cos to final L2-5 | adjacent cos L2-5 | STS-B of layer L2-5 | "

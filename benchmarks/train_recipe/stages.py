@@ -1,33 +1,33 @@
 """One table for a multi-stage recipe: each stage's STS-B exits and quality, cumulative steps and training time.
 
-    python benchmarks/train_recipe/stages.py --name train_recipe_stages train_recipe_baseline:anchors_minilm \
+    HF_HUB_OFFLINE=1 python -m benchmarks.train_recipe.stages --name train_recipe_stages train_recipe_baseline:anchors_minilm \
         train_recipe_leap:table6_leap_recipe train_recipe_continue train_recipe_continue2 train_recipe_continue3 \
         train_recipe_passages
 
-Reads ``benchmarks/results/<stage>.json`` written by ``run.py`` (one per stage, in training order; each stage
+Reads ``benchmarks/results/train_recipe/<stage>.json`` written by ``run.py`` (one per stage, in training order; each stage
 starts from the previous stage's model; a ``run.py --baseline`` result counts as the untrained row) and, when
 present, the SciFact files ``<stem>_{full_depth,theta095}_beir_scifact.json`` written by
-``benchmarks/evaluation/anchors.py`` (``<stem>`` is ``table6_<stage>`` unless given as ``stage:stem``).
-Writes ``benchmarks/results/<name>.md`` and ``<name>.json``. No model is run here.
+``benchmarks.evaluation.anchors`` in ``results/evaluation/`` (``<stem>`` is ``table6_<stage>`` unless given as ``stage:stem``).
+Writes ``benchmarks/results/train_recipe/<name>.md`` and ``<name>.json``. No model is run here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks._common import RESULTS, command_line, write_result
+
+STAGES = RESULTS / "train_recipe"
+SCIFACT = RESULTS / "evaluation"
 
 TARGETS = {"exit_rate": 0.85, "expected_layers": 4.0, "stsb_exited": 0.80, "stsb_full": 0.81}
 
 
 def scifact(stem: str) -> dict[str, float | None]:
     out: dict[str, float | None] = {"ndcg10_full": None, "ndcg10_theta095": None, "doc_exit_rate_theta095": None}
-    full = RESULTS / f"{stem}_full_depth_beir_scifact.json"
-    exited = RESULTS / f"{stem}_theta095_beir_scifact.json"
+    full = SCIFACT / f"{stem}_full_depth_beir_scifact.json"
+    exited = SCIFACT / f"{stem}_theta095_beir_scifact.json"
     if full.exists():
         out["ndcg10_full"] = json.loads(full.read_text())["ndcg"]["NDCG@10"]
     if exited.exists():
@@ -41,7 +41,7 @@ def collect(stages: list[str], theta: str) -> list[dict]:
     rows, steps, seconds = [], 0, 0.0
     for spec in stages:
         stage, _, stem = spec.partition(":")
-        result = json.loads((RESULTS / f"{stage}.json").read_text())
+        result = json.loads((STAGES / f"{stage}.json").read_text())
         info, metrics = result["run_info"], result["metrics"]
         cfg = info.get("config") or {}
         steps += int(info.get("steps") or 0)
@@ -109,16 +109,14 @@ def markdown(name: str, rows: list[dict], theta: str, command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stages", nargs="+", help="result names of the stages, in training order (stage or stage:scifact_stem)")
-    parser.add_argument("--name", required=True, help="output name under benchmarks/results/")
+    parser.add_argument("--name", required=True, help="output name under benchmarks/results/train_recipe/")
     parser.add_argument("--theta", default="0.95")
     args = parser.parse_args(argv)
-    command = "python benchmarks/train_recipe/stages.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("benchmarks.train_recipe.stages", argv)
     rows = collect(args.stages, args.theta)
-    (RESULTS / f"{args.name}.json").write_text(
-        json.dumps({"command": command, "theta": args.theta, "targets": TARGETS, "stages": rows}, indent=2)
-    )
-    (RESULTS / f"{args.name}.md").write_text(markdown(args.name, rows, args.theta, command))
-    print(markdown(args.name, rows, args.theta, command))
+    text = markdown(args.name, rows, args.theta, command)
+    write_result(STAGES / args.name, {"command": command, "theta": args.theta, "targets": TARGETS, "stages": rows}, text)
+    print(text)
     return 0
 
 

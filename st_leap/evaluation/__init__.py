@@ -6,20 +6,21 @@
   the Hub or the local copies, results in mteb's format with the exit settings in the model metadata.
 - :class:`BEIRModel`, :func:`evaluate_beir` (:mod:`st_leap.evaluation.beir`): BEIR ``DenseRetrievalExactSearch``
   adapter, NDCG@1,3,5,10 on any BEIR-format folder.
-- :func:`nn_consistency`, :func:`exit_layer_distribution` (:mod:`st_leap.evaluation.consistency`).
-- :func:`sweep`, :func:`calibrate` (:mod:`st_leap.evaluation.sweep`): Pareto and decision tables, calibration.
+- :func:`nn_consistency` (:mod:`st_leap.evaluation.consistency`): NN@k of exited vs full-depth embeddings.
+- :func:`sweep`, :func:`calibrate`, :func:`measure` (:mod:`st_leap.evaluation.sweep`): Pareto and decision tables,
+  calibration, the per-layer measurement of the training benchmarks.
 
-mteb and beir are imported only when their helpers run.
+mteb and beir are imported only when their helpers run (extras ``st-leap[mteb]``, ``st-leap[beir]``).
 """
 
 from __future__ import annotations
 
-from st_leap.evaluation._utils import MODEL_DEFAULT
 from st_leap.evaluation.beir import BEIRModel, evaluate_beir, load_beir_folder
-from st_leap.evaluation.consistency import exit_layer_distribution, nn_consistency
+from st_leap.evaluation.consistency import nn_consistency
 from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator, EarlyExitInformationRetrievalEvaluator
 from st_leap.evaluation.mteb import run_mteb
-from st_leap.evaluation.sweep import PAPER_THRESHOLDS, calibrate, choose_threshold, sweep
+from st_leap.evaluation.sweep import PAPER_THRESHOLDS, calibrate, choose_threshold, measure, sweep
+from st_leap.model import MODEL_DEFAULT
 
 __all__ = [
     "MODEL_DEFAULT",
@@ -30,9 +31,9 @@ __all__ = [
     "evaluate_beir",
     "load_beir_folder",
     "nn_consistency",
-    "exit_layer_distribution",
     "sweep",
     "calibrate",
     "choose_threshold",
+    "measure",
     "PAPER_THRESHOLDS",
 ]

@@ -8,15 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from st_leap.evaluation._utils import (
-    MODEL_DEFAULT,
-    ExitCounter,
-    effective_exit_settings,
-    exit_kwargs,
-    load_model,
-    model_name,
-    run_info,
-)
+from st_leap.exit_policy import ExitStats
+from st_leap.model import MODEL_DEFAULT, effective_exit_settings, exit_kwargs, last_call_stats, load_model, model_name
+from st_leap.reporting import run_info
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -121,12 +115,12 @@ class BEIRModel:
         self.model = load_model(model)
         self.exit_settings = exit_kwargs(exit_threshold, exit_patience, exit_min_layer)
         self.sep = sep
-        self.query_stats = ExitCounter()
-        self.corpus_stats = ExitCounter()
+        self.query_stats = ExitStats()
+        self.corpus_stats = ExitStats()
 
     def encode_queries(self, queries: Sequence[str], batch_size: int = 32, **kwargs: Any) -> Any:
         embeddings = self.model.encode_query(list(queries), batch_size=batch_size, **self.exit_settings, **kwargs)
-        self.query_stats.add_from_model(self.model, len(queries))
+        self.query_stats.merge(last_call_stats(self.model, len(queries)))
         return embeddings
 
     def encode_corpus(
@@ -139,7 +133,7 @@ class BEIRModel:
             docs = list(corpus)
         texts = [document_text(doc, self.sep) for doc in docs]
         embeddings = self.model.encode_document(texts, batch_size=batch_size, **self.exit_settings, **kwargs)
-        self.corpus_stats.add_from_model(self.model, len(texts))
+        self.corpus_stats.merge(last_call_stats(self.model, len(texts)))
         return embeddings
 
 
@@ -177,10 +171,7 @@ def evaluate_beir(
     results = retriever.retrieve(corpus, queries)
     seconds = time.perf_counter() - start
     ndcg, _map, recall, precision = retriever.evaluate(qrels, results, list(k_values))
-    both = ExitCounter()
-    for counter in (adapter.query_stats, adapter.corpus_stats):
-        if counter.counts:
-            both.add_counts(counter.counts)
+    both = ExitStats().merge(adapter.query_stats).merge(adapter.corpus_stats)
     return {
         "measured": f"BEIR retrieval (DenseRetrievalExactSearch, {score_function}) on {Path(data_folder).name}/{split}",
         "dataset": str(data_folder),

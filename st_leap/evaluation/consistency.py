@@ -7,15 +7,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from st_leap.evaluation._utils import (
-    MODEL_DEFAULT,
-    effective_exit_settings,
-    exit_kwargs,
-    load_model,
-    model_name,
-    num_layers,
-    run_info,
-)
+from st_leap.exit_policy import ExitStats
+from st_leap.model import MODEL_DEFAULT, effective_exit_settings, exit_kwargs, load_model, model_name, num_layers
+from st_leap.reporting import run_info
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -92,23 +86,6 @@ def nn_overlap(full_embeddings: np.ndarray, exit_embeddings: np.ndarray, k: int 
     return np.asarray([len(set(a) & set(b)) / k for a, b in zip(full_nn.tolist(), exit_nn.tolist(), strict=True)])
 
 
-def exit_layer_distribution(exit_layers: Sequence[int] | np.ndarray, num_layers: int) -> dict[str, Any]:
-    """Counts and shares of texts per exit layer (1..L), E[layers] and exit rate."""
-    layers = np.asarray(exit_layers, dtype=np.int64)
-    if layers.size and (layers.min() < 1 or layers.max() > num_layers):
-        raise ValueError(f"exit layers must lie in 1..{num_layers}")
-    counts = np.bincount(layers - 1, minlength=num_layers) if layers.size else np.zeros(num_layers, dtype=np.int64)
-    n = int(counts.sum())
-    return {
-        "num_layers": num_layers,
-        "num_samples": n,
-        "counts": counts.tolist(),
-        "fractions": (counts / n).tolist() if n else [0.0] * num_layers,
-        "expected_layers": float((np.arange(1, num_layers + 1) * counts).sum() / n) if n else float("nan"),
-        "exit_rate": float(1 - counts[-1] / n) if n else float("nan"),
-    }
-
-
 def nn_consistency(
     full_embeddings: np.ndarray,
     exit_embeddings: np.ndarray,
@@ -144,7 +121,7 @@ def nn_consistency(
             | summary(overlap[layers == layer])
             for layer in range(1, depth + 1)
         ]
-        result["distribution"] = exit_layer_distribution(layers, depth)
+        result["distribution"] = ExitStats.from_exit_layers(layers, depth).to_dict()
     return result
 
 

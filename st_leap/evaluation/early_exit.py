@@ -7,7 +7,8 @@ from sentence_transformers.sentence_transformer.evaluation import (
     InformationRetrievalEvaluator,
 )
 
-from st_leap.evaluation._utils import MODEL_DEFAULT, ExitCounter, exit_kwargs
+from st_leap.exit_policy import ExitStats
+from st_leap.model import MODEL_DEFAULT, exit_kwargs, last_call_stats
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -17,15 +18,15 @@ class _ExitAware:
     """Mixin: passes the exit settings through ``embed_inputs`` and adds E[layers] and exit rate to the metrics."""
 
     exit_settings: dict[str, Any]
-    _exit_counter: ExitCounter
+    _exit_counter: ExitStats
 
     def _init_exit(self, exit_threshold: Any, exit_patience: Any, exit_min_layer: Any) -> None:
         self.exit_settings = exit_kwargs(exit_threshold, exit_patience, exit_min_layer)
-        self._exit_counter = ExitCounter()
+        self._exit_counter = ExitStats()
 
     def embed_inputs(self, model: SentenceTransformer, sentences: Any, **kwargs: Any) -> Any:
         embeddings = super().embed_inputs(model, sentences, **{**self.exit_settings, **kwargs})  # type: ignore[misc]
-        self._exit_counter.add_from_model(model, len(sentences))
+        self._exit_counter.merge(last_call_stats(model, len(sentences)))
         return embeddings
 
     def _exit_metrics(self) -> dict[str, float]:
@@ -42,7 +43,7 @@ class _ExitAware:
         return self._exit_counter.to_dict()
 
     def _call_with_exit(self, parent_call: Any, model: SentenceTransformer, *args: Any, **kwargs: Any) -> dict:
-        self._exit_counter = ExitCounter()
+        self._exit_counter = ExitStats()
         metrics = parent_call(model, *args, **kwargs)
         extra = self.prefix_name_to_metrics(self._exit_metrics(), self.name)  # type: ignore[attr-defined]
         metrics.update(extra)

@@ -7,22 +7,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from st_leap.evaluation._utils import (
-    MODEL_DEFAULT,
-    ExitCounter,
-    effective_exit_settings,
-    exit_kwargs,
-    load_model,
-    model_name,
-    run_info,
-)
+from st_leap import resources
+from st_leap.evaluation.beir import load_beir_folder
+from st_leap.exit_policy import ExitStats
+from st_leap.model import MODEL_DEFAULT, effective_exit_settings, exit_kwargs, last_call_stats, load_model, model_name
+from st_leap.reporting import run_info, write_json
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-#: Short names accepted by :func:`run_mteb` and ``st-leap evaluate --tasks``, with their mteb task names.
+#: Short names accepted by :func:`run_mteb` and ``st-leap evaluate --tasks``, with their mteb task names; the
+#: retrieval tasks' short names are also their folder names under the shared data's ``beir/``.
 TASKS = {"stsb": "STSBenchmark", "scifact": "SciFact", "nfcorpus": "NFCorpus"}
-_LOCAL_BEIR = {"SciFact": "scifact", "NFCorpus": "nfcorpus"}
+_LOCAL_BEIR = {name: short for short, name in TASKS.items() if short != "stsb"}
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -59,20 +56,11 @@ def load_local_task(task: Any, data_dir: str | Path | None = None) -> Any:
     """
     import datasets
 
-    from st_leap import resources
-    from st_leap.evaluation.beir import load_beir_folder
-
     name = task.metadata.name
     base = Path(data_dir) if data_dir else resources.data_dir()
     if name == "STSBenchmark":
-        import csv
-
-        columns: dict[str, list[Any]] = {"sentence1": [], "sentence2": [], "score": []}
-        with (base / "stsb" / "test.tsv").open(encoding="utf-8", newline="") as f:
-            for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-                columns["sentence1"].append(row["sentence1"])
-                columns["sentence2"].append(row["sentence2"])
-                columns["score"].append(float(row["score"]))
+        s1, s2, scores = resources.load_stsb("test", normalize=False, folder=base)
+        columns = {"sentence1": s1, "sentence2": s2, "score": scores}
         task.dataset = datasets.DatasetDict({"test": datasets.Dataset.from_dict(columns)})
     elif name in _LOCAL_BEIR:
         corpus, queries, qrels = load_beir_folder(base / "beir" / _LOCAL_BEIR[name], split="test")
@@ -106,12 +94,12 @@ def _wrapper_class() -> type:
 
         def __init__(self, model: SentenceTransformer, **kwargs: Any) -> None:
             super().__init__(model, **kwargs)
-            self.exit_counters: dict[str, ExitCounter] = {}
+            self.exit_counters: dict[str, ExitStats] = {}
 
         def encode(self, inputs: Any, *, task_metadata: Any, **kwargs: Any) -> Any:
             embeddings = super().encode(inputs, task_metadata=task_metadata, **kwargs)
-            counter = self.exit_counters.setdefault(task_metadata.name, ExitCounter())
-            counter.add_from_model(self.model, len(embeddings))
+            counter = self.exit_counters.setdefault(task_metadata.name, ExitStats())
+            counter.merge(last_call_stats(self.model, len(embeddings)))
             return embeddings
 
     return EarlyExitEncoderWrapper
@@ -232,7 +220,7 @@ def run_mteb(
     if output_folder is not None:
         cache = mteb.ResultCache(cache_path=Path(output_folder))
     for task_result in result.task_results:
-        counter = wrapper.exit_counters.get(task_result.task_name, ExitCounter())
+        counter = wrapper.exit_counters.get(task_result.task_name, ExitStats())
         stats = counter.to_dict()
         split_scores = task_result.scores
         for split in split_scores:
@@ -249,9 +237,79 @@ def run_mteb(
         if cache is not None:
             cache.save_to_cache(task_result, wrapper.mteb_model_meta, encode_kwargs=encode_kwargs)
     if output_folder is not None:
-        from st_leap.evaluation._utils import write_json
-
         experiment = wrapper.mteb_model_meta.experiment_name or "default"
         summary["output_folder"] = str(output_folder)
         write_json(summary, Path(output_folder) / f"st_leap_summary_{experiment}.json")
     return summary
+
+
+def score_tasks(
+    model: SentenceTransformer,
+    tasks: Sequence[str],
+    *,
+    exit_threshold: float | None | Any = MODEL_DEFAULT,
+    backend: str = "mteb",
+    source: str = "auto",
+    output_folder: str | Path | None = None,
+    name: str | None = None,
+    batch_size: int = 32,
+    **exit_settings: Any,
+) -> dict[str, dict[str, Any]]:
+    """Main score (x100), metric name and exit statistics of each task at one exit setting.
+
+    ``backend="mteb"`` runs :func:`run_mteb` (mteb result files under ``output_folder``); ``backend="beir"`` scores
+    the retrieval tasks with :func:`st_leap.evaluation.beir.evaluate_beir` on the local BEIR folders and STS-B with
+    sentence-transformers' evaluator. ``tasks`` are short names of :data:`TASKS`.
+    """
+    from st_leap.evaluation.beir import evaluate_beir
+    from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator
+
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
+    if backend not in ("mteb", "beir"):
+        raise ValueError(f"backend must be 'mteb' or 'beir', got {backend!r}")
+    if backend == "mteb":
+        summary = run_mteb(
+            model,
+            list(tasks),
+            exit_threshold=exit_threshold,
+            source=source,
+            output_folder=output_folder,
+            name=name,
+            batch_size=batch_size,
+            **exit_settings,
+        )
+        return {
+            TASKS[t]: {
+                "score": 100 * summary["tasks"][TASKS[t]]["main_score"],
+                "metric": summary["tasks"][TASKS[t]]["main_metric"],
+                "exit_stats": summary["tasks"][TASKS[t]]["exit_stats"],
+            }
+            for t in tasks
+        }
+    scores: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        if task == "stsb":
+            s1, s2, gold = resources.load_stsb("test")
+            evaluator = EarlyExitEmbeddingSimilarityEvaluator(
+                s1, s2, gold, exit_threshold=exit_threshold, batch_size=batch_size, name="stsb",
+                show_progress_bar=True, **exit_settings,
+            )
+            metrics = evaluator(model)
+            scores[TASKS[task]] = {
+                "score": 100 * metrics["stsb_spearman_cosine"],
+                "metric": "cosine_spearman",
+                "exit_stats": evaluator.exit_stats,
+            }
+        else:
+            res = evaluate_beir(
+                model, resources.beir_dir(task), exit_threshold=exit_threshold, batch_size=batch_size, **exit_settings
+            )
+            scores[TASKS[task]] = {
+                "score": 100 * res["ndcg"]["NDCG@10"],
+                "metric": "ndcg_at_10",
+                "ndcg": res["ndcg"],
+                "exit_stats": res["exit_stats"]["all"],
+            }
+    return scores

@@ -1,41 +1,49 @@
+"""theta sweeps on scored pairs (STS-B by default): quality and cost of every exit threshold against full depth,
+Pareto and decision tables, calibration, and the per-layer measurement the training benchmarks report.
+
+The tables and plots of these results are written by :mod:`st_leap.reporting`.
+"""
+
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 from tqdm.auto import tqdm
 
-from st_leap.evaluation._utils import (
+from st_leap import resources
+from st_leap.diagnostics import layer_pooled_states, layer_similarities, time_encode
+from st_leap.evaluation.consistency import encode_with_exit_layers, nn_consistency
+from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator
+from st_leap.exit_policy import PAPER_THRESHOLDS, ExitStats, exit_layers_from_pooled
+from st_leap.modules import encoder_layers
+from st_leap.model import (
     MODEL_DEFAULT,
+    as_early_exit,
     effective_exit_settings,
     exit_kwargs,
-    format_theta,
     load_model,
     model_name,
     num_layers,
-    run_info,
-    write_json,
 )
-from st_leap.evaluation.consistency import encode_with_exit_layers, exit_layer_distribution, nn_consistency
+from st_leap.reporting import format_theta, run_info
 
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+__all__ = ["PAPER_THRESHOLDS", "sweep", "calibrate", "choose_threshold", "decision_table", "mark_pareto", "measure"]
 
-#: The paper's theta grid (Tables 2, 5).
-PAPER_THRESHOLDS = (0.90, 0.92, 0.93, 0.95, 0.97, 0.99)
 #: Quality budgets (STS-B Spearman points) of the decision table.
 DECISION_BUDGETS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
-def stsb_spearman(
+def pairs_spearman(
     embeddings: np.ndarray, index: dict[str, int], s1: Sequence[str], s2: Sequence[str], gold: Sequence[float]
 ) -> float:
-    """Cosine Spearman x 100 of the STS-B pairs, from embeddings of the distinct sentences."""
+    """Cosine Spearman x 100 of scored pairs, from embeddings of the distinct sentences (``index``: row of each)."""
     a = embeddings[[index[s] for s in s1]]
     b = embeddings[[index[s] for s in s2]]
     a = a / np.clip(np.linalg.norm(a, axis=1, keepdims=True), 1e-12, None)
@@ -74,8 +82,6 @@ def sweep(
         ``layer_reduction`` (``L / E[layers]``), ``layers_saved`` (``1 - E[layers] / L``), ``exit_rate``,
         ``distribution`` (per-layer counts), NN@k consistency vs full depth and the encode seconds.
     """
-    from st_leap import resources
-
     st_model = load_model(model)
     depth = num_layers(st_model)
     s1, s2, gold = pairs if pairs is not None else resources.load_stsb(split)
@@ -103,10 +109,10 @@ def sweep(
         else:
             layers = replay_exits(pooled, theta, settings["exit_patience"], settings["exit_min_layer"])
             emb, seconds = pooled[np.arange(len(sentences)), layers].float().numpy(), None
-        dist = exit_layer_distribution(layers, depth)
+        dist = ExitStats.from_exit_layers(layers, depth).to_dict()
         row = {
             "theta": theta,
-            "stsb": stsb_spearman(emb, index, s1, s2, gold),
+            "stsb": pairs_spearman(emb, index, s1, s2, gold),
             "expected_layers": dist["expected_layers"],
             "layer_reduction": depth / dist["expected_layers"],
             "layers_saved": 1.0 - dist["expected_layers"] / depth,
@@ -163,10 +169,6 @@ def replay_pooled_states(
     Only models whose pipeline after the transformer is mean Pooling (plus optional Normalize) are supported,
     because then a sample's embedding is ``p_exit`` (up to the normalisation, which cosine scores ignore).
     """
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
-
-    from st_leap.diagnostics import layer_pooled_states
-
     rest = [model[i] for i in range(1, len(model))]
     if (
         not rest
@@ -183,8 +185,6 @@ def replay_pooled_states(
 def replay_exits(pooled: torch.Tensor, threshold: float | None, patience: int, min_layer: int) -> np.ndarray:
     """1-based exit layers replayed on ``(N, L + 1, H)`` pooled states with the one exit rule
     (:func:`st_leap.exit_policy.exit_layers_from_pooled`); ``threshold=None`` is full depth."""
-    from st_leap.exit_policy import exit_layers_from_pooled
-
     if threshold is None:
         return np.full(pooled.shape[0], pooled.shape[1] - 1, dtype=np.int64)
     return exit_layers_from_pooled(pooled, threshold, patience, min_layer).numpy()
@@ -306,137 +306,161 @@ def calibrate(
     return result
 
 
-def _fmt(value: Any, spec: str = ".2f") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return format(value, spec)
+def sweep_rows_from_runs(runs: Sequence[dict[str, Any]], task: str = "STSBenchmark") -> tuple[dict, list[dict]]:
+    """Pareto rows (full depth first) of ``st-leap evaluate`` runs: ``{"theta", "tasks": {task: {"score",
+    "exit_stats"}}}`` per threshold, one of them full depth (``theta=None``)."""
+    full, rows = None, []
+    for run in runs:
+        stats = run["tasks"][task]["exit_stats"]
+        row = {
+            "theta": run["theta"],
+            "stsb": run["tasks"][task]["score"],
+            "expected_layers": stats["expected_layers"],
+            "layer_reduction": stats["layer_reduction"],
+            "layers_saved": 1 - stats["expected_layers"] / stats["num_layers"],
+            "exit_rate": stats["exit_rate"],
+            "distribution": stats["counts"],
+        }
+        if run["theta"] is None:
+            full = row
+        else:
+            rows.append(row)
+    if full is None:
+        raise ValueError("the runs need a full-depth run (theta=None) to compare against")
+    for row in [full, *rows]:
+        row["delta"] = row["stsb"] - full["stsb"]
+    mark_pareto(rows)
+    return full, rows
 
 
-def sweep_markdown(result: dict[str, Any]) -> str:
-    """Pareto table, exit-layer distribution, NN@k table and decision table of a :func:`sweep` result."""
-    full, rows, k = result["full"], result["rows"], result.get("nn_k", 10)
-    depth = result["num_layers"]
-    lines = [
-        f"# theta sweep: {result['model']} on STS-B {result['split']}",
-        "",
-        f"{result['num_pairs']} pairs, {result['num_sentences']} distinct sentences; L = {depth}, "
-        f"patience k = {result['exit_patience']}, l_min = {result['exit_min_layer']}.",
-        "",
-    ]
-    if result["run_info"].get("command"):
-        lines += [f"Command: `{result['run_info']['command']}`", ""]
-    lines += [
-        "## Pareto table (paper Tables 2, 5)",
-        "",
-        f"| theta | STS-B | delta | E[layers] | layer reduction | layers saved | exit rate | NN@{k} | Pareto | measured speed-up |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
-    ]
-    for row in [full, *rows]:
-        lines.append(
-            f"| {format_theta(row['theta'])} | {row['stsb']:.2f} | {row['delta']:+.2f} | {row['expected_layers']:.3f} | "
-            f"{row['layer_reduction']:.3f}x | {100 * row['layers_saved']:.1f}% | {100 * row['exit_rate']:.1f}% | "
-            f"{_fmt(row.get('nn_at_k'), '.3f')} | {'yes' if row.get('pareto') else ('' if row['theta'] is None else 'no')} | "
-            f"{_fmt(row.get('measured_speedup'), '.2f')}{'x' if row.get('measured_speedup') else ''} |"
-        )
-    lines += [
-        "",
-        "## Exit-layer distribution (share of sentences stopping after each layer)",
-        "",
-        "| theta | " + " | ".join(f"L{i}" for i in range(1, depth + 1)) + " |",
-        "| --- | " + " | ".join("---:" for _ in range(depth)) + " |",
-    ]
-    for row in [full, *rows]:
-        n = sum(row["distribution"]) or 1
-        lines.append(
-            f"| {format_theta(row['theta'])} | "
-            + " | ".join(f"{100 * c / n:.1f}%" for c in row["distribution"])
-            + " |"
-        )
-    lines += [
-        "",
-        f"## NN@{k} failure rates per exit layer (paper Tables 4, 13)",
-        "",
-        f"Share of sentences whose {k} nearest neighbours (early-exit index) keep fewer than 50% / 30% of their "
-        "full-depth neighbours.",
-        "",
-        f"| theta | exit layer | n | mean NN@{k} | NN@{k} < 0.5 | NN@{k} < 0.3 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in rows:
-        overall = row["nn_failure_rates"]
-        lines.append(
-            f"| {format_theta(row['theta'])} | all | {sum(row['distribution'])} | {_fmt(row['nn_at_k'], '.3f')} | "
-            f"{100 * overall['<0.5']:.1f}% | {100 * overall['<0.3']:.1f}% |"
-        )
-        for layer in row["nn_per_layer"]:
-            if layer["n"]:
-                lines.append(
-                    f"| | {layer['layer']} | {layer['n']} | {_fmt(layer['mean'], '.3f')} | "
-                    f"{100 * layer['failure_rates']['<0.5']:.1f}% | {100 * layer['failure_rates']['<0.3']:.1f}% |"
-                )
-    lines += [
-        "",
-        "## Decision table (paper Table 8): largest layer reduction within a quality budget",
-        "",
-        "| max STS-B drop | theta | STS-B | delta | E[layers] | layer reduction | exit rate |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in result["decision"]:
-        lines.append(
-            f"| {row['max_quality_drop']:g} | {format_theta(row['theta'])} | {row['stsb']:.2f} | {row['delta']:+.2f} | "
-            f"{row['expected_layers']:.3f} | {row['layer_reduction']:.3f}x | {100 * row['exit_rate']:.1f}% |"
-        )
-    if "picked" in result:
-        lines += [
-            "",
-            f"## Calibration (max drop {result['max_quality_drop']:g} points)",
-            "",
-            f"Picked: {result['reason']}",
+# ---------------------------------------------------------------------------------- per-layer measurement
+def stsb_spearman(model: SentenceTransformer, split: str = "test", **exit_settings: Any) -> float:
+    """Cosine Spearman (a fraction) on STS-B ``split`` through sentence-transformers' evaluator, encoding with
+    ``exit_settings`` (e.g. ``exit_threshold=0.95, exit_min_layer=3``)."""
+    s1, s2, scores = resources.load_stsb(split)
+    evaluator = EarlyExitEmbeddingSimilarityEvaluator(
+        s1, s2, scores, main_similarity="cosine", name=f"stsb-{split}", batch_size=64, **exit_settings
+    )
+    return float(evaluator(model)[evaluator.primary_metric])
+
+
+def layer_stsb(model: SentenceTransformer, layer: int, split: str = "test") -> float:
+    """STS-B Spearman of the embedding computed from layer ``layer`` (the model truncated to its first layers)."""
+    first = model[0]
+    layers = encoder_layers(first.auto_model)
+    removed = list(layers[layer:])
+    del layers[layer:]
+    try:
+        kwargs = {"exit_threshold": None} if hasattr(first, "exit_threshold") else {}
+        return stsb_spearman(model, split, **kwargs)
+    finally:
+        layers.extend(removed)
+
+
+def measure(
+    model: SentenceTransformer,
+    thresholds: Sequence[float] = PAPER_THRESHOLDS,
+    min_layer: int = 3,
+    per_layer_stsb: bool = True,
+    split: str = "test",
+    method: str = "encode",
+) -> dict[str, Any]:
+    """Everything the training benchmarks report, on the STS-B ``split`` sentences.
+
+    Returns per-layer similarity to final / adjacent, per-layer STS-B (optional), full-depth STS-B, and for each
+    threshold: exit rate, E[layers], exit-layer counts and the exited STS-B.
+
+    ``method="encode"`` encodes once per threshold through the early-exit module (what a user runs);
+    ``method="replay"`` runs one full-depth pass and replays the one exit rule on the pooled states of every
+    layer (:func:`st_leap.exit_policy.exit_layers_from_pooled`): the same decisions and embeddings for a
+    Transformer -> mean Pooling [-> Normalize] model, at a fraction of the cost (used between training probes).
+    """
+    if method not in ("encode", "replay"):
+        raise ValueError(f"method must be 'encode' or 'replay', got {method!r}")
+    as_early_exit(model)
+    if method == "replay":
+        return _measure_replay(model, thresholds, min_layer, per_layer_stsb, split)
+    first = model[0]
+    sentences = resources.stsb_sentences(split)
+    result: dict[str, Any] = {"num_sentences": len(sentences), "num_layers": first.num_layers}
+    pooled = layer_pooled_states(model, sentences, batch_size=64, show_progress_bar=False)
+    result.update(layer_similarities(pooled))
+    result["stsb_full"] = stsb_spearman(model, split, exit_threshold=None)
+    if per_layer_stsb:
+        result["stsb_per_layer"] = [layer_stsb(model, layer, split) for layer in range(1, first.num_layers)] + [
+            result["stsb_full"]
         ]
-    return "\n".join(lines) + "\n"
+    result["exits"] = {}
+    for theta in thresholds:
+        model.encode(sentences, batch_size=64, exit_threshold=theta, exit_min_layer=min_layer, output_value=None)
+        stats = first.exit_stats
+        result["exits"][str(theta)] = {
+            "exit_rate": stats.exit_rate,
+            "expected_layers": stats.expected_layers,
+            "counts": list(stats.counts),
+            "stsb_exited": stsb_spearman(model, split, exit_threshold=theta, exit_min_layer=min_layer),
+        }
+    return result
 
 
-def plot_sweep(result: dict[str, Any], path: str | Path) -> Path:
-    """PNG: STS-B vs layer reduction per theta (left), exit rate and E[layers] per theta (right)."""
-    import matplotlib
+def _measure_replay(
+    model: SentenceTransformer, thresholds: Sequence[float], min_layer: int, per_layer_stsb: bool, split: str
+) -> dict[str, Any]:
+    s1, s2, gold = resources.load_stsb(split)
+    sentences = resources.stsb_sentences(split)
+    index = {s: i for i, s in enumerate(sentences)}
+    pooled = replay_pooled_states(model, sentences, batch_size=64, show_progress_bar=False)
+    depth = pooled.shape[1] - 1
+    result: dict[str, Any] = {"num_sentences": len(sentences), "num_layers": depth, "method": "replay"}
+    result.update(layer_similarities(pooled))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def score(embeddings: torch.Tensor) -> float:
+        return pairs_spearman(embeddings.numpy(), index, s1, s2, gold) / 100.0
 
-    path = Path(path)
-    full, rows = result["full"], result["rows"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot([r["layer_reduction"] for r in rows], [r["stsb"] for r in rows], "o-", label="early exit")
-    for r in rows:
-        left.annotate(
-            format_theta(r["theta"]), (r["layer_reduction"], r["stsb"]), textcoords="offset points", xytext=(4, 4)
+    result["stsb_full"] = score(pooled[:, -1])
+    if per_layer_stsb:
+        result["stsb_per_layer"] = [score(pooled[:, layer]) for layer in range(1, depth + 1)]
+    result["exits"] = {}
+    rows = torch.arange(len(sentences))
+    for theta in thresholds:
+        exit_layer = torch.from_numpy(replay_exits(pooled, theta, model[0].exit_patience, min_layer))
+        stats = ExitStats.from_exit_layers(exit_layer, depth)
+        result["exits"][str(theta)] = {
+            "exit_rate": stats.exit_rate,
+            "expected_layers": stats.expected_layers,
+            "counts": list(stats.counts),
+            "stsb_exited": score(pooled[rows, exit_layer]),
+        }
+    return result
+
+
+def mean_cos_to_final(measurement: dict[str, Any], layers: Sequence[int] = (3, 4, 5)) -> float:
+    """Mean of ``to_final`` over the given 1-based layers of a :func:`measure` result."""
+    return sum(measurement["to_final"][layer - 1] for layer in layers) / len(layers)
+
+
+def timed_operating_points(
+    model: SentenceTransformer, sentences: Sequence[str], thresholds: Sequence[float], repeats: int = 5
+) -> list[dict[str, Any]]:
+    """Exit rate, E[layers], STS-B test Spearman and measured encode speed-up at full depth and at each theta.
+
+    The speed-up is the median per-round time ratio to full depth of :func:`st_leap.diagnostics.time_encode`
+    (interleaved rounds, batch 32) on ``sentences``; STS-B is scored on the whole test split.
+    """
+    settings: dict[str, dict[str, Any]] = {"full depth": {"exit_threshold": None}}
+    settings.update({f"theta={theta:.2f}": {"exit_threshold": theta} for theta in thresholds})
+    timed = time_encode(model, sentences, settings, batch_size=32, repeats=repeats)
+    rows = []
+    for name, row in timed.items():
+        stats = row["exit_stats"]
+        rows.append(
+            {
+                "setting": name,
+                "exit_rate": stats["exit_rate"],
+                "expected_layers": stats["expected_layers"],
+                "layer_reduction": stats["layer_reduction"],
+                "speedup": 1.0 / row["ratio_to_reference"],
+                "stsb": stsb_spearman(model, "test", **settings[name]),
+            }
         )
-    left.scatter([1.0], [full["stsb"]], marker="*", s=150, color="black", zorder=3, label="full depth")
-    left.set_xlabel("layer reduction L / E[layers]")
-    left.set_ylabel(f"STS-B {result['split']} cosine Spearman x100")
-    left.set_title(f"{result['model']}: quality vs speed-up")
-    left.legend()
-    thetas = [r["theta"] for r in rows]
-    right.plot(thetas, [100 * r["exit_rate"] for r in rows], "o-", color="tab:red", label="exit rate (%)")
-    right.set_xlabel("theta")
-    right.set_ylabel("exit rate (%)", color="tab:red")
-    twin = right.twinx()
-    twin.plot(thetas, [r["expected_layers"] for r in rows], "s--", color="tab:blue", label="E[layers]")
-    twin.set_ylabel("E[layers]", color="tab:blue")
-    twin.set_ylim(0, result["num_layers"] + 0.5)
-    right.set_title("exit rate and E[layers] per theta")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def write_sweep_report(result: dict[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:
-    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": write_json(result, out / f"{stem}.json"), "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
-    paths["md"].write_text(sweep_markdown(result), encoding="utf-8")
-    plot_sweep(result, paths["png"])
-    return paths
+    return rows

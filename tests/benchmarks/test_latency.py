@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
+from benchmarks.latency import run as latency
 from st_leap.model import as_early_exit
 from tests.conftest import SENTENCES, stock_model
-
-_spec = importlib.util.spec_from_file_location("latency_run", Path(__file__).parents[2] / "benchmarks" / "latency" / "run.py")
-latency = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(latency)
 
 
 def test_forced_exit_equals_truncated_copy(smooth_bert_dir):

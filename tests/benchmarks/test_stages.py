@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location(
-    "stages", Path(__file__).parents[2] / "benchmarks" / "train_recipe" / "stages.py"
-)
-stages = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(stages)
+from benchmarks.train_recipe import stages
 
 
 def _stage(path: Path, name: str, model: str, steps: int, seconds: float, exit_rate: float) -> None:
@@ -25,7 +20,8 @@ def _stage(path: Path, name: str, model: str, steps: int, seconds: float, exit_r
 
 
 def test_stages_accumulate_and_pick_up_scifact(tmp_path, monkeypatch):
-    monkeypatch.setattr(stages, "RESULTS", tmp_path)
+    monkeypatch.setattr(stages, "STAGES", tmp_path)
+    monkeypatch.setattr(stages, "SCIFACT", tmp_path)
     _stage(tmp_path, "a", "minilm", 2000, 600.0, 0.5)
     _stage(tmp_path, "b", "runs/a", 300, 120.0, 0.7)
     (tmp_path / "pre_a_full_depth_beir_scifact.json").write_text(json.dumps({"ndcg": {"NDCG@10": 0.6}}))

@@ -6,11 +6,11 @@ import pytest
 from st_leap.evaluation.consistency import (
     encode_with_exit_layers,
     evaluate_consistency,
-    exit_layer_distribution,
     nearest_neighbors,
     nn_consistency,
     nn_overlap,
 )
+from st_leap.exit_policy import ExitStats
 
 
 def _points(n: int = 30, dim: int = 8, seed: int = 0) -> np.ndarray:
@@ -56,15 +56,15 @@ def test_nn_consistency_failure_rates_per_exit_layer():
     assert per[1]["mean"] < per[3]["mean"]
 
 
-def test_exit_layer_distribution_counts_and_validates():
+def test_ExitStats_distribution_counts_and_validates():
     """Counts per layer, shares, E[layers] and exit rate; layers outside 1..L are rejected."""
-    dist = exit_layer_distribution([1, 2, 2, 4], 4)
+    dist = ExitStats.from_exit_layers([1, 2, 2, 4], 4).to_dict()
     assert dist["counts"] == [1, 2, 0, 1]
     assert dist["fractions"] == [0.25, 0.5, 0.0, 0.25]
     assert dist["expected_layers"] == pytest.approx(9 / 4)
     assert dist["exit_rate"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="1..4"):
-        exit_layer_distribution([0, 5], 4)
+        ExitStats.from_exit_layers([0, 5], 4)
 
 
 def test_evaluate_consistency_on_model(eval_model, eval_sentences):

@@ -9,8 +9,8 @@ from st_leap.evaluation.sweep import (
     decision_table,
     mark_pareto,
     sweep,
-    write_sweep_report,
 )
+from st_leap.reporting import write_sweep_report
 
 
 def _row(theta, stsb, reduction):

@@ -1,0 +1,1 @@
+"""Benchmark topic: evaluation (see benchmarks/README.md)."""

@@ -1,0 +1,1 @@
+"""Benchmark topic: latency (see benchmarks/README.md)."""

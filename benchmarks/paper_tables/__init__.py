@@ -1,0 +1,1 @@
+"""Benchmark topic: paper_tables (see benchmarks/README.md)."""

@@ -1,0 +1,1 @@
+"""Benchmark topic: train_recipe (see benchmarks/README.md)."""

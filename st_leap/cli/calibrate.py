@@ -1,0 +1,77 @@
+"""``st-leap calibrate``: the largest speed-up whose quality drop on held-out STS-B stays within a budget."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from st_leap.cli.common import (
+    add_exit_arguments,
+    add_model_argument,
+    command_line,
+    exit_overrides,
+    positive_int,
+    thresholds,
+)
+
+
+def quality_drop(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--max-quality-drop must be a number of points >= 0, got {text!r}") from error
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"--max-quality-drop must be a number of points >= 0, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="Largest speed-up whose STS-B quality drop on held-out data stays within a budget.",
+        description=(
+            "Sweeps theta on STS-B dev (held out), picks the threshold with the largest layer reduction L/E[layers] "
+            "whose cosine Spearman drop vs full depth is at most --max-quality-drop points, and says why."
+        ),
+    )
+    add_model_argument(parser)
+    parser.add_argument("--thresholds", type=thresholds, default=None, help="Comma-separated thetas (default: the paper's grid)")
+    add_exit_arguments(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument(
+        "--max-quality-drop", type=quality_drop, required=True, help="Largest acceptable STS-B Spearman drop, in points (x100)"
+    )
+    parser.add_argument("--split", choices=["dev", "train", "test"], default="dev", help="Held-out STS-B split")
+    parser.add_argument("--out", default="st_leap_calibrate", help="Output folder (default: %(default)s)")
+    parser.add_argument("--save-model", default=None, help="Save the model with the picked threshold as its default")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from st_leap import reporting, resources
+    from st_leap.evaluation.sweep import PAPER_THRESHOLDS, calibrate
+    from st_leap.model import as_early_exit, load_model, model_name
+
+    model_path = resources.resolve_model(args.model)
+    model = load_model(model_path)
+    grid = [t for t in (args.thresholds or PAPER_THRESHOLDS) if t is not None]
+    result = calibrate(model, args.max_quality_drop, thresholds=grid, split=args.split, batch_size=args.batch_size, **exit_overrides(args))
+    result["model"] = model_name(model, model_path)
+    result["model_path"] = model_path
+    result["run_info"]["command"] = command_line()
+    paths = reporting.write_sweep_report(result, args.out, "calibrate")
+    picked = result["picked"]
+    print(Path(paths["md"]).read_text(encoding="utf-8"))
+    print(f"picked exit_threshold={reporting.format_theta(picked['theta'])}: {result['reason']}")
+    if args.save_model:
+        as_early_exit(
+            model,
+            exit_threshold=picked["theta"],
+            exit_patience=result["exit_patience"],
+            exit_min_layer=result["exit_min_layer"],
+        )
+        model.save(args.save_model)
+        print(f"saved the model with default exit_threshold={reporting.format_theta(picked['theta'])} to {args.save_model}")
+    print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
+    return 0
