@@ -57,3 +57,26 @@ def test_cli_demo_end_to_end_on_tiny_model(tiny_bert_dir, tmp_path, capsys, stsb
     assert (out / "leap-model" / "modules.json").exists()
     assert (out / "original_diagnose.png").exists() and (out / "leap_diagnose.png").exists()
     assert "before/after" in capsys.readouterr().out
+
+
+def test_cli_parser_imports_nothing_heavy():
+    """Building the parser (what `st-leap --help` does) imports neither torch nor sentence-transformers: commands
+    import the library only when they run."""
+    code = "import sys, st_leap.cli; st_leap.cli.build_parser(); print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_cli_validates_arguments_before_loading_a_model(tmp_path, capsys):
+    """Bad numbers and unknown tasks stop at parsing (exit 2, message on stderr), before any model is loaded."""
+    missing_model = str(tmp_path / "no-such-model")
+    for argv, message in [
+        (["evaluate", missing_model, "--tasks", "stsb,msmarco"], "msmarco"),
+        (["calibrate", missing_model, "--max-quality-drop", "-1"], "points >= 0"),
+        (["diagnose", missing_model, "--batch-size", "0"], "whole number >= 1"),
+        (["diagnose", missing_model, "--thresholds", "1.5"], "(0, 1]"),
+    ]:
+        with pytest.raises(SystemExit) as error:
+            main(argv)
+        assert error.value.code == 2
+        assert message in capsys.readouterr().err

@@ -95,3 +95,17 @@ def test_exit_stats_summaries():
     assert stats.exit_rate == pytest.approx(0.6)
     assert stats.layer_reduction == pytest.approx(4 / 3)
     assert math.isnan(ExitStats(4).expected_layers)
+
+
+def test_ExitStats_counts_merges_and_checks_layers():
+    """ExitStats is the one counter: counts from layers or counts, merged across calls, depth taken from the first
+    counts when left open; layers outside 1..L are an error."""
+    stats = ExitStats.from_exit_layers(torch.tensor([1, 3, 3]), 3)
+    assert stats.counts == [1, 0, 2] and stats.fractions == [1 / 3, 0.0, 2 / 3]
+    total = ExitStats().merge(stats).merge(ExitStats(3, [0, 1, 0]))
+    assert total.num_layers == 3 and total.counts == [1, 1, 2] and total.num_samples == 4
+    assert total.expected_layers == pytest.approx(9 / 4) and total.exit_rate == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="1..3"):
+        stats.update([4])
+    with pytest.raises(ValueError, match="counts has 2 layers, expected 3"):
+        stats.add_counts([1, 1])

@@ -65,3 +65,10 @@ def test_passage_sources_fit_the_shared_file():
 def test_TrainConfig_rejects_unknown_data_kind():
     with pytest.raises(ValueError, match="data must be 'sentences' or 'passages', got 'docs'"):
         TrainConfig(data="docs")
+
+
+def test_data_dir_names_a_wrong_ST_LEAP_DATA(tmp_path, monkeypatch):
+    """A $ST_LEAP_DATA without stsb/ is an error that names it, never silently replaced by another folder."""
+    monkeypatch.setenv("ST_LEAP_DATA", str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="ST_LEAP_DATA=.*nope"):
+        resources.data_dir()

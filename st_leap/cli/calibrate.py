@@ -3,27 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from st_leap.cli.common import (
-    add_exit_arguments,
-    add_model_argument,
-    command_line,
-    exit_overrides,
-    positive_int,
-    thresholds,
-)
-
-
-def quality_drop(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"--max-quality-drop must be a number of points >= 0, got {text!r}") from error
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"--max-quality-drop must be a number of points >= 0, got {text!r}")
-    return value
+from st_leap.cli.common import add_sweep_arguments, command_line, exit_overrides, quality_drop
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -35,10 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "whose cosine Spearman drop vs full depth is at most --max-quality-drop points, and says why."
         ),
     )
-    add_model_argument(parser)
-    parser.add_argument("--thresholds", type=thresholds, default=None, help="Comma-separated thetas (default: the paper's grid)")
-    add_exit_arguments(parser)
-    parser.add_argument("--batch-size", type=positive_int, default=32)
+    add_sweep_arguments(parser, "Comma-separated thetas (default: the paper's grid)")
     parser.add_argument(
         "--max-quality-drop", type=quality_drop, required=True, help="Largest acceptable STS-B Spearman drop, in points (x100)"
     )

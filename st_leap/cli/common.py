@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from typing import Any
 
 
 def thresholds(text: str) -> list[float | None]:
@@ -28,14 +30,36 @@ def thresholds(text: str) -> list[float | None]:
     return values
 
 
-def positive_int(text: str) -> int:
+TASK_NAMES = ("stsb", "scifact", "nfcorpus")
+
+
+def task_list(text: str) -> list[str]:
+    """``--tasks``: comma-separated short task names."""
+    tasks = [t.strip().lower() for t in text.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASK_NAMES]
+    if unknown or not tasks:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown}; choose from {', '.join(TASK_NAMES)}")
+    return tasks
+
+
+def _number(text: str, cast: type, ok: object, expected: str) -> float | int:
     try:
-        value = int(text)
+        value = cast(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from error
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from error
+    if not ok(value):  # type: ignore[operator]
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def quality_drop(text: str) -> float:
+    """``--max-quality-drop``: a number of STS-B points >= 0."""
+    return float(_number(text, float, lambda v: math.isfinite(v) and v >= 0, "a number of STS-B points >= 0"))
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (batch sizes, counts, layers)."""
+    return int(_number(text, int, lambda v: v >= 1, "a whole number >= 1"))
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +73,14 @@ def add_exit_arguments(parser: argparse.ArgumentParser, default_help: str = "the
     parser.add_argument(
         "--exit-min-layer", type=positive_int, default=None, help=f"l_min of the exit rule (default: {default_help})"
     )
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser, thresholds_help: str) -> None:
+    """The arguments of the commands that sweep thresholds: model, ``--thresholds``, exit settings, batch size."""
+    add_model_argument(parser)
+    parser.add_argument("--thresholds", type=thresholds, default=None, help=thresholds_help)
+    add_exit_arguments(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
 
 
 def exit_overrides(args: argparse.Namespace) -> dict[str, int]:
@@ -69,3 +101,13 @@ def read_lines(path: str | None, limit: int | None = None) -> list[str] | None:
 def command_line() -> str:
     """The command as typed, for the result files."""
     return "st-leap " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("st-leap") else " ".join(sys.argv)
+
+
+def plot_if_possible(plot: Any, *args: Any, **kwargs: Any) -> bool:
+    """Draw a PNG with ``plot`` (a :mod:`st_leap.reporting` function); without matplotlib, say so and go on."""
+    try:
+        plot(*args, **kwargs)
+    except ImportError as error:
+        print(f"(no plot: {error})", file=sys.stderr)
+        return False
+    return True

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from st_leap.cli.common import positive_int, thresholds
+from st_leap.cli.common import plot_if_possible, positive_int, thresholds
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     models = {"original": from_pretrained(model_path)}
     report: dict[str, Any] = {"model_path": model_path, "diagnose": {"original": diagnose(models["original"], sentences)}}
     print(reporting.diagnose_report(report["diagnose"]["original"], "original model"))
-    reporting.plot_diagnose(report["diagnose"]["original"], out / "original_diagnose.png", title="original model")
+    plot_if_possible(reporting.plot_diagnose, report["diagnose"]["original"], out / "original_diagnose.png", title="original model")
 
     if args.train_steps > 0:
         from st_leap.training import train
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         models["LEAP"] = train(demo_config(model_path, str(out / "leap-model"), args.train_steps)).model
         report["diagnose"]["LEAP"] = diagnose(models["LEAP"], sentences)
         print(reporting.diagnose_report(report["diagnose"]["LEAP"], "LEAP model"))
-        reporting.plot_diagnose(report["diagnose"]["LEAP"], out / "leap_diagnose.png", title="LEAP model")
+        plot_if_possible(reporting.plot_diagnose, report["diagnose"]["LEAP"], out / "leap_diagnose.png", title="LEAP model")
 
     print(f"\n[{steps}/{steps}] before/after: STS-B test Spearman; speed-up measured on {args.timing_sentences} sentences, "
           f"batch 32, {torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds "

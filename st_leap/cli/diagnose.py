@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from st_leap.cli.common import add_exit_arguments, add_model_argument, positive_int, read_lines, thresholds
+from st_leap.cli.common import (
+    add_exit_arguments,
+    add_model_argument,
+    plot_if_possible,
+    positive_int,
+    read_lines,
+    thresholds,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(reporting.diagnose_report(result, result["model"]))
     reporting.write_json(result, out / "diagnose.json")
-    reporting.plot_diagnose(result, out / "diagnose.png", title=f"st_leap diagnose: {result['model']}")
-    print(f"\nwrote {out / 'diagnose.json'} and {out / 'diagnose.png'}")
+    plotted = plot_if_possible(reporting.plot_diagnose, result, out / "diagnose.png", title=f"st_leap diagnose: {result['model']}")
+    print(f"\nwrote {out / 'diagnose.json'}" + (f" and {out / 'diagnose.png'}" if plotted else ""))
     return 0

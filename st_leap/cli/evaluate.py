@@ -6,24 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from st_leap.cli.common import (
-    add_exit_arguments,
-    add_model_argument,
-    command_line,
-    exit_overrides,
-    positive_int,
-    thresholds,
-)
-
-TASK_NAMES = ("stsb", "scifact", "nfcorpus")
-
-
-def task_list(text: str) -> list[str]:
-    tasks = [t.strip().lower() for t in text.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASK_NAMES]
-    if unknown or not tasks:
-        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown}; choose from {', '.join(TASK_NAMES)}")
-    return tasks
+from st_leap.cli.common import TASK_NAMES, add_sweep_arguments, command_line, exit_overrides, task_list
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -35,10 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "names the exit settings) and a summary evaluate.{json,md,png} with the Pareto and decision tables."
         ),
     )
-    add_model_argument(parser)
-    parser.add_argument("--thresholds", type=thresholds, default=None, help="Comma-separated thetas; 'none' = full depth (default: the paper's grid)")
-    add_exit_arguments(parser)
-    parser.add_argument("--batch-size", type=positive_int, default=32)
+    add_sweep_arguments(parser, "Comma-separated thetas; 'none' = full depth (default: the paper's grid)")
     parser.add_argument("--tasks", type=task_list, default=list(TASK_NAMES), help="Comma-separated: stsb, scifact, nfcorpus")
     parser.add_argument("--out", default="st_leap_evaluate", help="Output folder (default: %(default)s)")
     parser.add_argument(

@@ -22,7 +22,6 @@ from st_leap.diagnostics import layer_pooled_states, layer_similarities, time_en
 from st_leap.evaluation.consistency import encode_with_exit_layers, nn_consistency
 from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator
 from st_leap.exit_policy import PAPER_THRESHOLDS, ExitStats, exit_layers_from_pooled
-from st_leap.modules import encoder_layers
 from st_leap.model import (
     MODEL_DEFAULT,
     as_early_exit,
@@ -32,6 +31,7 @@ from st_leap.model import (
     model_name,
     num_layers,
 )
+from st_leap.modules import encoder_layers
 from st_leap.reporting import format_theta, run_info
 
 __all__ = ["PAPER_THRESHOLDS", "sweep", "calibrate", "choose_threshold", "decision_table", "mark_pareto", "measure"]
