@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,44 +22,42 @@ from st_leap.exit_policy import (
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert")
 
 
-@dataclass
 class _Backbone:
-    """The pieces of a Hugging Face encoder that the layer loop needs."""
+    """The pieces of a Hugging Face encoder that the layer loop needs: its embeddings, its layer stack, and the
+    extra per-layer keyword arguments that depend on the (possibly trimmed) batch (MPNet's position bias).
 
-    embed: Callable[[dict[str, Tensor]], Tensor]
-    layers: nn.ModuleList
-    # Extra per-layer keyword arguments that depend on the (possibly trimmed) batch, e.g. MPNet's position bias.
-    layer_kwargs: Callable[[Tensor], dict[str, Tensor]]
+    Plain methods, no closures, so a model holding it pickles (multi-process encoding, ``torch.save``).
+    """
 
+    def __init__(self, model: nn.Module) -> None:
+        model_type = getattr(model.config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"EarlyExitTransformer does not support model_type {model_type!r} ({type(model).__name__}). "
+                f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)} "
+                "(BERT family incl. MiniLM, RoBERTa, XLM-R, CamemBERT; MPNet; DistilBERT)."
+            )
+        self.model = model
+        self.model_type = model_type
+        self.layers: nn.ModuleList = model.transformer.layer if model_type == "distilbert" else model.encoder.layer
 
-def _backbone(model: nn.Module) -> _Backbone:
-    model_type = getattr(model.config, "model_type", None)
-    no_kwargs: Callable[[Tensor], dict[str, Tensor]] = lambda hidden: {}  # noqa: E731
-    if model_type in ("bert", "roberta", "xlm-roberta", "camembert"):
+    def embed(self, features: dict[str, Tensor]) -> Tensor:
+        if self.model_type == "distilbert":
+            return self.model.embeddings(features["input_ids"])
+        if self.model_type == "mpnet":
+            return self.model.embeddings(input_ids=features["input_ids"])
+        return self.model.embeddings(input_ids=features["input_ids"], token_type_ids=features.get("token_type_ids"))
 
-        def embed(features: dict[str, Tensor]) -> Tensor:
-            return model.embeddings(input_ids=features["input_ids"], token_type_ids=features.get("token_type_ids"))
-
-        return _Backbone(embed, model.encoder.layer, no_kwargs)
-    if model_type == "mpnet":
-
-        def position_bias(hidden: Tensor) -> dict[str, Tensor]:
-            return {"position_bias": model.encoder.compute_position_bias(hidden)}
-
-        return _Backbone(lambda f: model.embeddings(input_ids=f["input_ids"]), model.encoder.layer, position_bias)
-    if model_type == "distilbert":
-        return _Backbone(lambda f: model.embeddings(f["input_ids"]), model.transformer.layer, no_kwargs)
-    raise ValueError(
-        f"EarlyExitTransformer does not support model_type {model_type!r} ({type(model).__name__}). "
-        f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)} "
-        "(BERT family incl. MiniLM, RoBERTa, XLM-R, CamemBERT; MPNet; DistilBERT)."
-    )
+    def layer_kwargs(self, hidden: Tensor) -> dict[str, Tensor]:
+        if self.model_type == "mpnet":
+            return {"position_bias": self.model.encoder.compute_position_bias(hidden)}
+        return {}
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
     """The layer stack of a supported Hugging Face encoder (``model.encoder.layer`` for BERT and MPNet,
     ``model.transformer.layer`` for DistilBERT): deleting from it truncates the model statically."""
-    return _backbone(model).layers
+    return _Backbone(model).layers
 
 
 class EarlyExitTransformer(Transformer):
@@ -148,7 +144,7 @@ class EarlyExitTransformer(Transformer):
 
     def _setup_exits(self, exit_threshold: float | None, exit_patience: int, exit_min_layer: int | None) -> None:
         """The layer stack, the validated exit defaults and a fresh exit counter."""
-        self._backbone = _backbone(self.auto_model)
+        self._backbone = _Backbone(self.auto_model)
         self.num_layers: int = len(self._backbone.layers)
         if exit_min_layer is None:
             exit_min_layer = default_min_layer(self.num_layers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
 from st_leap.exit_policy import mean_pool
+from st_leap.reporting import write_text
 
 CACHE_VERSION = 1
 
@@ -106,7 +108,7 @@ def compute_teacher_embeddings(
                         f"({key} {saved.get(key)!r} != {meta[key]!r}). Use another cache_dir or delete it."
                     )
             if data_path.exists():
-                return np.load(data_path)
+                return _load_checked(data_path, saved, cache_dir)
 
     was_training = teacher.training
     teacher.eval()
@@ -142,10 +144,45 @@ def compute_teacher_embeddings(
         embeddings[order] = np.concatenate(chunks).astype(np.float32)
 
     if cache_dir is not None:
+        # The array first, then the metadata, each through a temporary name renamed into place: a run killed
+        # mid-write leaves no meta.json that vouches for a partial array.
         cache_dir.mkdir(parents=True, exist_ok=True)
-        np.save(cache_dir / "embeddings.npy", embeddings)
-        (cache_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+        tmp = cache_dir / f".embeddings.npy.tmp-{os.getpid()}"
+        with tmp.open("wb") as f:
+            np.save(f, embeddings)
+        tmp.replace(cache_dir / "embeddings.npy")
+        meta.update({"shape": list(embeddings.shape), "dtype": str(embeddings.dtype), "sha256": _sha256(embeddings)})
+        write_text(json.dumps(meta, indent=2), cache_dir / "meta.json")
     return embeddings
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _load_checked(data_path: Path, meta: dict, cache_dir: Path) -> np.ndarray:
+    """The cached array, if it is the one its metadata describes (shape, dtype, checksum)."""
+    rebuild = f"Delete {str(cache_dir)!r} (or use another cache_dir) to rebuild it."
+    try:
+        array = np.load(data_path)
+    except (ValueError, OSError, EOFError) as error:
+        raise CacheMismatchError(f"The teacher-embedding cache {str(data_path)!r} cannot be read ({error}). {rebuild}") from error
+    expected = {"shape": meta.get("shape"), "dtype": meta.get("dtype"), "sha256": meta.get("sha256")}
+    found = {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": _sha256(array)}
+    if expected["shape"] is None:  # a cache written before the checks: at least the row count must match
+        if array.shape[0] != meta.get("num_sentences"):
+            raise CacheMismatchError(
+                f"The teacher-embedding cache {str(data_path)!r} holds {array.shape[0]} rows, its meta.json says "
+                f"{meta.get('num_sentences')}. {rebuild}"
+            )
+        return array
+    bad = [key for key in expected if expected[key] != found[key]]
+    if bad:
+        raise CacheMismatchError(
+            f"The teacher-embedding cache {str(data_path)!r} does not match its meta.json "
+            f"({', '.join(f'{k}: {found[k]!r} != {expected[k]!r}' for k in bad)}). {rebuild}"
+        )
+    return array
 
 
 def teacher_dataset(sentences: Sequence[str], embeddings: np.ndarray, text_column: str = "sentence"):

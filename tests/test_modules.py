@@ -197,3 +197,17 @@ def test_early_exit_transformer_save_load_round_trip(tiny_model_dir, tmp_path):
     for b, a in zip(before, after):
         assert int(a["exit_layer"]) == int(b["exit_layer"])
         assert torch.equal(a["sentence_embedding"], b["sentence_embedding"])
+
+
+def test_early_exit_model_pickles_with_its_exits(tiny_bert_dir):
+    """The model pickles (sentence-transformers' multi-process pool and torch.save need it) and the copy exits
+    at the same layers with the same embeddings (issue 16)."""
+    import pickle
+
+    model = early_model(tiny_bert_dir, exit_threshold=0.5, exit_min_layer=2)
+    copy = pickle.loads(pickle.dumps(model))
+    a = model.encode(SENTENCES, output_value=None)
+    b = copy.encode(SENTENCES, output_value=None)
+    assert [int(x["exit_layer"]) for x in a] == [int(x["exit_layer"]) for x in b]
+    for x, y in zip(a, b, strict=True):
+        assert torch.allclose(x["sentence_embedding"], y["sentence_embedding"], atol=1e-6)

@@ -23,16 +23,20 @@ def teachers(tmp_path_factory):
 SENTENCES = ["a man is eating food", "the dog is playing", "a woman on a red ball", "cat in the park", "blue guitar"]
 
 
-def test_compute_teacher_embeddings_match_encode_and_cache_reloads(teachers, tmp_path):
-    """The cached final embeddings equal teacher.encode, and a second call reads the cache (same array, no
-    recompute even if the weights in memory are not touched)."""
+def test_compute_teacher_embeddings_match_encode_and_cache_reloads(teachers, tmp_path, monkeypatch):
+    """The cached final embeddings equal teacher.encode, and a second call reads the cache (the same array, and
+    the teacher is not run again)."""
     teacher = teachers[0]
     first = compute_teacher_embeddings(teacher, SENTENCES, tmp_path, batch_size=2, show_progress_bar=False)
     np.testing.assert_allclose(first, teacher.encode(SENTENCES, convert_to_numpy=True), atol=1e-5)
     assert (tmp_path / "embeddings.npy").exists() and (tmp_path / "meta.json").exists()
-    np.save(tmp_path / "embeddings.npy", first + 1.0)  # prove the second call reads the file
+
+    def never(*args, **kwargs):
+        raise AssertionError("the teacher ran although the cache holds its embeddings")
+
+    monkeypatch.setattr(teacher, "preprocess", never)
     again = compute_teacher_embeddings(teacher, SENTENCES, tmp_path, show_progress_bar=False)
-    np.testing.assert_allclose(again, first + 1.0)
+    np.testing.assert_array_equal(again, first)
 
 
 def test_compute_teacher_embeddings_per_layer(teachers):
@@ -73,3 +77,18 @@ def test_teacher_dataset_has_label_column(teachers):
     np.testing.assert_allclose(np.array(ds[1]["label"]), emb[1], atol=1e-6)
     with pytest.raises(ValueError, match="same length, got 4 and 5"):
         teacher_dataset(SENTENCES[:4], emb)
+
+
+def test_teacher_cache_is_checked_against_its_metadata(teachers, tmp_path):
+    """The cache records shape, dtype and checksum; an array that no longer matches them (a truncated or replaced
+    file) is refused with an error that names the file and says how to rebuild, and no temporary file is left."""
+    teacher = teachers[0]
+    cache = tmp_path / "cache"
+    good = compute_teacher_embeddings(teacher, SENTENCES, cache, show_progress_bar=False)
+    assert sorted(p.name for p in cache.iterdir()) == ["embeddings.npy", "meta.json"]
+    np.save(cache / "embeddings.npy", good[:3])
+    with pytest.raises(CacheMismatchError, match=r"embeddings\.npy.*shape.*Delete"):
+        compute_teacher_embeddings(teacher, SENTENCES, cache, show_progress_bar=False)
+    (cache / "embeddings.npy").write_bytes(b"not an array")
+    with pytest.raises(CacheMismatchError, match="cannot be read"):
+        compute_teacher_embeddings(teacher, SENTENCES, cache, show_progress_bar=False)
