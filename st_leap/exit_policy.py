@@ -48,6 +48,20 @@ def validate_exit_args(
 PAPER_THRESHOLDS = (0.90, 0.92, 0.93, 0.95, 0.97, 0.99)
 
 
+def validate_truncate_layers(truncate_layers: int | None, num_layers: int) -> int | None:
+    """Check a static depth: ``None`` (the whole encoder) or an int in [1, num_layers]; raise a ``ValueError``
+    naming it otherwise."""
+    if truncate_layers is None:
+        return None
+    if isinstance(truncate_layers, bool) or not isinstance(truncate_layers, Integral):
+        raise ValueError(f"truncate_layers must be an int in [1, {num_layers}] or None, got {truncate_layers!r}")
+    if not 1 <= truncate_layers <= num_layers:
+        raise ValueError(
+            f"truncate_layers must be in [1, {num_layers}] for a {num_layers}-layer model, got {truncate_layers!r}"
+        )
+    return int(truncate_layers)
+
+
 def default_min_layer(num_layers: int) -> int:
     """Default l_min: half the depth (3 of 6, 6 of 12), and never below 2."""
     return max(2, num_layers // 2) if num_layers > 1 else 1

@@ -13,7 +13,7 @@ from typing import Any
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 
-from st_leap.exit_policy import ExitStats, validate_exit_args
+from st_leap.exit_policy import ExitStats, validate_exit_args, validate_truncate_layers
 from st_leap.modules import EarlyExitTransformer
 from st_leap.resources import known_local_models
 
@@ -38,19 +38,25 @@ class _ModelDefault:
 MODEL_DEFAULT: Any = _ModelDefault()
 """Value of an exit setting meaning "do not pass it": the model's saved default (or the module's) is used."""
 
-EXIT_KEYS = ("exit_threshold", "exit_patience", "exit_min_layer")
+EXIT_KEYS = ("exit_threshold", "exit_patience", "exit_min_layer", "truncate_layers")
 
 
 def exit_kwargs(
     exit_threshold: float | None | Any = MODEL_DEFAULT,
     exit_patience: int | Any = MODEL_DEFAULT,
     exit_min_layer: int | None | Any = MODEL_DEFAULT,
+    truncate_layers: int | None | Any = MODEL_DEFAULT,
 ) -> dict[str, Any]:
     """The exit settings to pass to ``encode``: every setting that is not :data:`MODEL_DEFAULT`.
 
     ``exit_threshold=None`` is kept (it means full depth); only ``MODEL_DEFAULT`` is dropped.
     """
-    given = {"exit_threshold": exit_threshold, "exit_patience": exit_patience, "exit_min_layer": exit_min_layer}
+    given = {
+        "exit_threshold": exit_threshold,
+        "exit_patience": exit_patience,
+        "exit_min_layer": exit_min_layer,
+        "truncate_layers": truncate_layers,
+    }
     return {key: value for key, value in given.items() if value is not MODEL_DEFAULT}
 
 
@@ -87,7 +93,7 @@ def effective_exit_settings(model: SentenceTransformer, kwargs: dict[str, Any]) 
                 "exit_threshold was given but the model's first module is not an st_leap EarlyExitTransformer; "
                 "load the model with st_leap.from_pretrained(...)"
             )
-        return {"exit_threshold": None, "exit_patience": None, "exit_min_layer": None}
+        return dict.fromkeys(EXIT_KEYS)
     return {key: kwargs.get(key, getattr(module, key)) for key in EXIT_KEYS}
 
 
@@ -110,6 +116,7 @@ def as_early_exit(
     exit_threshold: float | None | Any = MODEL_DEFAULT,
     exit_patience: int | Any = MODEL_DEFAULT,
     exit_min_layer: int | None | Any = MODEL_DEFAULT,
+    truncate_layers: int | None | Any = MODEL_DEFAULT,
 ) -> SentenceTransformer:
     """Make the first module of ``model`` an :class:`EarlyExitTransformer`, in place, set the given exit defaults
     (validated; the ones left out keep the module's current defaults) and return ``model``.
@@ -127,11 +134,12 @@ def as_early_exit(
             raise ValueError(f"st_leap needs a model whose first module is a Transformer, got {type(first).__name__}")
         first = EarlyExitTransformer.from_transformer(first)
         model._modules[first_name] = first
-    given = exit_kwargs(exit_threshold, exit_patience, exit_min_layer)
+    given = exit_kwargs(exit_threshold, exit_patience, exit_min_layer, truncate_layers)
     settings = {key: given.get(key, getattr(first, key)) for key in EXIT_KEYS}
     first.exit_threshold, first.exit_patience, first.exit_min_layer = validate_exit_args(
         settings["exit_threshold"], settings["exit_patience"], settings["exit_min_layer"], first.num_layers
     )
+    first.truncate_layers = validate_truncate_layers(settings["truncate_layers"], first.num_layers)
     return model
 
 
@@ -158,6 +166,7 @@ def from_pretrained(
     exit_threshold: float | None | Any = MODEL_DEFAULT,
     exit_patience: int | Any = MODEL_DEFAULT,
     exit_min_layer: int | None | Any = MODEL_DEFAULT,
+    truncate_layers: int | None | Any = MODEL_DEFAULT,
     **kwargs: Any,
 ) -> SentenceTransformer:
     """Load any sentence-transformers model (Hub id or local folder) with early exit.
@@ -168,6 +177,8 @@ def from_pretrained(
             models) or ``None``.
         exit_patience: Default k. Left out: the saved default or 1.
         exit_min_layer: Default l_min. Left out: the saved default or half the depth.
+        truncate_layers: Default static depth (every sample runs exactly that many layers). Left out: the saved
+            default or ``None`` (the whole encoder).
         **kwargs: Passed to ``SentenceTransformer`` (``device``, ``model_kwargs``, ``local_files_only``...).
 
     Returns:
@@ -175,7 +186,11 @@ def from_pretrained(
     """
     model = _load(model_name_or_path, **kwargs)
     return as_early_exit(
-        model, exit_threshold=exit_threshold, exit_patience=exit_patience, exit_min_layer=exit_min_layer
+        model,
+        exit_threshold=exit_threshold,
+        exit_patience=exit_patience,
+        exit_min_layer=exit_min_layer,
+        truncate_layers=truncate_layers,
     )
 
 

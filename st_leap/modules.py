@@ -16,6 +16,7 @@ from st_leap.exit_policy import (
     mean_pool,
     pooling_weights,
     validate_exit_args,
+    validate_truncate_layers,
 )
 
 # model_type -> how to reach the embeddings and the layer stack. MiniLM checkpoints are model_type "bert".
@@ -71,9 +72,14 @@ class EarlyExitTransformer(Transformer):
     Dense, Normalize and the rest of the pipeline compute its embedding from them. Exited samples leave the running
     batch and the batch is trimmed to the longest survivor, so later layers cost only what is left.
 
-    The three settings are ``encode`` keyword arguments (``model.encode(texts, exit_threshold=0.95)``); their
-    defaults are saved with the model, so a saved model keeps its operating point and tools that call ``encode``
-    without them (mteb, beir, evaluators) use it. In training mode the module always runs full depth.
+    ``truncate_layers`` is the static counterpart, the depth analogue of sentence-transformers' ``truncate_dim``:
+    every sample runs exactly the first ``truncate_layers`` layers (what a copy of the model cut to that depth
+    computes); with an exit threshold too, samples exit at or before that depth.
+
+    The settings are ``encode`` keyword arguments (``model.encode(texts, exit_threshold=0.95)``,
+    ``model.encode(texts, truncate_layers=3)``); their defaults are saved with the model, so a saved model keeps its
+    operating point and tools that call ``encode`` without them (mteb, beir, evaluators) use it. In training mode
+    the module always runs full depth.
 
     Each output also carries ``exit_layer`` (1-based, ``L`` = full depth; ``model.encode(..., output_value=None)``
     returns it per text), and :attr:`exit_stats` counts where the samples of the last ``encode`` call stopped
@@ -86,6 +92,7 @@ class EarlyExitTransformer(Transformer):
         exit_patience: Default k >= 1, the layer distance of the convergence check. Defaults to 1.
         exit_min_layer: Default l_min, the first layer at which a sample may exit. Defaults to half the depth
             (3 of 6 layers, 6 of 12).
+        truncate_layers: Default static depth in [1, L]; ``None`` (default) runs the whole encoder.
         **kwargs: Every other ``Transformer`` argument (``model_kwargs``, ``processor_kwargs``, ``max_seq_length``...).
 
     Supported encoders: BERT family (BERT, MiniLM, RoBERTa, XLM-R, CamemBERT), MPNet and DistilBERT, on the
@@ -104,8 +111,13 @@ class EarlyExitTransformer(Transformer):
             print(transformer.exit_stats.expected_layers)
     """
 
-    config_keys: list[str] = Transformer.config_keys + ["exit_threshold", "exit_patience", "exit_min_layer"]
-    forward_kwargs: set[str] = {"exit_threshold", "exit_patience", "exit_min_layer"}
+    config_keys: list[str] = Transformer.config_keys + [
+        "exit_threshold",
+        "exit_patience",
+        "exit_min_layer",
+        "truncate_layers",
+    ]
+    forward_kwargs: set[str] = {"exit_threshold", "exit_patience", "exit_min_layer", "truncate_layers"}
 
     def __init__(
         self,
@@ -114,6 +126,7 @@ class EarlyExitTransformer(Transformer):
         exit_threshold: float | None = None,
         exit_patience: int = 1,
         exit_min_layer: int | None = None,
+        truncate_layers: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
@@ -121,7 +134,7 @@ class EarlyExitTransformer(Transformer):
             raise ValueError(
                 f"EarlyExitTransformer steps the encoder layer by layer and needs backend='torch', got {self.backend!r}"
             )
-        self._setup_exits(exit_threshold, exit_patience, exit_min_layer)
+        self._setup_exits(exit_threshold, exit_patience, exit_min_layer, truncate_layers)
 
     @classmethod
     def from_transformer(
@@ -131,6 +144,7 @@ class EarlyExitTransformer(Transformer):
         exit_threshold: float | None = None,
         exit_patience: int = 1,
         exit_min_layer: int | None = None,
+        truncate_layers: int | None = None,
     ) -> EarlyExitTransformer:
         """Wrap an already loaded ``Transformer`` (sharing its weights and tokenizer) instead of reloading it."""
         if type(transformer) is not Transformer:
@@ -139,10 +153,12 @@ class EarlyExitTransformer(Transformer):
             raise ValueError(f"EarlyExitTransformer needs backend='torch', got {transformer.backend!r}")
         module = cls.__new__(cls)
         module.__dict__.update(transformer.__dict__)  # same submodules, tokenizer and config: nothing is copied
-        module._setup_exits(exit_threshold, exit_patience, exit_min_layer)
+        module._setup_exits(exit_threshold, exit_patience, exit_min_layer, truncate_layers)
         return module
 
-    def _setup_exits(self, exit_threshold: float | None, exit_patience: int, exit_min_layer: int | None) -> None:
+    def _setup_exits(
+        self, exit_threshold: float | None, exit_patience: int, exit_min_layer: int | None, truncate_layers: int | None
+    ) -> None:
         """The layer stack, the validated exit defaults and a fresh exit counter."""
         self._backbone = _Backbone(self.auto_model)
         self.num_layers: int = len(self._backbone.layers)
@@ -151,6 +167,7 @@ class EarlyExitTransformer(Transformer):
         self.exit_threshold, self.exit_patience, self.exit_min_layer = validate_exit_args(
             exit_threshold, exit_patience, exit_min_layer, self.num_layers
         )
+        self.truncate_layers = validate_truncate_layers(truncate_layers, self.num_layers)
         self.exit_stats = ExitStats(self.num_layers)
 
     @property
@@ -174,28 +191,36 @@ class EarlyExitTransformer(Transformer):
             kwargs.pop("exit_min_layer", self.exit_min_layer),
             self.num_layers,
         )
+        depth = validate_truncate_layers(kwargs.pop("truncate_layers", self.truncate_layers), self.num_layers)
+        depth = self.num_layers if depth is None or self.training else depth
+        if threshold is not None and first_checked_layer(patience, min_layer) >= depth:
+            threshold = None  # the rule cannot fire before the last layer that runs
         batch_size = features["input_ids"].shape[0]
-        if threshold is None or self.training or first_checked_layer(patience, min_layer) >= self.num_layers:
+        if self.training or (threshold is None and depth == self.num_layers):
             # Nothing can exit: the stock forward pass, bit for bit.
             features = super().forward(features, **kwargs)
             exit_layer = torch.full((batch_size,), self.num_layers, dtype=torch.long, device=features["input_ids"].device)
         else:
-            features[self.module_output_name], exit_layer = self._forward_with_exits(features, threshold, patience, min_layer)
+            features[self.module_output_name], exit_layer = self._forward_with_exits(
+                features, threshold, patience, min_layer, depth
+            )
         features["exit_layer"] = exit_layer
         if not self.training:
             self.exit_stats.update(exit_layer)
         return features
 
     def _forward_with_exits(
-        self, features: dict[str, Tensor], threshold: float, patience: int, min_layer: int
+        self, features: dict[str, Tensor], threshold: float | None, patience: int, min_layer: int, depth: int
     ) -> tuple[Tensor, Tensor]:
-        """Step the layers; return each sample's exit-layer hidden states ``(B, T, H)`` and exit layers ``(B,)``."""
+        """Step the first ``depth`` layers, checking the exit rule unless ``threshold`` is None; return each
+        sample's exit-layer hidden states ``(B, T, H)`` and exit layers ``(B,)`` (``depth`` for those that ran
+        through)."""
         backbone = self._backbone
         config = self.auto_model.config
         mask = features["attention_mask"]
         hidden = backbone.embed(features)
         output: Tensor | None = None  # allocated at the first exit: a batch where nothing exits pays no copy
-        exit_layer = torch.full((hidden.shape[0],), self.num_layers, dtype=torch.long, device=hidden.device)
+        exit_layer = torch.full((hidden.shape[0],), depth, dtype=torch.long, device=hidden.device)
         rows = torch.arange(hidden.shape[0], device=hidden.device)  # original row of each running sample
         first_check = first_checked_layer(patience, min_layer)
         pooled_history: deque[Tensor] = deque(maxlen=patience)  # p_{l-k} .. p_{l-1} of the running samples
@@ -203,11 +228,11 @@ class EarlyExitTransformer(Transformer):
         attention_mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
         layer_kwargs = backbone.layer_kwargs(hidden)
         weights = pooling_weights(mask, hidden.dtype)
-        for layer_index, layer in enumerate(backbone.layers, start=1):
+        for layer_index, layer in enumerate(backbone.layers[:depth], start=1):
             hidden = layer(hidden, attention_mask, **layer_kwargs)
             if isinstance(hidden, tuple):  # MPNet layers return (hidden_states, ...)
                 hidden = hidden[0]
-            if layer_index == self.num_layers or layer_index < first_check - patience:
+            if threshold is None or layer_index == depth or layer_index < first_check - patience:
                 continue
             pooled = mean_pool(hidden, mask, weights)
             if layer_index >= first_check:

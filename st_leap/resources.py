@@ -202,6 +202,11 @@ def beir_dir(name: str) -> Path:
     return path
 
 
+#: Short names accepted by ``run_mteb`` and ``st-leap evaluate --tasks``, with their mteb task names; the retrieval
+#: tasks' short names are also their folder names under the shared data's ``beir/``.
+TASKS = {"stsb": "STSBenchmark", "scifact": "SciFact", "nfcorpus": "NFCorpus"}
+
+
 def known_local_models() -> dict[str, str]:
     """``{resolved local folder: Hub id}`` of the packaged models that are installed (and unpacked)."""
     known = {}

@@ -211,3 +211,46 @@ def test_early_exit_model_pickles_with_its_exits(tiny_bert_dir):
     assert [int(x["exit_layer"]) for x in a] == [int(x["exit_layer"]) for x in b]
     for x, y in zip(a, b, strict=True):
         assert torch.allclose(x["sentence_embedding"], y["sentence_embedding"], atol=1e-6)
+
+
+def test_truncate_layers_equals_a_truncated_copy(tiny_model_dir):
+    """encode(truncate_layers=n) computes what a copy cut to its first n layers computes, for every sample and
+    every architecture; exit_layer and exit_stats say n (issue 14)."""
+    from st_leap.modules import encoder_layers
+
+    model = early_model(tiny_model_dir)
+    for n in (1, 2, 3):
+        cut = stock_model(tiny_model_dir)
+        del encoder_layers(cut[0].auto_model)[n:]
+        want = cut.encode(SENTENCES, convert_to_tensor=True)
+        out = model.encode(SENTENCES, truncate_layers=n, output_value=None)
+        got = torch.stack([o["sentence_embedding"] for o in out])
+        assert torch.allclose(got, want, atol=1e-5), n
+        assert {int(o["exit_layer"]) for o in out} == {n}
+        assert model[0].exit_stats.counts[n - 1] == len(SENTENCES)
+
+
+def test_truncate_layers_with_exits_saved_and_validated(tiny_bert_dir, tmp_path):
+    """With a threshold too, samples exit at or before the static depth; the default is saved and reloaded;
+    bad depths are a ValueError naming truncate_layers; training runs the whole encoder."""
+    model = early_model(tiny_bert_dir, exit_min_layer=2)
+    theta = mixed_threshold(model, SENTENCES)
+    layers = [int(o["exit_layer"]) for o in model.encode(SENTENCES, exit_threshold=theta, truncate_layers=3, output_value=None)]
+    assert max(layers) == 3 and min(layers) == 2
+    depth3 = model.encode(SENTENCES, truncate_layers=3, convert_to_tensor=True)
+    mixed = model.encode(SENTENCES, exit_threshold=theta, truncate_layers=3, convert_to_tensor=True)
+    ran_through = torch.tensor(layers) == 3
+    assert torch.allclose(mixed[ran_through], depth3[ran_through], atol=1e-5)
+
+    saved = st_leap.from_pretrained(tiny_bert_dir, truncate_layers=2)
+    saved.save(str(tmp_path))
+    again = st_leap.load(str(tmp_path))
+    assert again[0].truncate_layers == 2
+    assert torch.allclose(again.encode(SENTENCES, convert_to_tensor=True), model.encode(SENTENCES, truncate_layers=2, convert_to_tensor=True), atol=1e-5)
+    assert torch.allclose(again.encode(SENTENCES, truncate_layers=None, convert_to_tensor=True), model.encode(SENTENCES, convert_to_tensor=True), atol=1e-6)
+    for bad in (0, 5, 2.5, True):
+        with pytest.raises(ValueError, match="truncate_layers"):
+            model.encode(SENTENCES, truncate_layers=bad)
+    model.train()
+    features = model.preprocess(SENTENCES[:2])
+    assert model[0](dict(features), truncate_layers=1)["exit_layer"].tolist() == [4, 4]

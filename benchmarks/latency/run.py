@@ -102,7 +102,7 @@ def run_cell(stock, leap, truncated, sentences, batch_size, thetas, repeats, num
     return rows
 
 
-def stsb_spearman(model, kwargs, batch_size=64) -> dict:
+def stsb_with_exits(model, kwargs, batch_size=64) -> dict:
     s1, s2, scores = load_stsb("test")
     evaluator = EarlyExitEmbeddingSimilarityEvaluator(s1, s2, scores, name="stsb-test", batch_size=batch_size, **kwargs)
     metrics = evaluator(model)
@@ -122,7 +122,7 @@ def run_int8(leap, sentences, batch_size, theta, repeats):
     for name, row in timed.items():
         model = models.get(name, leap)
         rows[name] = {"speedup_vs_fp32_full": 1.0 / row["ratio_to_reference"], "seconds_median": row["seconds_median"],
-                      "stsb": stsb_spearman(model, settings[name])}
+                      "stsb": stsb_with_exits(model, settings[name])}
     return rows
 
 

@@ -7,6 +7,8 @@ import math
 import sys
 from typing import Any
 
+from st_leap.resources import TASKS
+
 
 def thresholds(text: str) -> list[float | None]:
     """``--thresholds``: comma-separated thetas in (0, 1]; ``none`` (or ``full``) is full depth."""
@@ -30,7 +32,7 @@ def thresholds(text: str) -> list[float | None]:
     return values
 
 
-TASK_NAMES = ("stsb", "scifact", "nfcorpus")
+TASK_NAMES = tuple(TASKS)
 
 
 def task_list(text: str) -> list[str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from st_leap import resources
-from st_leap.evaluation.beir import load_beir_folder
+from st_leap.evaluation.beir import evaluate_beir, load_beir_folder
+from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator
 from st_leap.exit_policy import ExitStats
 from st_leap.model import MODEL_DEFAULT, effective_exit_settings, exit_kwargs, last_call_stats, load_model, model_name
 from st_leap.reporting import run_info, write_json
@@ -16,9 +17,7 @@ from st_leap.reporting import run_info, write_json
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-#: Short names accepted by :func:`run_mteb` and ``st-leap evaluate --tasks``, with their mteb task names; the
-#: retrieval tasks' short names are also their folder names under the shared data's ``beir/``.
-TASKS = {"stsb": "STSBenchmark", "scifact": "SciFact", "nfcorpus": "NFCorpus"}
+TASKS = resources.TASKS
 _LOCAL_BEIR = {name: short for short, name in TASKS.items() if short != "stsb"}
 
 
@@ -261,9 +260,6 @@ def score_tasks(
     the retrieval tasks with :func:`st_leap.evaluation.beir.evaluate_beir` on the local BEIR folders and STS-B with
     sentence-transformers' evaluator. ``tasks`` are short names of :data:`TASKS`.
     """
-    from st_leap.evaluation.beir import evaluate_beir
-    from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator
-
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")

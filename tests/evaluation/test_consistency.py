@@ -81,4 +81,4 @@ def test_evaluate_consistency_on_model(eval_model, eval_sentences):
         eval_model, sentences, exit_threshold=0.93, exit_min_layer=2, k=5, show_progress_bar=False
     )
     assert early["distribution"]["counts"] == np.bincount(layers - 1, minlength=4).tolist()
-    assert early["exit_settings"] == {"exit_threshold": 0.93, "exit_patience": 1, "exit_min_layer": 2}
+    assert early["exit_settings"] == {"exit_threshold": 0.93, "exit_patience": 1, "exit_min_layer": 2, "truncate_layers": None}
