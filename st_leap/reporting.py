@@ -111,6 +111,14 @@ def format_theta(theta: float | None) -> str:
     return "full" if theta is None else f"{theta:g}"
 
 
+def point_label(row: dict[str, Any]) -> str:
+    """An operating point as people read it: ``full``, ``theta=0.95``, ``static L3`` or ``theta=0.95 <= L4``."""
+    truncate = row.get("truncate_layers")
+    if row.get("theta") is None:
+        return f"static L{truncate}" if truncate else "full"
+    return f"theta={format_theta(row['theta'])}" + (f" <= L{truncate}" if truncate else "")
+
+
 def _fmt(value: Any, spec: str = ".2f") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
@@ -207,7 +215,7 @@ def pareto_markdown(full: dict[str, Any], rows: Sequence[dict[str, Any]], nn_k: 
     speed-up columns appear when the rows have them."""
     with_nn = nn_k is not None and any("nn_at_k" in r for r in rows)
     with_speed = any(r.get("measured_speedup") for r in rows)
-    header = "| theta | STS-B | delta | E[layers] | layer reduction | layers saved | exit rate |"
+    header = "| operating point | STS-B | delta | E[layers] | layer reduction | layers saved | exit rate |"
     align = "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     if with_nn:
         header, align = header + f" NN@{nn_k} |", align + " ---: |"
@@ -217,7 +225,7 @@ def pareto_markdown(full: dict[str, Any], rows: Sequence[dict[str, Any]], nn_k: 
     lines = [header, align]
     for row in [full, *rows]:
         cells = [
-            format_theta(row["theta"]),
+            point_label(row),
             f"{row['stsb']:.2f}",
             f"{row['delta']:+.2f}",
             f"{row['expected_layers']:.3f}",
@@ -227,7 +235,7 @@ def pareto_markdown(full: dict[str, Any], rows: Sequence[dict[str, Any]], nn_k: 
         ]
         if with_nn:
             cells.append(_fmt(row.get("nn_at_k"), ".3f"))
-        cells.append("yes" if row.get("pareto") else ("" if row["theta"] is None else "no"))
+        cells.append("yes" if row.get("pareto") else ("" if row is full else "no"))
         if with_speed:
             speedup = row.get("measured_speedup")
             cells.append(f"{_fmt(speedup, '.2f')}{'x' if speedup else ''}")
@@ -238,12 +246,12 @@ def pareto_markdown(full: dict[str, Any], rows: Sequence[dict[str, Any]], nn_k: 
 def decision_markdown(decision: Sequence[dict[str, Any]]) -> list[str]:
     """The decision table (paper Table 8): the threshold each quality budget picks."""
     lines = [
-        "| max STS-B drop | theta | STS-B | delta | E[layers] | layer reduction | exit rate |",
+        "| max STS-B drop | operating point | STS-B | delta | E[layers] | layer reduction | exit rate |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in decision:
         lines.append(
-            f"| {row['max_quality_drop']:g} | {format_theta(row['theta'])} | {row['stsb']:.2f} | {row['delta']:+.2f} | "
+            f"| {row['max_quality_drop']:g} | {point_label(row)} | {row['stsb']:.2f} | {row['delta']:+.2f} | "
             f"{row['expected_layers']:.3f} | {row['layer_reduction']:.3f}x | {100 * row['exit_rate']:.1f}% |"
         )
     return lines
@@ -267,13 +275,13 @@ def sweep_markdown(result: dict[str, Any]) -> str:
         "",
         "## Exit-layer distribution (share of sentences stopping after each layer)",
         "",
-        "| theta | " + " | ".join(f"L{i}" for i in range(1, depth + 1)) + " |",
+        "| operating point | " + " | ".join(f"L{i}" for i in range(1, depth + 1)) + " |",
         "| --- | " + " | ".join("---:" for _ in range(depth)) + " |",
     ]
     for row in [full, *rows]:
         n = sum(row["distribution"]) or 1
         lines.append(
-            f"| {format_theta(row['theta'])} | " + " | ".join(f"{100 * c / n:.1f}%" for c in row["distribution"]) + " |"
+            f"| {point_label(row)} | " + " | ".join(f"{100 * c / n:.1f}%" for c in row["distribution"]) + " |"
         )
     lines += [
         "",
@@ -282,13 +290,13 @@ def sweep_markdown(result: dict[str, Any]) -> str:
         f"Share of sentences whose {k} nearest neighbours (early-exit index) keep fewer than 50% / 30% of their "
         "full-depth neighbours.",
         "",
-        f"| theta | exit layer | n | mean NN@{k} | NN@{k} < 0.5 | NN@{k} < 0.3 |",
+        f"| operating point | exit layer | n | mean NN@{k} | NN@{k} < 0.5 | NN@{k} < 0.3 |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         overall = row["nn_failure_rates"]
         lines.append(
-            f"| {format_theta(row['theta'])} | all | {sum(row['distribution'])} | {_fmt(row['nn_at_k'], '.3f')} | "
+            f"| {point_label(row)} | all | {sum(row['distribution'])} | {_fmt(row['nn_at_k'], '.3f')} | "
             f"{100 * overall['<0.5']:.1f}% | {100 * overall['<0.3']:.1f}% |"
         )
         for layer in row["nn_per_layer"]:
@@ -305,6 +313,14 @@ def sweep_markdown(result: dict[str, Any]) -> str:
     ]
     if "picked" in result:
         lines += ["", f"## Calibration (max drop {result['max_quality_drop']:g} points)", "", f"Picked: {result['reason']}"]
+        if result.get("runner_up") is not None:
+            margin = result["margin"]
+            lines += [
+                "",
+                f"Runner-up: {point_label(result['runner_up'])} (layer reduction "
+                f"{result['runner_up']['layer_reduction']:.3f}x, STS-B {result['runner_up']['stsb']:.2f}); the pick leads "
+                f"by {margin['layer_reduction']:+.3f}x layer reduction and {margin['stsb']:+.2f} STS-B points.",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -313,22 +329,24 @@ def plot_sweep(result: dict[str, Any], path: str | Path) -> Path:
     plt = _pyplot()
     full, rows = result["full"], result["rows"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot([r["layer_reduction"] for r in rows], [r["stsb"] for r in rows], "o-", label="early exit")
+    adaptive = [r for r in rows if r["theta"] is not None]
+    static = [r for r in rows if r["theta"] is None]
+    left.plot([r["layer_reduction"] for r in adaptive], [r["stsb"] for r in adaptive], "o-", label="early exit")
+    if static:
+        left.plot([r["layer_reduction"] for r in static], [r["stsb"] for r in static], "s--", label="static depth")
     for r in rows:
-        left.annotate(
-            format_theta(r["theta"]), (r["layer_reduction"], r["stsb"]), textcoords="offset points", xytext=(4, 4)
-        )
+        left.annotate(point_label(r), (r["layer_reduction"], r["stsb"]), textcoords="offset points", xytext=(4, 4))
     left.scatter([1.0], [full["stsb"]], marker="*", s=150, color="black", zorder=3, label="full depth")
     left.set_xlabel("layer reduction L / E[layers]")
     left.set_ylabel(f"STS-B {result['split']} cosine Spearman x100")
     left.set_title(f"{result['model']}: quality vs speed-up")
     left.legend()
-    thetas = [r["theta"] for r in rows]
-    right.plot(thetas, [100 * r["exit_rate"] for r in rows], "o-", color="tab:red", label="exit rate (%)")
+    thetas = [r["theta"] for r in adaptive]
+    right.plot(thetas, [100 * r["exit_rate"] for r in adaptive], "o-", color="tab:red", label="exit rate (%)")
     right.set_xlabel("theta")
     right.set_ylabel("exit rate (%)", color="tab:red")
     twin = right.twinx()
-    twin.plot(thetas, [r["expected_layers"] for r in rows], "s--", color="tab:blue", label="E[layers]")
+    twin.plot(thetas, [r["expected_layers"] for r in adaptive], "s--", color="tab:blue", label="E[layers]")
     twin.set_ylabel("E[layers]", color="tab:blue")
     twin.set_ylim(0, result["num_layers"] + 0.5)
     right.set_title("exit rate and E[layers] per theta")

@@ -1,4 +1,5 @@
-"""``st-leap calibrate``: the largest speed-up whose quality drop on held-out STS-B stays within a budget."""
+"""``st-leap calibrate``: the largest speed-up whose quality drop on held-out STS-B stays within a budget, among
+adaptive exit thresholds and static depths."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from st_leap.cli.common import add_sweep_arguments, command_line, exit_overrides
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "calibrate",
-        help="Largest speed-up whose STS-B quality drop on held-out data stays within a budget.",
+        help="Largest speed-up (adaptive exit or static depth) whose STS-B drop on held-out data stays within a budget.",
         description=(
-            "Sweeps theta on STS-B dev (held out), picks the threshold with the largest layer reduction L/E[layers] "
-            "whose cosine Spearman drop vs full depth is at most --max-quality-drop points, and says why."
+            "Sweeps theta and every static depth on STS-B dev (held out), picks the operating point with the largest "
+            "layer reduction L/E[layers] whose cosine Spearman drop vs full depth is at most --max-quality-drop "
+            "points, and says why, with the runner-up and the margin."
         ),
     )
     add_sweep_arguments(parser, "Comma-separated thetas (default: the paper's grid)")
@@ -22,8 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--max-quality-drop", type=quality_drop, required=True, help="Largest acceptable STS-B Spearman drop, in points (x100)"
     )
     parser.add_argument("--split", choices=["dev", "train", "test"], default="dev", help="Held-out STS-B split")
+    parser.add_argument("--no-static", action="store_true", help="Compare exit thresholds only, no static depths")
     parser.add_argument("--out", default="st_leap_calibrate", help="Output folder (default: %(default)s)")
-    parser.add_argument("--save-model", default=None, help="Save the model with the picked threshold as its default")
+    parser.add_argument("--save-model", default=None, help="Save the model with the picked operating point as its default")
     return parser
 
 
@@ -35,22 +38,31 @@ def run(args: argparse.Namespace) -> int:
     model_path = resources.resolve_model(args.model)
     model = load_model(model_path)
     grid = [t for t in (args.thresholds or PAPER_THRESHOLDS) if t is not None]
-    result = calibrate(model, args.max_quality_drop, thresholds=grid, split=args.split, batch_size=args.batch_size, **exit_overrides(args))
+    result = calibrate(
+        model,
+        args.max_quality_drop,
+        thresholds=grid,
+        split=args.split,
+        batch_size=args.batch_size,
+        static_depths=() if args.no_static else "all",
+        **exit_overrides(args),
+    )
     result["model"] = model_name(model, model_path)
     result["model_path"] = model_path
     result["run_info"]["command"] = command_line()
     paths = reporting.write_sweep_report(result, args.out, "calibrate")
     picked = result["picked"]
     print(Path(paths["md"]).read_text(encoding="utf-8"))
-    print(f"picked exit_threshold={reporting.format_theta(picked['theta'])}: {result['reason']}")
+    print(f"picked {reporting.point_label(picked)}: {result['reason']}")
     if args.save_model:
         as_early_exit(
             model,
             exit_threshold=picked["theta"],
+            truncate_layers=picked.get("truncate_layers"),
             exit_patience=result["exit_patience"],
             exit_min_layer=result["exit_min_layer"],
         )
         model.save(args.save_model)
-        print(f"saved the model with default exit_threshold={reporting.format_theta(picked['theta'])} to {args.save_model}")
+        print(f"saved the model with {reporting.point_label(picked)} as its default to {args.save_model}")
     print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
     return 0

@@ -32,7 +32,7 @@ from st_leap.model import (
     num_layers,
 )
 from st_leap.modules import encoder_layers
-from st_leap.reporting import format_theta, run_info
+from st_leap.reporting import point_label, run_info
 
 __all__ = ["PAPER_THRESHOLDS", "sweep", "calibrate", "choose_threshold", "decision_table", "mark_pareto", "measure"]
 
@@ -63,8 +63,12 @@ def sweep(
     show_progress_bar: bool = True,
     pairs: tuple[Sequence[str], Sequence[str], Sequence[float]] | None = None,
     method: str = "encode",
+    static_depths: Sequence[int] = (),
 ) -> dict[str, Any]:
     """theta sweep on STS-B: quality and cost of every threshold against full depth (paper Tables 2, 4, 5).
+
+    ``static_depths`` adds one static operating point per depth ``n`` (``encode(..., truncate_layers=n)``: every
+    sample runs exactly ``n`` layers), so adaptive exit is compared with the simpler static cut on the same rows.
 
     Each distinct sentence of the split is encoded once at full depth and once per theta with
     ``encode(..., output_value=None)``; the pairs are scored with cosine Spearman. ``pairs`` (``sentences1,
@@ -77,8 +81,8 @@ def sweep(
     per-theta timings. Use it for slow models; cross-check it against ``encode`` on a fast one.
 
     Returns:
-        ``{"full": row, "rows": [row per theta], "pareto": [...], "decision": [...]}`` where a row holds
-        ``theta``, ``stsb`` (Spearman x 100), ``delta`` (vs full depth, points), ``expected_layers``,
+        ``{"full": row, "rows": [row per theta, then per static depth], "decision": [...]}`` where a row holds
+        ``kind`` (``"full"``, ``"adaptive"`` or ``"static"``), ``theta``, ``truncate_layers``, ``stsb`` (Spearman x 100), ``delta`` (vs full depth, points), ``expected_layers``,
         ``layer_reduction`` (``L / E[layers]``), ``layers_saved`` (``1 - E[layers] / L``), ``exit_rate``,
         ``distribution`` (per-layer counts), NN@k consistency vs full depth and the encode seconds.
     """
@@ -96,7 +100,13 @@ def sweep(
     if method == "replay":
         pooled = replay_pooled_states(st_model, sentences, batch_size=batch_size, show_progress_bar=show_progress_bar)
 
-    def row_for(theta: float | None, full_emb: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
+    bad = [n for n in static_depths if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= depth]
+    if bad:
+        raise ValueError(f"static_depths must be ints in [1, {depth}], got {list(static_depths)!r}")
+
+    def row_for(
+        theta: float | None, full_emb: np.ndarray | None, truncate: int | None = None
+    ) -> tuple[dict[str, Any], np.ndarray]:
         if pooled is None:
             emb, layers, seconds = encode_with_exit_layers(
                 st_model,
@@ -104,14 +114,19 @@ def sweep(
                 batch_size=batch_size,
                 show_progress_bar=False,
                 exit_threshold=theta,
+                truncate_layers=truncate,
                 **base_kwargs,
             )
         else:
             layers = replay_exits(pooled, theta, settings["exit_patience"], settings["exit_min_layer"])
+            if truncate is not None:  # exits at or before the static depth
+                layers = np.minimum(layers, truncate)
             emb, seconds = pooled[np.arange(len(sentences)), layers].float().numpy(), None
         dist = ExitStats.from_exit_layers(layers, depth).to_dict()
         row = {
+            "kind": "full" if theta is None and truncate is None else ("static" if theta is None else "adaptive"),
             "theta": theta,
+            "truncate_layers": truncate,
             "stsb": pairs_spearman(emb, index, s1, s2, gold),
             "expected_layers": dist["expected_layers"],
             "layer_reduction": depth / dist["expected_layers"],
@@ -127,14 +142,15 @@ def sweep(
             row["nn_per_layer"] = consistency["per_layer"]
         return row, emb
 
-    progress = tqdm(total=len(thresholds) + 1, desc=f"theta sweep on STS-B {split}", disable=not show_progress_bar)
+    points = [(float(theta), None) for theta in thresholds] + [(None, int(n)) for n in static_depths]
+    progress = tqdm(total=len(points) + 1, desc=f"theta sweep on STS-B {split}", disable=not show_progress_bar)
     full, full_emb = row_for(None, None)
     full["delta"] = 0.0
     full["nn_at_k"] = 1.0
     progress.update(1)
     rows = []
-    for theta in thresholds:
-        row, _ = row_for(float(theta), full_emb)
+    for theta, truncate in points:
+        row, _ = row_for(theta, full_emb, truncate)
         row["delta"] = row["stsb"] - full["stsb"]
         row["measured_speedup"] = full["encode_seconds"] / row["encode_seconds"] if row["encode_seconds"] else None
         rows.append(row)
@@ -150,6 +166,7 @@ def sweep(
         "num_pairs": len(s1),
         "num_sentences": len(sentences),
         "thresholds": [float(t) for t in thresholds],
+        "static_depths": [int(n) for n in static_depths],
         "exit_patience": settings["exit_patience"],
         "exit_min_layer": settings["exit_min_layer"],
         "nn_k": nn_k,
@@ -203,6 +220,15 @@ def mark_pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def ranked_within_budget(
+    rows: Sequence[dict[str, Any]], full: dict[str, Any], max_quality_drop: float
+) -> list[dict[str, Any]]:
+    """The rows whose STS-B drop vs full depth is at most ``max_quality_drop``, best first: largest layer
+    reduction, then smallest drop."""
+    ok = [r for r in rows if full["stsb"] - r["stsb"] <= max_quality_drop + 1e-12]
+    return sorted(ok, key=lambda r: (-r["layer_reduction"], full["stsb"] - r["stsb"]))
+
+
 def choose_threshold(
     rows: Sequence[dict[str, Any]], full: dict[str, Any], max_quality_drop: float
 ) -> tuple[dict[str, Any], str]:
@@ -213,15 +239,15 @@ def choose_threshold(
     """
     if not math.isfinite(max_quality_drop) or max_quality_drop < 0:
         raise ValueError(f"max_quality_drop must be a finite number >= 0 (Spearman points), got {max_quality_drop}")
-    ok = [r for r in rows if full["stsb"] - r["stsb"] <= max_quality_drop + 1e-12]
+    ok = ranked_within_budget(rows, full, max_quality_drop)
     rejected = [r for r in rows if r not in ok]
     why_rejected = (
         "; rejected: "
-        + ", ".join(f"theta={format_theta(r['theta'])} (drop {full['stsb'] - r['stsb']:.2f})" for r in rejected)
+        + ", ".join(f"{point_label(r)} (drop {full['stsb'] - r['stsb']:.2f})" for r in rejected)
         if rejected
         else ""
     )
-    best = max(ok, key=lambda r: (r["layer_reduction"], -(full["stsb"] - r["stsb"])), default=None)
+    best = ok[0] if ok else None
     if best is None or best["layer_reduction"] <= 1.0 + 1e-9:
         reason = (
             f"no threshold saves layers within a drop of {max_quality_drop:g} points"
@@ -231,8 +257,8 @@ def choose_threshold(
         return full, f"full depth: {reason}{why_rejected}"
     drop = full["stsb"] - best["stsb"]
     return best, (
-        f"theta={format_theta(best['theta'])}: largest layer reduction ({best['layer_reduction']:.2f}x, "
-        f"E[layers]={best['expected_layers']:.2f}) among thresholds losing at most {max_quality_drop:g} points "
+        f"{point_label(best)}: largest layer reduction ({best['layer_reduction']:.2f}x, "
+        f"E[layers]={best['expected_layers']:.2f}) among operating points losing at most {max_quality_drop:g} points "
         f"(drop {drop:.2f}: {best['stsb']:.2f} vs {full['stsb']:.2f} at full depth){why_rejected}"
     )
 
@@ -247,7 +273,9 @@ def decision_table(
         table.append(
             {
                 "max_quality_drop": budget,
+                "kind": row.get("kind", "adaptive" if row["theta"] is not None else "full"),
                 "theta": row["theta"],
+                "truncate_layers": row.get("truncate_layers"),
                 "stsb": row["stsb"],
                 "delta": row["stsb"] - full["stsb"],
                 "expected_layers": row["expected_layers"],
@@ -270,12 +298,15 @@ def calibrate(
     batch_size: int = 32,
     show_progress_bar: bool = True,
     pairs: tuple[Sequence[str], Sequence[str], Sequence[float]] | None = None,
+    static_depths: Sequence[int] | str = "all",
+    method: str = "encode",
 ) -> dict[str, Any]:
-    """Pick the threshold with the largest speed-up whose STS-B quality drop on held-out data stays within a budget.
+    """Pick the operating point with the largest speed-up whose STS-B quality drop on held-out data stays within a
+    budget, among adaptive exit at each threshold and static depths (``truncate_layers``).
 
     Speed-up is the layer reduction ``L / E[layers]`` (deterministic; wall-clock timings are recorded too but not
     used to choose, as they depend on the machine's load). The held-out data is STS-B ``dev`` by default, so the
-    test split stays untouched.
+    test split stays untouched. The result names the pick, the runner-up and the margin between them.
 
     Args:
         model: st_leap model, path or Hub id.
@@ -283,13 +314,21 @@ def calibrate(
         thresholds: Candidate thetas.
         split: STS-B split used for calibration.
         pairs: Other held-out scored pairs ``(sentences1, sentences2, scores)`` instead of STS-B.
+        static_depths: Static depths to compare: ``"all"`` (1..L-1, the default), a list, or ``()`` (thresholds
+            only).
+        method: ``"encode"`` or ``"replay"`` (see :func:`sweep`).
 
     Returns:
-        The sweep result plus ``"max_quality_drop"``, ``"picked"`` (the chosen row: ``theta`` is ``None`` for full
-        depth) and ``"reason"``.
+        The sweep result plus ``"max_quality_drop"``, ``"picked"`` (the chosen row: ``kind`` ``"adaptive"``,
+        ``"static"`` or ``"full"``, with its ``theta`` and ``truncate_layers``), ``"reason"``, ``"runner_up"`` (the
+        next best qualifying point, or full depth) and ``"margin"`` (the pick minus the runner-up in layer reduction
+        and STS-B points).
     """
+    st_model = load_model(model)
+    if static_depths == "all":
+        static_depths = range(1, (num_layers(st_model) or 1))
     result = sweep(
-        model,
+        st_model,
         thresholds,
         split=split,
         exit_patience=exit_patience,
@@ -297,12 +336,29 @@ def calibrate(
         batch_size=batch_size,
         show_progress_bar=show_progress_bar,
         pairs=pairs,
+        method=method,
+        static_depths=list(static_depths),
     )
     picked, reason = choose_threshold(result["rows"], result["full"], max_quality_drop)
+    ranked = [r for r in ranked_within_budget(result["rows"], result["full"], max_quality_drop) if r is not picked]
+    runner_up = ranked[0] if ranked else (result["full"] if picked is not result["full"] else None)
+
+    def brief(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in row.items() if k != "nn_per_layer"}
+
     result["measured"] = f"calibration on STS-B {split}: " + result["measured"]
     result["max_quality_drop"] = max_quality_drop
-    result["picked"] = {k: v for k, v in picked.items() if k != "nn_per_layer"}
+    result["picked"] = brief(picked)
     result["reason"] = reason
+    result["runner_up"] = brief(runner_up) if runner_up is not None else None
+    result["margin"] = (
+        {
+            "layer_reduction": picked["layer_reduction"] - runner_up["layer_reduction"],
+            "stsb": picked["stsb"] - runner_up["stsb"],
+        }
+        if runner_up is not None
+        else None
+    )
     return result
 
 

@@ -37,11 +37,29 @@ def test_cli_calibrate_picks_and_saves(tiny_env, eval_model_dir, tmp_path, capsy
     assert code == 0
     result = json.loads((out / "calibrate.json").read_text())
     assert result["split"] == "dev" and result["max_quality_drop"] == 100
-    assert result["picked"]["theta"] == 0.9  # any drop is allowed: the largest speed-up wins
-    assert "picked exit_threshold=0.9" in capsys.readouterr().out
+    # any drop is allowed: the largest speed-up wins, the static cut at layer 1 (4x on a 4-layer model)
+    assert result["picked"]["kind"] == "static" and result["picked"]["truncate_layers"] == 1
+    assert result["runner_up"]["layer_reduction"] < result["picked"]["layer_reduction"]
+    assert result["margin"]["layer_reduction"] == pytest.approx(
+        result["picked"]["layer_reduction"] - result["runner_up"]["layer_reduction"]
+    )
+    assert "picked static L1" in capsys.readouterr().out
     assert (out / "calibrate.md").exists() and (out / "calibrate.png").exists()
     reloaded = st_leap.load(str(saved))
-    assert reloaded[0].exit_threshold == 0.9 and reloaded[0].exit_min_layer == 2
+    assert reloaded[0].truncate_layers == 1 and reloaded[0].exit_threshold is None
+
+
+def test_cli_calibrate_thresholds_only(tiny_env, eval_model_dir, tmp_path, capsys):
+    """--no-static compares exit thresholds only; the pick is saved as the default threshold."""
+    out, saved = tmp_path / "cal", tmp_path / "saved"
+    code = main(["calibrate", eval_model_dir, "--max-quality-drop", "100", "--thresholds", "0.9,0.99",
+                 "--exit-min-layer", "2", "--no-static", "--out", str(out), "--save-model", str(saved)])
+    assert code == 0
+    result = json.loads((out / "calibrate.json").read_text())
+    assert result["picked"]["theta"] == 0.9 and result["static_depths"] == []
+    assert "picked theta=0.9" in capsys.readouterr().out
+    reloaded = st_leap.load(str(saved))
+    assert reloaded[0].exit_threshold == 0.9 and reloaded[0].exit_min_layer == 2 and reloaded[0].truncate_layers is None
 
 
 def test_cli_evaluate_writes_tables_and_mteb_results(tiny_env, eval_model_dir, tmp_path):

@@ -76,3 +76,23 @@ def test_sweep_replay_matches_encode(eval_model, sts_pairs):
         assert a["distribution"] == b["distribution"]
         assert a["stsb"] == pytest.approx(b["stsb"], abs=1e-4)
         assert a.get("nn_at_k") == pytest.approx(b.get("nn_at_k"))
+
+
+def test_sweep_static_depths_beside_thresholds(eval_model, sts_pairs):
+    """Static depths are rows of their own (every text at layer n), the same by encode and by replay, and a model
+    whose saved default is a static depth is still swept against the whole encoder."""
+    kwargs = dict(pairs=sts_pairs, exit_min_layer=2, nn_k=5, show_progress_bar=False, static_depths=[1, 3])
+    encoded = sweep(eval_model, (0.93,), **kwargs)
+    kinds = [(r["kind"], r["theta"], r["truncate_layers"]) for r in encoded["rows"]]
+    assert kinds == [("adaptive", 0.93, None), ("static", None, 1), ("static", None, 3)]
+    assert encoded["rows"][1]["distribution"] == [sum(encoded["full"]["distribution"]), 0, 0, 0]
+    assert encoded["rows"][2]["layer_reduction"] == pytest.approx(4 / 3)
+    replayed = sweep(eval_model, (0.93,), method="replay", **kwargs)
+    for a, b in zip(encoded["rows"], replayed["rows"], strict=True):
+        assert a["distribution"] == b["distribution"] and a["stsb"] == pytest.approx(b["stsb"], abs=1e-4)
+    eval_model[0].truncate_layers = 2
+    try:
+        again = sweep(eval_model, (0.93,), **kwargs)
+    finally:
+        eval_model[0].truncate_layers = None
+    assert again["full"]["expected_layers"] == 4 and again["full"]["stsb"] == pytest.approx(encoded["full"]["stsb"])
