@@ -9,7 +9,7 @@ schedule: the paper's Table 14 training settings, at 800 steps, about 16 minutes
 every Table 11 row; 400 steps for Table 12), plus ``table`` and ``row`` labels. Every row is measured with the
 early-exit module's ``encode`` on STS-B test at theta 0.90 / 0.93 / 0.95, l_min = 3 (the paper's l_min = 6 of
 12, scaled to 6 layers). Results: ``benchmarks/results/paper_tables/<name>.{json,md}`` and one summary per table
-(``table11.md``, ``table11-ours.md``, ``table12.md``). An experiment whose result file exists is skipped
+(``table11.md``, ``table11-ours.md``, ``table11-change.md``, ``table12.md``). An experiment whose result file exists is skipped
 (``--force`` reruns it), so a stopped queue resumes where it stopped; ``--summary`` only rewrites the summaries.
 Models go to ``runs/paper_tables/<name>`` (gitignored).
 """
@@ -34,6 +34,8 @@ ORDER = [
     *(f"t11_paper_{row}" for row in ("final", "inter", "contrast", "exit", "full")),
     *(f"t11_ours_{row}" for row in ("final", "contrast", "exit", "full")),
     *(f"t12_paper_beta{beta}" for beta in ("01", "02", "04", "06", "08")),
+    "t11_change_adjacent",
+    "t11_change_lr",
 ]
 
 # The paper's own rows (Table 11: STS-B, exit rate at its L7 of 12; Table 12: STS-B, exit@L7), quoted verbatim.
@@ -113,7 +115,10 @@ def summary(table: str) -> str | None:
     if not results:
         return None
     results.sort(key=lambda r: ORDER.index(r["run_info"]["name"]) if r["run_info"]["name"] in ORDER else len(ORDER))
-    loss_name = "st_leap's own loss terms" if table.endswith("ours") else "the paper's loss (preset='paper')"
+    loss_name = {
+        "11-ours": "st_leap's own loss terms",
+        "11-change": "the paper's full loss with one change each",
+    }.get(table, "the paper's loss (preset='paper')")
     lines = [
         f"# Table {table.split('-')[0]} at our scale: {loss_name}",
         "",
@@ -130,7 +135,7 @@ def summary(table: str) -> str | None:
     header += " | cos to final L3 / L4 / L5 | adjacent cos L3 / L4 / L5 |"
     lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
     lines += [row_markdown(r) for r in results]
-    paper = PAPER.get(table.split("-")[0]) if not table.endswith("ours") else None
+    paper = PAPER.get(table)
     if paper:
         lines += [
             "",
@@ -145,7 +150,7 @@ def summary(table: str) -> str | None:
 
 
 def write_summaries() -> None:
-    for table in ("11", "11-ours", "12"):
+    for table in ("11", "11-ours", "11-change", "12"):
         text = summary(table)
         if text is not None:
             write_text(text, RESULTS / f"table{table}.md")
