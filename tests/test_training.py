@@ -155,7 +155,7 @@ def test_paper_table_experiments_build_their_loss(path, six_layer_student):
     assert labels["table"] in ("11", "11-ours", "11-change", "12")
     config = TrainConfig.from_dict(data)
     loss = build_loss(six_layer_student, config, teacher=None)
-    assert loss.preset == ("paper" if "paper" in path.stem else "recipe")
+    assert loss.preset == ("recipe" if "ours" in path.stem else "paper")
     defaults = json.loads((PAPER_TABLES_DIR / "defaults.json").read_text())
     if labels["table"] in ("11", "11-ours"):
         assert {k for k in defaults if data[k] != defaults[k]} == set()
