@@ -219,6 +219,7 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
     loss = build_loss(model, config, teacher)
 
     teacher_seconds = 0.0
+    embeddings = None
     if config.teacher_mode == "precomputed" and teacher is not None:
         cache = config.cache_dir or str(Path(config.output_dir) / "teacher_cache")
         layers = loss.teacher_layers() if loss.settings.intermediate_weight > 0 else None
@@ -232,7 +233,7 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
 
     start = time.perf_counter()
     if config.api == "fit":
-        steps, log_history = _train_with_fit(model, loss, dataset, config), None
+        steps, log_history = _train_with_fit(model, loss, sentences, embeddings, config), None
     else:
         steps, log_history = _train_with_trainer(model, loss, dataset, config)
     train_seconds = time.perf_counter() - start
@@ -270,14 +271,15 @@ def _train_with_trainer(
     return trainer.state.global_step, trainer.state.log_history
 
 
-def _train_with_fit(model: SentenceTransformer, loss: LEAPLoss, dataset: Dataset, config: TrainConfig) -> int:
+def _train_with_fit(
+    model: SentenceTransformer, loss: LEAPLoss, sentences: list[str], labels: Any, config: TrainConfig
+) -> int:
     from sentence_transformers.sentence_transformer.readers import InputExample
     from torch.utils.data import DataLoader
 
-    labels = dataset["label"] if "label" in dataset.column_names else None
     examples = [
-        InputExample(texts=[s], label=labels[i]) if labels is not None else InputExample(texts=[s])
-        for i, s in enumerate(dataset["sentence"])
+        InputExample(texts=[s]) if labels is None else InputExample(texts=[s], label=labels[i])
+        for i, s in enumerate(sentences)
     ]
     loader = DataLoader(examples, shuffle=True, batch_size=config.batch_size, drop_last=True)
     steps_per_epoch = min(config.max_steps, len(loader))

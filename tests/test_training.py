@@ -174,3 +174,15 @@ def test_version_1_loss_keys_are_migrated(tmp_path, six_layer_student):
     assert loss.settings.late_weight == 0.0 and loss.settings.anchor_weight == 3.0
     with pytest.raises(ValueError, match="was not the paper's loss"):
         TrainConfig.from_dict({"loss_version": 1, "loss": {"preset": "paper"}})
+
+
+def test_train_with_fit_and_precomputed_teacher(tiny_dir, tmp_path, monkeypatch):
+    """api='fit' trains from the cached teacher embeddings as labels (the classic path) and saves the model."""
+    from st_leap import resources
+    from st_leap.training import train
+
+    monkeypatch.setattr(resources, "load_sentences", lambda n, seed=0: [" ".join(VOCAB[5 : 6 + i % 7]) for i in range(n)])
+    result = train(TrainConfig(model=tiny_dir, teacher=tiny_dir, api="fit", output_dir=str(tmp_path / "o"), max_steps=2,
+                               batch_size=4, num_sentences=8, max_seq_length=16, warmup_steps=1))
+    assert result.steps == 2 and result.teacher_seconds > 0
+    assert (tmp_path / "o" / "modules.json").exists() and (tmp_path / "o" / "teacher_cache" / "meta.json").exists()
