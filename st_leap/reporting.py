@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -105,6 +106,46 @@ def write_text(text: str, path: str | Path) -> Path:
 def write_json(data: dict[str, Any], path: str | Path) -> Path:
     """``data`` as indented JSON (NaN -> null, numpy -> Python), written atomically."""
     return write_text(json.dumps(_jsonable(data), indent=2, ensure_ascii=False) + "\n", path)
+
+
+def save_model(model: Any, path: str | Path) -> Path:
+    """``model.save`` into a temporary folder beside ``path``, then moved into place, so that a run killed while
+    saving never leaves a folder that loads as something else.
+
+    A new folder is renamed into place in one step, and an existing folder is replaced only once the new copy is
+    complete. A folder that also holds other things (a training run's ``checkpoints/``) keeps them: the old
+    ``modules.json`` is removed first, each saved entry is renamed over its old version, and the new
+    ``modules.json`` comes last. A save killed midway therefore leaves a folder that fails to load with an error
+    naming the missing ``modules.json``, never a mix of two models.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        model.save(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not path.exists():
+        tmp.rename(path)
+        return path
+    saved = {entry.name for entry in tmp.iterdir()}
+    if {entry.name for entry in path.iterdir()} <= saved:  # nothing else in the folder: swap it whole
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+        return path
+    (path / "modules.json").unlink(missing_ok=True)
+    for name in sorted(saved - {"modules.json"}) + (["modules.json"] if "modules.json" in saved else []):
+        target = path / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        (tmp / name).replace(target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 def format_theta(theta: float | None) -> str:

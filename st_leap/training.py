@@ -4,6 +4,13 @@
 Training always goes through sentence-transformers' own machinery: ``SentenceTransformerTrainer`` (``api:
 "trainer"``, works under ``torchrun``/accelerate) or the classic ``model.fit`` (``api: "fit"``, which builds the
 same trainer). Measuring a trained model is :func:`st_leap.evaluation.sweep.measure`.
+
+Checkpoints (``api: "trainer"``) are the Trainer's own: every ``save_steps`` optimizer steps (and every
+``save_minutes`` of wall time) a ``checkpoint-N`` folder under ``<output_dir>/checkpoints/`` holds the model,
+optimizer, scheduler, RNG and Trainer state, plus the loss's own parameters and the run's config; the last
+``save_total_limit`` are kept. ``resume`` continues from one (``trainer.train(resume_from_checkpoint=...)``): same
+data order, learning-rate schedule and :class:`~st_leap.losses.LEAPLoss` step counter, so a resumed run ends with
+the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,11 +30,13 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from sentence_transformers.base.sampler import BatchSamplers
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 from transformers import TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import get_last_checkpoint, sort_checkpoints
 
 from st_leap import resources
 from st_leap.losses.leap import LEAPLoss
 from st_leap.model import as_early_exit, from_pretrained
-from st_leap.reporting import write_json
+from st_leap.reporting import save_model, write_json
 from st_leap.sampler import LengthGroupedBatchSampler
 from st_leap.teacher import compute_teacher_embeddings, teacher_dataset
 
@@ -39,14 +49,28 @@ class TrainConfig:
 
     ``model``/``teacher``: a local folder, a Hub id, or the shortcuts ``"minilm"`` (all-MiniLM-L6-v2) and
     ``"mpnet"`` (all-mpnet-base-v2) from :mod:`st_leap.resources`; ``teacher: null`` = self-distillation.
-    ``teacher_mode``: ``"live"`` (frozen teacher run at every step) or ``"precomputed"`` (embeddings cached in
-    ``cache_dir`` by :mod:`st_leap.teacher` and given to the loss as labels). ``loss``: keyword arguments of
+    ``teacher_mode``: ``"live"`` (frozen teacher run at every step) or ``"precomputed"`` (embeddings computed once
+    by :mod:`st_leap.teacher`, cached, and given to the loss as labels). ``cache_dir``: where the precomputed
+    teacher cache goes; ``null`` (the default) uses the shared, content-keyed cache
+    ``<cache root>/teacher/<key>/`` outside the model folder (cache root ``$ST_LEAP_CACHE``, else
+    ``$XDG_CACHE_HOME/st_leap``, else ``~/.cache/st_leap``): a run with the same teacher, texts, max_seq_length and
+    teacher layers reuses it, any other run gets its own folder. A named ``cache_dir`` holds one cache and refuses
+    (``CacheMismatchError``) a run with another teacher, dataset or layer set. ``loss``: keyword arguments of
     :class:`~st_leap.losses.LEAPLoss`. ``exit_threshold``/``exit_min_layer``: the exit defaults saved with the
     model. ``data``: ``"sentences"`` (:func:`~st_leap.resources.load_sentences`) or ``"passages"``
     (:func:`~st_leap.resources.load_passages`, ``sentences_per_passage`` consecutive sentences of news and
     reviews; train them at the serving length, e.g. ``max_seq_length: 256``); ``num_sentences`` is the number of
     training texts of either kind. ``group_by_length``: batches of similar-length texts
     (:class:`~st_leap.sampler.LengthGroupedBatchSampler`, less padding, faster steps; ``api: "trainer"`` only).
+
+    Checkpoints (written under ``<output_dir>/checkpoints/checkpoint-N``, never into the saved model's own files):
+    ``save_steps``: every N optimizer steps, and at the last step (``null``: no step-based checkpoints).
+    ``save_minutes``: also every N minutes of wall time (``api: "trainer"`` only). ``save_total_limit``: keep the
+    last K checkpoints (``null``: keep all). ``resume``: ``true`` continues from the newest complete checkpoint in
+    ``<output_dir>/checkpoints`` (from step 0, with a warning, if there is none), a path continues from that
+    checkpoint; ``api: "trainer"`` only. A resumed run must use the same config (a warning lists the keys that
+    differ from the checkpoint's); with ``max_train_seconds`` a run stopped by its budget also checkpoints, so it
+    can be resumed.
     """
 
     model: str = "minilm"
@@ -75,6 +99,10 @@ class TrainConfig:
     cache_dir: str | None = None
     max_train_seconds: float | None = None
     save: bool = True
+    save_steps: int | None = 500
+    save_minutes: float | None = None
+    save_total_limit: int | None = 2
+    resume: bool | str = False
 
     def __post_init__(self) -> None:
         if self.loss_version not in (1, 2):
@@ -98,6 +126,22 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        for name in ("save_steps", "save_total_limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be null or an int >= 1, got {value!r}")
+        minutes = self.save_minutes
+        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
+            raise ValueError(f"save_minutes must be null or a number > 0, got {self.save_minutes!r}")
+        if not (isinstance(self.resume, bool) or (isinstance(self.resume, str) and self.resume)):
+            raise ValueError(f"resume must be true, false or a checkpoint path, got {self.resume!r}")
+        if self.api == "fit" and self.resume is not False:
+            raise ValueError(
+                "resume needs api='trainer': the fit path cannot restore the LEAPLoss step counter or the loss's own "
+                "parameters from a checkpoint, so a resumed fit run would not continue the interrupted one"
+            )
+        if self.api == "fit" and self.save_minutes is not None:
+            raise ValueError("save_minutes needs api='trainer' (fit takes no Trainer callbacks); use save_steps")
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
@@ -138,15 +182,27 @@ class TrainResult:
     teacher_seconds: float
     log_history: list[dict[str, Any]] | None
     loss_config: dict[str, Any]
+    loss_step: int | None = None
+    resumed_from: str | None = None
+    teacher_cache: str | None = None
+    teacher_cache_reused: bool | None = None
 
     def to_dict(self, config: TrainConfig) -> dict[str, Any]:
-        """The ``leap_training.json`` record: config, loss settings, timing, steps and the Trainer's log."""
+        """The ``leap_training.json`` record: config, loss settings, timing, steps and the Trainer's log.
+        ``train_seconds`` of a resumed run counts this process only; ``resumed_from`` names its checkpoint.
+        ``teacher_cache`` is the precomputed teacher cache folder (None: live or no teacher) and
+        ``teacher_cache_reused`` whether it was loaded rather than computed (then ``teacher_seconds`` is the load
+        time)."""
         return {
             "config": config.to_dict(),
             "loss": self.loss_config,
             "train_seconds": self.train_seconds,
             "teacher_seconds": self.teacher_seconds,
             "steps": self.steps,
+            "loss_step": self.loss_step,
+            "resumed_from": self.resumed_from,
+            "teacher_cache": self.teacher_cache,
+            "teacher_cache_reused": self.teacher_cache_reused,
             "log_history": self.log_history,
         }
 
@@ -202,11 +258,18 @@ def build_loss(model: SentenceTransformer, config: TrainConfig, teacher: Sentenc
     return LEAPLoss(model, teacher=teacher, **loss_kwargs)
 
 
-def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig | dict[str, Any],
+    sentences: Sequence[str] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> TrainResult:
     """Run one LEAP training from a config; the model is saved to ``output_dir`` (with ``leap_training.json``)
-    if ``config.save``."""
+    if ``config.save``. ``callbacks``: extra ``TrainerCallback``s for the Trainer (``api: "trainer"`` only)."""
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
+    if callbacks and config.api != "trainer":
+        raise ValueError("callbacks need api='trainer'")
+    resume_from = resume_checkpoint(config)  # before any model loads: a bad path fails fast
     torch.manual_seed(config.seed)
     model = load_student(config.model)
     original_max_len = model.max_seq_length
@@ -220,11 +283,15 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
 
     teacher_seconds = 0.0
     embeddings = None
+    cache_info = None
     if config.teacher_mode == "precomputed" and teacher is not None:
-        cache = config.cache_dir or str(Path(config.output_dir) / "teacher_cache")
+        # A named cache_dir, else the shared content-keyed cache: never a folder inside the saved model.
+        cache = config.cache_dir or None
         layers = loss.teacher_layers() if loss.settings.intermediate_weight > 0 else None
         start = time.perf_counter()
-        embeddings = compute_teacher_embeddings(teacher, sentences, cache, layers=layers)
+        embeddings, cache_info = compute_teacher_embeddings(
+            teacher, sentences, cache, layers=layers, shared_cache=cache is None, return_info=True
+        )
         teacher_seconds = time.perf_counter() - start
         dataset = teacher_dataset(sentences, embeddings)
         teacher = None  # not needed any more: free it
@@ -235,23 +302,33 @@ def train(config: TrainConfig | dict[str, Any], sentences: Sequence[str] | None 
     if config.api == "fit":
         steps, log_history = _train_with_fit(model, loss, sentences, embeddings, config), None
     else:
-        steps, log_history = _train_with_trainer(model, loss, dataset, config)
+        steps, log_history = _train_with_trainer(model, loss, dataset, config, resume_from, callbacks)
     train_seconds = time.perf_counter() - start
     model.eval()
     model.max_seq_length = original_max_len
     as_early_exit(model, exit_threshold=config.exit_threshold, exit_min_layer=config.exit_min_layer)
-    result = TrainResult(model, steps, train_seconds, teacher_seconds, log_history, loss.get_config_dict())
+    result = TrainResult(
+        model, steps, train_seconds, teacher_seconds, log_history, loss.get_config_dict(), loss.step, resume_from,
+        teacher_cache=str(cache_info.path) if cache_info is not None else None,
+        teacher_cache_reused=cache_info.reused if cache_info is not None else None,
+    )
     if config.save:
-        model.save(config.output_dir)
+        save_model(model, config.output_dir)  # aside, then moved in; checkpoints/ beside it are kept
         write_json(result.to_dict(config), Path(config.output_dir) / "leap_training.json")
     return result
 
 
 def _train_with_trainer(
-    model: SentenceTransformer, loss: LEAPLoss, dataset: Dataset, config: TrainConfig
+    model: SentenceTransformer,
+    loss: LEAPLoss,
+    dataset: Dataset,
+    config: TrainConfig,
+    resume_from: str | None = None,
+    extra_callbacks: Sequence[TrainerCallback] = (),
 ) -> tuple[int, list[dict[str, Any]]]:
+    checkpointing = config.save_steps is not None or config.save_minutes is not None
     args = SentenceTransformerTrainingArguments(
-        output_dir=config.output_dir,
+        output_dir=str(checkpoint_dir(config)),
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
@@ -259,15 +336,44 @@ def _train_with_trainer(
         lr_scheduler_type=config.scheduler,
         weight_decay=config.weight_decay,
         logging_steps=config.logging_steps,
-        save_strategy="no",
+        # Step checkpoints through the Trainer (save_steps); save_minutes alone saves through SaveEveryMinutes.
+        save_strategy="steps" if config.save_steps is not None else "no",
+        save_steps=config.save_steps if config.save_steps is not None else 500,
+        save_total_limit=config.save_total_limit,
         report_to="none",
         seed=config.seed,
         dataloader_drop_last=True,
         batch_sampler=LengthGroupedBatchSampler if config.group_by_length else BatchSamplers.BATCH_SAMPLER,
     )
-    callbacks = [TimeBudget(config.max_train_seconds)] if config.max_train_seconds else None
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=callbacks)
-    trainer.train()
+    callbacks: list[TrainerCallback] = [LossStepSync(loss)]
+    if config.save_minutes is not None:
+        callbacks.append(SaveEveryMinutes(config.save_minutes))
+    if config.max_train_seconds:
+        callbacks.append(TimeBudget(config.max_train_seconds, checkpoint=checkpointing))
+    callbacks.extend(extra_callbacks)
+    trainer = LEAPTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=callbacks)
+    trainer.leap_loss, trainer.leap_config = loss, config.to_dict()
+    if resume_from is not None:
+        warn_config_changes(config, resume_from)
+        state = json.loads((Path(resume_from) / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+        if state["global_step"] >= config.max_steps:
+            # A finished run (killed while saving the final model, say): nothing left to train. Trainer.train
+            # would run one more step from a mid-epoch checkpoint at max_steps, so load its weights instead.
+            logger.info("%s is at step %d of %d: nothing left to train", resume_from, state["global_step"],
+                        config.max_steps)
+            trainer._load_from_checkpoint(resume_from)
+            loss.step = state["global_step"] * args.gradient_accumulation_steps
+            return state["global_step"], state.get("log_history", [])
+        logger.info("Resuming from %s", resume_from)
+    elif config.resume is False and (stale := latest_checkpoint(checkpoint_dir(config))) is not None:
+        message = (
+            f"{checkpoint_dir(config)} holds checkpoints of an earlier run (newest: {Path(stale).name}). This run "
+            "starts from step 0, and its checkpoint rotation will delete them: to continue that run instead, stop "
+            "and pass resume (st-leap train --resume)"
+        )
+        logger.warning(message)
+        warnings.warn(message, stacklevel=3)
+    trainer.train(resume_from_checkpoint=resume_from)
     return trainer.state.global_step, trainer.state.log_history
 
 
@@ -284,6 +390,14 @@ def _train_with_fit(
     loader = DataLoader(examples, shuffle=True, batch_size=config.batch_size, drop_last=True)
     steps_per_epoch = min(config.max_steps, len(loader))
     epochs = max(1, -(-config.max_steps // max(1, len(loader))))
+    # Checkpoints only (fit's own Trainer checkpoints); resuming them is refused by TrainConfig (api='trainer').
+    checkpoints = {}
+    if config.save_steps is not None:
+        checkpoints = dict(
+            checkpoint_path=str(checkpoint_dir(config)),
+            checkpoint_save_steps=config.save_steps,
+            checkpoint_save_total_limit=config.save_total_limit or 0,
+        )
     model.fit(
         train_objectives=[(loader, loss)],
         epochs=epochs,
@@ -293,15 +407,18 @@ def _train_with_fit(
         optimizer_params={"lr": config.learning_rate},
         weight_decay=config.weight_decay,
         show_progress_bar=True,
+        **checkpoints,
     )
     return steps_per_epoch * epochs
 
 
 class TimeBudget(TrainerCallback):
-    """Stops training after ``seconds`` of wall-clock time (checked after each step)."""
+    """Stops training after ``seconds`` of wall-clock time (checked after each step); with ``checkpoint`` it also
+    saves a checkpoint there, so the run can be resumed."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, checkpoint: bool = False) -> None:
         self.seconds = seconds
+        self.checkpoint = checkpoint
         self.start = time.perf_counter()
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -311,4 +428,160 @@ class TimeBudget(TrainerCallback):
         if time.perf_counter() - self.start > self.seconds:
             logger.warning("Time budget of %.0f s reached at step %d: stopping", self.seconds, state.global_step)
             control.should_training_stop = True
+            control.should_save = control.should_save or self.checkpoint
         return control
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints and resume
+
+CHECKPOINTS = "checkpoints"
+LOSS_STATE_NAME = "leap_loss.pt"
+CONFIG_NAME = "leap_config.json"
+# Keys a resumed run may change without changing what it computes.
+RESUME_FREE_KEYS = {"output_dir", "resume", "save", "save_steps", "save_minutes", "save_total_limit",
+                    "max_train_seconds", "logging_steps", "cache_dir"}
+
+
+def checkpoint_dir(config: TrainConfig) -> Path:
+    """Where the run's ``checkpoint-N`` folders go: ``<output_dir>/checkpoints``."""
+    return Path(config.output_dir) / CHECKPOINTS
+
+
+def is_complete_checkpoint(path: str | Path) -> bool:
+    """A checkpoint folder whose ``trainer_state.json`` (the last file the Trainer writes) is there and parses."""
+    try:
+        json.loads((Path(path) / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def latest_checkpoint(folder: str | Path) -> str | None:
+    """The newest complete ``checkpoint-N`` in ``folder`` (transformers' ``get_last_checkpoint``; if that one is
+    incomplete, a run killed while saving, the newest complete one before it), or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    last = get_last_checkpoint(str(folder))
+    if last is None or is_complete_checkpoint(last):
+        return last
+    for path in reversed(sort_checkpoints(str(folder))):
+        if is_complete_checkpoint(path):
+            logger.warning("%s is incomplete (killed while saving?): resuming from %s", last, path)
+            return path
+    return None
+
+
+def resume_checkpoint(config: TrainConfig) -> str | None:
+    """The checkpoint ``config.resume`` names: None (no resume, or ``True`` and no checkpoint yet), the newest
+    complete one in ``<output_dir>/checkpoints`` (``True``), or the given path (checked)."""
+    if config.resume is False:
+        return None
+    if config.resume is True:
+        found = latest_checkpoint(checkpoint_dir(config))
+        if found is None:
+            logger.warning("resume: no complete checkpoint in %s, training from step 0", checkpoint_dir(config))
+        return found
+    if not is_complete_checkpoint(config.resume):
+        raise ValueError(
+            f"resume={config.resume!r} is not a complete Trainer checkpoint folder (no readable {TRAINER_STATE_NAME})"
+        )
+    return str(config.resume)
+
+
+def warn_config_changes(config: TrainConfig, checkpoint: str | Path) -> None:
+    """Warn when the resumed config differs from the checkpoint's in a key that changes what is computed."""
+    path = Path(checkpoint) / CONFIG_NAME
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
+    keys = (set(saved) | set(current)) - RESUME_FREE_KEYS
+    changed = sorted(k for k in keys if saved.get(k) != current.get(k))
+    if changed:
+        message = (
+            f"Resuming from {checkpoint} with a config that differs in {changed}: the run will not end where an "
+            "uninterrupted run of either config would"
+        )
+        logger.warning(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def loss_own_state(loss: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The loss's own persistent state (learned projections), without the student model's weights."""
+    return {k: v for k, v in loss.state_dict().items() if not k.startswith("model.")}
+
+
+class LEAPTrainer(SentenceTransformerTrainer):
+    """``SentenceTransformerTrainer`` whose checkpoints also hold what the model folder does not: the loss's own
+    parameters (the projections of a wider teacher; the optimizer state already covers them) and the run's
+    config. Both are written inside ``save_model``, before ``trainer_state.json``, so a checkpoint with a readable
+    trainer state is complete."""
+
+    leap_loss: LEAPLoss | None = None
+    leap_config: dict[str, Any] | None = None
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
+        if self.leap_loss is not None:
+            own = loss_own_state(self.leap_loss)
+            if own:
+                torch.save(own, output_dir / LOSS_STATE_NAME)
+        if self.leap_config is not None:
+            write_json(self.leap_config, output_dir / CONFIG_NAME)
+
+    def _load_from_checkpoint(self, checkpoint_path: str, *args, **kwargs) -> None:
+        super()._load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        if self.leap_loss is None or not loss_own_state(self.leap_loss):
+            return
+        path = Path(checkpoint_path) / LOSS_STATE_NAME
+        if not path.is_file():
+            raise ValueError(
+                f"{checkpoint_path} has no {LOSS_STATE_NAME}, but this loss has parameters of its own "
+                f"({sorted(loss_own_state(self.leap_loss))}): it was not written by st_leap.training"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        result = self.leap_loss.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("model.")]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"{path} does not match the loss: missing {missing}, unexpected {result.unexpected_keys}"
+            )
+
+
+class LossStepSync(TrainerCallback):
+    """At train begin, sets the LEAPLoss step counter (the progress of its student-weight ramp) to the Trainer's
+    global step: 0 for a new run, the checkpoint's step for a resumed one."""
+
+    def __init__(self, loss: LEAPLoss) -> None:
+        self.loss = loss
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.loss.step = state.global_step * args.gradient_accumulation_steps
+
+
+class SaveEveryMinutes(TrainerCallback):
+    """Asks the Trainer for a checkpoint when ``minutes`` of wall time have passed since the last one (checked
+    after each step; under torchrun rank 0 decides for all)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = 60.0 * minutes
+        self.last = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        due = time.perf_counter() - self.last >= self.seconds
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([int(due)], device=args.device)
+            torch.distributed.broadcast(flag, src=0)
+            due = bool(flag.item())
+        if due:
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = time.perf_counter()

@@ -108,6 +108,16 @@ def build_tiny_model_dir(
     return str(path)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_st_leap_cache(tmp_path_factory):
+    """Every test (and the subprocesses it starts, which inherit the environment) uses a temporary st_leap cache
+    root, so that training runs with a precomputed teacher never write their shared teacher caches into the real
+    ``~/.cache/st_leap``. Tests that inspect the cache set ``ST_LEAP_CACHE`` to their own ``tmp_path``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ST_LEAP_CACHE", str(tmp_path_factory.mktemp("st_leap_cache")))
+        yield
+
+
 @pytest.fixture(scope="session", params=ARCHITECTURES)
 def tiny_model_dir(request, tmp_path_factory) -> str:
     """A tiny random encoder (4 layers, hidden 32, initializer_range 0.5) of each supported architecture."""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
@@ -92,3 +94,65 @@ def test_teacher_cache_is_checked_against_its_metadata(teachers, tmp_path):
     (cache / "embeddings.npy").write_bytes(b"not an array")
     with pytest.raises(CacheMismatchError, match="cannot be read"):
         compute_teacher_embeddings(teacher, SENTENCES, cache, show_progress_bar=False)
+
+
+def test_shared_cache_is_content_keyed_and_reused(teachers, tmp_path, monkeypatch):
+    """shared_cache=True caches in <$ST_LEAP_CACHE>/teacher/<key>/: the same teacher, sentences and layers find
+    the same folder and load it (the teacher does not run again); another teacher, sentence list or layer set gets
+    a folder of its own instead of a mismatch error."""
+    from st_leap.teacher import cache_key
+
+    monkeypatch.setenv("ST_LEAP_CACHE", str(tmp_path / "root"))
+    teacher = teachers[0]
+    first, info = compute_teacher_embeddings(teacher, SENTENCES, shared_cache=True, return_info=True,
+                                             show_progress_bar=False)
+    assert not info.reused and info.path.parent == tmp_path / "root" / "teacher"
+    assert len(info.path.name) == 16 and sorted(p.name for p in info.path.iterdir()) == ["embeddings.npy", "meta.json"]
+    meta = json.loads((info.path / "meta.json").read_text())
+    assert meta["key"] == info.path.name == cache_key(meta)
+    assert meta["max_seq_length"] == 16 and meta["num_sentences"] == 5
+
+    original = teacher.preprocess
+
+    def never(*args, **kwargs):
+        raise AssertionError("the teacher ran although the shared cache holds its embeddings")
+
+    monkeypatch.setattr(teacher, "preprocess", never)
+    again, info_again = compute_teacher_embeddings(teacher, SENTENCES, shared_cache=True, return_info=True,
+                                                   show_progress_bar=False)
+    assert info_again == type(info)(info.path, True)
+    np.testing.assert_array_equal(again, first)
+    monkeypatch.setattr(teacher, "preprocess", original)
+
+    folders = {info.path}
+    for other_teacher, sentences, layers in [(teachers[1], SENTENCES, None), (teacher, SENTENCES[::-1], None),
+                                             (teacher, SENTENCES, [2])]:
+        _, other = compute_teacher_embeddings(other_teacher, sentences, layers=layers, shared_cache=True,
+                                              return_info=True, show_progress_bar=False)
+        assert not other.reused and other.path not in folders
+        folders.add(other.path)
+    assert len(list((tmp_path / "root" / "teacher").iterdir())) == 4
+    # max_seq_length changes the array, so it changes the key too
+    teacher.max_seq_length = 8
+    try:
+        _, shorter = compute_teacher_embeddings(teacher, SENTENCES, shared_cache=True, return_info=True,
+                                                show_progress_bar=False)
+    finally:
+        teacher.max_seq_length = 16
+    assert shorter.path not in folders
+    with pytest.raises(ValueError, match="either cache_dir or shared_cache"):
+        compute_teacher_embeddings(teacher, SENTENCES, tmp_path / "named", shared_cache=True)
+
+
+def test_cache_root_follows_ST_LEAP_CACHE_then_XDG_CACHE_HOME_then_home(tmp_path, monkeypatch):
+    """The shared cache root is $ST_LEAP_CACHE, else $XDG_CACHE_HOME/st_leap, else ~/.cache/st_leap."""
+    from st_leap.teacher import shared_cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ST_LEAP_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert shared_cache_root() == tmp_path / "home" / ".cache" / "st_leap" / "teacher"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert shared_cache_root() == tmp_path / "xdg" / "st_leap" / "teacher"
+    monkeypatch.setenv("ST_LEAP_CACHE", str(tmp_path / "mine"))
+    assert shared_cache_root() == tmp_path / "mine" / "teacher"

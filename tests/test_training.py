@@ -28,11 +28,14 @@ def test_TrainConfig_reads_json_and_yaml_and_rejects_unknown_keys(tmp_path):
         TrainConfig(teacher_mode="cached")
 
 
-def test_cli_train_saves_model_that_reloads_with_exit_defaults(tiny_dir, tmp_path, capsys):
+def test_cli_train_saves_model_that_reloads_with_exit_defaults(tiny_dir, tmp_path, capsys, monkeypatch):
     """`st-leap train --config FILE` trains (precomputed teacher, Trainer) and saves a model that st_leap.load
-    reloads as an early-exit model with the config's exit defaults and the trained weights."""
+    reloads as an early-exit model with the config's exit defaults and the trained weights; the teacher cache goes
+    to the shared cache ($ST_LEAP_CACHE/teacher/<key>), not into the model folder."""
     import st_leap.model
     from st_leap.cli import main
+
+    monkeypatch.setenv("ST_LEAP_CACHE", str(tmp_path / "cache"))
 
     config = {
         "model": tiny_dir,
@@ -67,7 +70,8 @@ def test_cli_train_saves_model_that_reloads_with_exit_defaults(tiny_dir, tmp_pat
     emb_after = model.encode(["a man is eating"], exit_threshold=None)
     emb_before = before.encode(["a man is eating"], exit_threshold=None)
     assert abs(emb_after - emb_before).max() > 1e-4  # trained weights were saved
-    assert (tmp_path / "out" / "teacher_cache" / "meta.json").exists()
+    assert not (tmp_path / "out" / "teacher_cache").exists()
+    assert len(list((tmp_path / "cache" / "teacher").glob("*/meta.json"))) == 1
 
 
 def test_measure_replay_matches_encode(tiny_dir, tmp_path, monkeypatch):
@@ -177,12 +181,253 @@ def test_version_1_loss_keys_are_migrated(tmp_path, six_layer_student):
 
 
 def test_train_with_fit_and_precomputed_teacher(tiny_dir, tmp_path, monkeypatch):
-    """api='fit' trains from the cached teacher embeddings as labels (the classic path) and saves the model."""
+    """api='fit' trains from the cached teacher embeddings as labels (the classic path) and saves the model; fit's
+    own Trainer writes the checkpoints (save_steps) under output_dir/checkpoints. A named cache_dir is where the
+    teacher cache goes (not the shared cache)."""
     from st_leap import resources
     from st_leap.training import train
 
+    monkeypatch.setenv("ST_LEAP_CACHE", str(tmp_path / "shared"))
     monkeypatch.setattr(resources, "load_sentences", lambda n, seed=0: [" ".join(VOCAB[5 : 6 + i % 7]) for i in range(n)])
     result = train(TrainConfig(model=tiny_dir, teacher=tiny_dir, api="fit", output_dir=str(tmp_path / "o"), max_steps=2,
-                               batch_size=4, num_sentences=8, max_seq_length=16, warmup_steps=1))
+                               batch_size=4, num_sentences=8, max_seq_length=16, warmup_steps=1,
+                               cache_dir=str(tmp_path / "named_cache")))
     assert result.steps == 2 and result.teacher_seconds > 0
-    assert (tmp_path / "o" / "modules.json").exists() and (tmp_path / "o" / "teacher_cache" / "meta.json").exists()
+    assert result.teacher_cache == str(tmp_path / "named_cache") and result.teacher_cache_reused is False
+    assert (tmp_path / "o" / "modules.json").exists() and (tmp_path / "named_cache" / "meta.json").exists()
+    assert not (tmp_path / "o" / "teacher_cache").exists() and not (tmp_path / "shared" / "teacher").exists()
+    assert (tmp_path / "o" / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists()
+
+
+def test_teacher_cache_is_shared_outside_the_model_folder(tiny_dir, tmp_path, monkeypatch):
+    """With no cache_dir, the precomputed teacher cache goes to the shared, content-keyed cache
+    ($ST_LEAP_CACHE/teacher/<key>/), never into the saved model folder: no teacher_cache/ and no .npy file there
+    (outside checkpoints/). A second identical run, into another folder, reuses that cache without running the
+    teacher; a run on other texts gets a folder of its own (no mismatch error). leap_training.json records both."""
+    from st_leap import teacher as teacher_module
+    from st_leap.training import train
+
+    monkeypatch.setenv("ST_LEAP_CACHE", str(tmp_path / "cache"))
+    sentences = [" ".join(VOCAB[5 + i % 30 : 8 + i % 30]) for i in range(8)]
+    config = dict(model=tiny_dir, teacher=tiny_dir, max_steps=2, batch_size=4, max_seq_length=16, warmup_steps=1,
+                  save_steps=2, loss={"intermediate_weight": 0.5})  # per-layer teacher rows: a 3-D array
+    first = train(TrainConfig(output_dir=str(tmp_path / "a"), **config), sentences)
+    folder = Path(first.teacher_cache)
+    assert first.teacher_cache_reused is False and folder.parent == tmp_path / "cache" / "teacher"
+    assert (folder / "embeddings.npy").exists() and (folder / "meta.json").exists()
+    out = tmp_path / "a"
+    assert (out / "modules.json").exists() and (out / "checkpoints" / "checkpoint-2").is_dir()
+    assert not (out / "teacher_cache").exists()
+    stray = [p for p in out.rglob("*.npy") if "checkpoints" not in p.relative_to(out).parts]
+    assert stray == []
+    saved = json.loads((out / "leap_training.json").read_text())
+    assert (saved["teacher_cache"], saved["teacher_cache_reused"]) == (str(folder), False)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the teacher was run although the shared cache holds its embeddings")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(teacher_module, "tqdm", never)  # the teacher's encoding loop, skipped when the cache is reused
+        second = train(TrainConfig(output_dir=str(tmp_path / "b"), **config), sentences)
+    assert (second.teacher_cache, second.teacher_cache_reused) == (str(folder), True)
+    assert not (tmp_path / "b" / "teacher_cache").exists()
+
+    other = train(TrainConfig(output_dir=str(tmp_path / "c"), **{**config, "save_steps": None}), sentences[::-1])
+    assert other.teacher_cache_reused is False and Path(other.teacher_cache) != folder
+    assert len(list((tmp_path / "cache" / "teacher").iterdir())) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints and resume (issue 17)
+
+RESUME_SENTENCES = [" ".join(VOCAB[5 + (3 * i) % 40 : 7 + (3 * i) % 40 + i % 6]) for i in range(14)]  # 3 batches of 4
+
+
+@pytest.fixture(scope="module")
+def wide_teacher_dir(tmp_path_factory):
+    """A tiny 3-layer BERT 48 wide: a teacher wider than the student, so the loss owns a learned projection."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("wide"), num_layers=3, hidden=48, seed=1)
+
+
+@pytest.fixture()
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float results in this process and in the killed subprocess
+    yield
+    torch.set_num_threads(threads)
+
+
+def _resume_config(student: str, teacher: str, output_dir, **overrides) -> dict:
+    config = {
+        "model": student, "teacher": teacher, "teacher_mode": "precomputed", "output_dir": str(output_dir),
+        "max_steps": 8, "batch_size": 4, "warmup_steps": 2, "learning_rate": 1e-3, "max_seq_length": 16,
+        "logging_steps": 1, "save_steps": 2, "save_total_limit": 2,
+        # The student weight ramps over all of training: a step counter restarted at 0 changes every later step.
+        "loss": {"student_weight_ramp": [0.0, 1.0]},
+    }
+    return {**config, **overrides}
+
+
+def test_train_writes_checkpoints_and_keeps_the_last_k(tiny_dir, wide_teacher_dir, tmp_path, one_thread):
+    """save_steps=2 over 6 steps writes Trainer checkpoints (model, optimizer, scheduler, RNG, trainer state, the
+    loss's projection, the config) under output_dir/checkpoints and keeps save_total_limit=2 of them; the saved
+    model's own folder holds only the model (plus the checkpoints/ subfolder; the teacher cache is elsewhere).
+    save_minutes alone checkpoints by wall time."""
+    import torch
+
+    from st_leap.training import TrainConfig, train
+
+    out = tmp_path / "out"
+    result = train(TrainConfig(**_resume_config(tiny_dir, wide_teacher_dir, out, max_steps=6)), RESUME_SENTENCES)
+    assert result.steps == 6 and result.loss_step == 6 and result.resumed_from is None
+    checkpoints = out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", "modules.json",
+                 "leap_loss.pt", "leap_config.json"):
+        assert (checkpoints / "checkpoint-6" / name).exists(), name
+    assert json.loads((checkpoints / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
+    assert (out / "modules.json").exists() and (out / "leap_training.json").exists()
+    assert not list(out.glob("checkpoint-*"))  # nothing of the Trainer's in the model folder itself
+    assert "checkpoints" in {p.name for p in out.iterdir() if p.is_dir()}
+    assert not (out / "teacher_cache").exists()
+    # Resuming a finished run trains nothing more (the Trainer alone would run a 7th step from checkpoint-6).
+    again = train(TrainConfig(**_resume_config(tiny_dir, wide_teacher_dir, out, max_steps=6, resume=True)),
+                  RESUME_SENTENCES)
+    assert (again.steps, again.loss_step, again.resumed_from) == (6, 6, str(checkpoints / "checkpoint-6"))
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    a, b = result.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # Time-based only: a tiny save_minutes saves after every step; the last 2 are kept.
+    out2 = tmp_path / "minutes"
+    train(TrainConfig(**_resume_config(tiny_dir, wide_teacher_dir, out2, max_steps=3, save_steps=None,
+                                       save_minutes=1e-9)), RESUME_SENTENCES)
+    assert sorted(p.name for p in (out2 / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
+
+    # A run stopped by its time budget checkpoints where it stopped, so it can be resumed.
+    out3 = tmp_path / "budget"
+    stopped = train(TrainConfig(**_resume_config(tiny_dir, wide_teacher_dir, out3, max_train_seconds=1e-9)),
+                    RESUME_SENTENCES)
+    assert stopped.steps == 1
+    assert sorted(p.name for p in (out3 / "checkpoints").iterdir()) == ["checkpoint-1"]
+
+
+KILLED_RUN = """
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+from transformers import TrainerCallback
+from st_leap.training import TrainConfig, train
+
+class KillAfterStep(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == int(sys.argv[3]):
+            os._exit(3)  # no clean-up, no final save: as if the machine went away
+
+train(TrainConfig(**json.loads(sys.argv[1])), json.loads(sys.argv[2]), callbacks=[KillAfterStep()])
+"""
+
+
+@pytest.mark.parametrize("group_by_length", [False, True], ids=["random_batches", "length_grouped"])
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
+    tiny_dir, wide_teacher_dir, tmp_path, one_thread, group_by_length
+):
+    """A run killed (os._exit) after step 5 of 8, with checkpoints every 2 steps, resumed with resume=True from
+    checkpoint-4, ends with the weights of the uninterrupted 8-step run: the same data order (3 batches per epoch,
+    so the resume skips one batch of epoch 2 and reshuffles epoch 3), learning-rate schedule, dropout RNG, loss
+    projection and LEAPLoss step counter (its student-weight ramp spans all 8 steps)."""
+    import os
+    import subprocess
+    import sys
+
+    from st_leap.training import TrainConfig, load_student, train
+
+    extra = {"group_by_length": group_by_length}
+    killed_dir = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    config = _resume_config(tiny_dir, wide_teacher_dir, killed_dir, **extra)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, json.dumps(config), json.dumps(RESUME_SENTENCES), "5"],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert sorted(p.name for p in (killed_dir / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert not (killed_dir / "modules.json").exists()  # it never finished
+
+    resumed = train(TrainConfig(**{**config, "resume": True}), RESUME_SENTENCES)
+    full_config = _resume_config(tiny_dir, wide_teacher_dir, tmp_path / "full", **extra)
+    full = train(TrainConfig(**full_config), RESUME_SENTENCES)
+
+    assert resumed.resumed_from == str(killed_dir / "checkpoints" / "checkpoint-4")
+    assert resumed.steps == full.steps == 8
+    assert resumed.loss_step == full.loss_step == 8
+    a, b = resumed.model.state_dict(), full.model.state_dict()
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= 1e-5, worst
+    start = load_student(tiny_dir).state_dict()  # training moved the weights: equal weights are not vacuous
+    assert max((start[k].float() - b[k].float()).abs().max().item() for k in b) > 1e-3
+    # The resumed run's log continues the killed run's: steps 5-8 logged by the resumed process.
+    losses_full = {e["step"]: e["loss"] for e in full.log_history if "loss" in e}
+    losses_resumed = {e["step"]: e["loss"] for e in resumed.log_history if "loss" in e}
+    for step in (5, 6, 7, 8):
+        assert losses_resumed[step] == pytest.approx(losses_full[step], abs=1e-5), step
+
+
+def test_resume_settings_are_checked(tmp_path, tiny_dir):
+    """resume is refused on the fit path and for a folder that is not a complete checkpoint; resume=True with no
+    checkpoint yet trains from step 0 (warning). Bad checkpoint settings are ValueErrors naming the key."""
+    from st_leap.training import TrainConfig, latest_checkpoint, resume_checkpoint, warn_config_changes
+
+    with pytest.raises(ValueError, match="resume needs api='trainer'"):
+        TrainConfig(api="fit", resume=True)
+    with pytest.raises(ValueError, match="save_steps must be null or an int >= 1"):
+        TrainConfig(save_steps=0)
+    with pytest.raises(ValueError, match="save_minutes must be null or a number > 0"):
+        TrainConfig(save_minutes=0)
+    with pytest.raises(ValueError, match="save_total_limit must be null or an int >= 1"):
+        TrainConfig(save_total_limit=0)
+    with pytest.raises(ValueError, match="not a complete Trainer checkpoint"):
+        resume_checkpoint(TrainConfig(output_dir=str(tmp_path), resume=str(tmp_path / "nope")))
+    assert resume_checkpoint(TrainConfig(output_dir=str(tmp_path), resume=True)) is None
+    # The newest checkpoint was killed while saving (no trainer_state.json): the one before it is used.
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    assert latest_checkpoint(tmp_path / "checkpoints") == str(tmp_path / "checkpoints" / "checkpoint-4")
+    assert resume_checkpoint(TrainConfig(output_dir=str(tmp_path), resume=True)).endswith("checkpoint-4")
+    # A resumed config that changes what is computed is warned about (output_dir, resume, save_* are free).
+    saved = TrainConfig(output_dir="elsewhere", max_steps=8).to_dict()
+    (tmp_path / "checkpoints" / "checkpoint-4" / "leap_config.json").write_text(json.dumps(saved))
+    with pytest.warns(UserWarning, match=r"differs in \['learning_rate'\]"):
+        warn_config_changes(TrainConfig(output_dir=str(tmp_path), max_steps=8, learning_rate=5e-4, resume=True,
+                                        save_steps=7), tmp_path / "checkpoints" / "checkpoint-4")
+
+
+def test_cli_train_resume_and_save_steps_flags(tmp_path, monkeypatch):
+    """`st-leap train --resume [CHECKPOINT] --save-steps N --save-minutes M` override the config file's keys."""
+    from st_leap import training
+    from st_leap.cli import main
+
+    seen = {}
+
+    def fake_train(config):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(training, "train", fake_train)
+    (tmp_path / "c.json").write_text(json.dumps({"max_steps": 7}))
+    for argv, expected in [
+        ([], {"resume": False, "save_steps": 500, "save_minutes": None}),
+        (["--resume", "--save-steps", "50", "--save-minutes", "30"],
+         {"resume": True, "save_steps": 50, "save_minutes": 30.0}),
+        (["--resume", "ckpt/checkpoint-4", "--save-steps", "0"], {"resume": "ckpt/checkpoint-4", "save_steps": None}),
+    ]:
+        with pytest.raises(SystemExit):
+            main(["train", "--config", str(tmp_path / "c.json"), *argv])
+        for key, value in expected.items():
+            assert getattr(seen["config"], key) == value, (argv, key)

@@ -30,7 +30,8 @@ def demo_config(model_path: str, output_dir: str, max_steps: int, **overrides: A
     """The demo's retrofit: the frozen original as precomputed teacher, ``max_steps`` steps of batch 32 (lr 3e-4,
     10% warm-up, length-grouped batches), the recipe's LEAPLoss with the teacher as the only target
     (``student_weight=0``; the best 300-step probe, ``benchmarks/results/train_recipe/train_recipe_probes.md``), exit
-    defaults theta=0.95, l_min=3. ``overrides`` are :class:`~st_leap.training.TrainConfig` fields."""
+    defaults theta=0.95, l_min=3, no checkpoints (``save_steps=None``: a run of minutes needs no 0.27 GB
+    checkpoints). ``overrides`` are :class:`~st_leap.training.TrainConfig` fields."""
     from st_leap.training import TrainConfig
 
     settings: dict[str, Any] = {
@@ -38,6 +39,7 @@ def demo_config(model_path: str, output_dir: str, max_steps: int, **overrides: A
         "loss": {"student_weight": 0.0},
         "warmup_steps": max(1, max_steps // 10),
         "group_by_length": True,
+        "save_steps": None,
     }
     settings.update(overrides)
     return TrainConfig(
