@@ -4,6 +4,8 @@
   stops each sample at the first layer whose mean-pooled state has converged.
 - :func:`from_pretrained` / :func:`load`: turn any BERT/RoBERTa/XLM-R/MPNet/DistilBERT sentence-transformers model
   into an early-exit one, and reload a saved one.
+- :func:`encode_with_exits`: one call's embeddings with each text's exit layer and the call's counts (threads,
+  multi-process pools).
 - :func:`diagnose`: is a model exit-compatible? (paper section 5.2)
 - :mod:`st_leap.losses`: :class:`~st_leap.losses.LEAPLoss`, the training objective that creates exits.
 
@@ -19,17 +21,27 @@ from st_leap.version import __version__
 
 if TYPE_CHECKING:
     from st_leap.diagnostics import diagnose
-    from st_leap.model import from_pretrained, load
+    from st_leap.model import ExitEncoding, encode_with_exits, from_pretrained, load
     from st_leap.modules import EarlyExitTransformer
 
 _EXPORTS = {
     "EarlyExitTransformer": "st_leap.modules",
     "from_pretrained": "st_leap.model",
     "load": "st_leap.model",
+    "encode_with_exits": "st_leap.model",
+    "ExitEncoding": "st_leap.model",
     "diagnose": "st_leap.diagnostics",
 }
 
-__all__ = ["EarlyExitTransformer", "from_pretrained", "load", "diagnose", "__version__"]
+__all__ = [
+    "EarlyExitTransformer",
+    "from_pretrained",
+    "load",
+    "encode_with_exits",
+    "ExitEncoding",
+    "diagnose",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import batch_to_device
-from tqdm.auto import trange
+from tqdm.auto import tqdm, trange
 
 from st_leap.exit_policy import (
     PAPER_THRESHOLDS,
@@ -118,6 +118,7 @@ def time_encode(
     repeats: int = 5,
     warmup: int = 1,
     models: dict[str, SentenceTransformer] | None = None,
+    show_progress_bar: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Wall-clock time of ``encode(sentences, **kwargs)`` for each named setting, interleaved.
 
@@ -129,9 +130,13 @@ def time_encode(
     sentences = list(sentences)
     models = models or {}
     common = {"batch_size": batch_size, "show_progress_bar": False}
+    progress = tqdm(
+        total=len(settings) * (warmup + repeats), desc="Timing encode (interleaved)", disable=not show_progress_bar
+    )
     for name, setting in settings.items():
         for _ in range(warmup):
             models.get(name, model).encode(sentences, **setting, **common)
+            progress.update()
     times: dict[str, list[float]] = {name: [] for name in settings}
     stats: dict[str, dict[str, Any] | None] = {}
     names = list(settings)
@@ -143,6 +148,8 @@ def time_encode(
             times[name].append(_timed_encode(timed_model, sentences, {**setting, **common}))
             first = timed_model[0]
             stats[name] = first.exit_stats.to_dict() if isinstance(first, EarlyExitTransformer) else None
+            progress.update()
+    progress.close()
     reference = next(iter(settings))
     return {
         name: {

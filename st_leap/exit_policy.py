@@ -8,7 +8,7 @@ decides *whether* a sample stops lives here; *how* the layers are stepped lives 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
@@ -60,6 +60,86 @@ def validate_truncate_layers(truncate_layers: int | None, num_layers: int) -> in
             f"truncate_layers must be in [1, {num_layers}] for a {num_layers}-layer model, got {truncate_layers!r}"
         )
     return int(truncate_layers)
+
+
+#: The roles an exit setting can be given per role: sentence-transformers' ``task`` of ``encode_query``
+#: (``"query"``) and ``encode_document`` (``"document"``), and ``"default"`` for every other call (plain ``encode``).
+ROLES = ("query", "document", "default")
+
+
+def role_of(task: str | None) -> str:
+    """The exit role of a sentence-transformers ``task``: ``"query"``, ``"document"``, else ``"default"``."""
+    return task if task in ("query", "document") else "default"
+
+
+def per_role(name: str, value: object, fallback: object) -> object:
+    """A setting given as one value is returned as is; a mapping from role to value is checked (only the keys of
+    :data:`ROLES`) and completed: a missing ``"query"`` / ``"document"`` takes the ``"default"`` entry, a missing
+    ``"default"`` takes ``fallback`` (the module's own default)."""
+    if not isinstance(value, Mapping):
+        return value
+    unknown = [key for key in value if key not in ROLES]
+    if unknown or not value:
+        raise ValueError(
+            f"{name} given per role must map some of {list(ROLES)} to values, got keys {sorted(map(str, value))}"
+        )
+    default = value.get("default", fallback)
+    return {role: value.get(role, default) for role in ROLES}
+
+
+def for_role(value: object, role: str) -> object:
+    """The value of a setting for one role (a single value applies to every role)."""
+    return value[role] if isinstance(value, Mapping) else value
+
+
+def with_role(value: object, role: str, new: object) -> object:
+    """``value`` with its entry for ``role`` set to ``new`` (``role="all"`` replaces it): the other roles keep
+    what ``value`` gave them."""
+    if role == "all":
+        return new
+    if role not in ROLES:
+        raise ValueError(f"role must be 'all' or one of {list(ROLES)}, got {role!r}")
+    mapping = dict(value) if isinstance(value, Mapping) else dict.fromkeys(ROLES, value)
+    mapping[role] = new
+    return mapping
+
+
+def resolve_exit_settings(
+    threshold: object, patience: object, min_layer: object, truncate_layers: object, num_layers: int, role: str
+) -> tuple[float | None, int, int, int | None]:
+    """The validated ``(theta, k, l_min, depth)`` one call runs with, for ``role``; each setting may be one value or
+    a per-role mapping (see :func:`per_role`). ``l_min=None`` means :func:`default_min_layer`."""
+    threshold = for_role(per_role("exit_threshold", threshold, None), role)
+    patience = for_role(per_role("exit_patience", patience, 1), role)
+    min_layer = for_role(per_role("exit_min_layer", min_layer, None), role)
+    truncate_layers = for_role(per_role("truncate_layers", truncate_layers, None), role)
+    if min_layer is None:
+        min_layer = default_min_layer(num_layers)
+    theta, k, l_min = validate_exit_args(threshold, patience, min_layer, num_layers)  # type: ignore[arg-type]
+    return theta, k, l_min, validate_truncate_layers(truncate_layers, num_layers)  # type: ignore[arg-type]
+
+
+def validate_exit_settings(
+    threshold: object, patience: object, min_layer: object, truncate_layers: object, num_layers: int
+) -> tuple[object, object, object, object]:
+    """Check exit defaults that may be given per role and return them normalised: a single value stays single, a
+    mapping becomes a dict over all :data:`ROLES`; ``l_min=None`` becomes :func:`default_min_layer`. Every role's
+    combination is validated, and the error names the setting (and the role)."""
+    names = ("exit_threshold", "exit_patience", "exit_min_layer", "truncate_layers")
+    given = (threshold, patience, min_layer, truncate_layers)
+    values = [per_role(name, value, fallback) for name, value, fallback in zip(names, given, (None, 1, None, None))]
+    is_per_role = any(isinstance(value, Mapping) for value in values)
+    resolved = {}
+    for role in ROLES if is_per_role else ("default",):
+        try:
+            resolved[role] = resolve_exit_settings(*values, num_layers, role)
+        except ValueError as error:
+            raise ValueError(f"{error} (role {role!r})" if is_per_role else str(error)) from None
+    out = [
+        {role: resolved[role][i] for role in ROLES} if isinstance(value, Mapping) else resolved["default"][i]
+        for i, value in enumerate(values)
+    ]
+    return out[0], out[1], out[2], out[3]
 
 
 def default_min_layer(num_layers: int) -> int:

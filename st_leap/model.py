@@ -7,13 +7,19 @@ the model's saved default applies.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 
-from st_leap.exit_policy import ExitStats, validate_exit_args, validate_truncate_layers
+from st_leap.exit_policy import ROLES, ExitStats, role_of
+from st_leap.model_card import install_card_data
 from st_leap.modules import EarlyExitTransformer
 from st_leap.resources import known_local_models
 
@@ -84,17 +90,32 @@ def num_layers(model: SentenceTransformer) -> int | None:
     return None
 
 
-def effective_exit_settings(model: SentenceTransformer, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The exit settings an ``encode(**kwargs)`` call really runs with: the kwargs, else the module's defaults."""
+def effective_exit_settings(
+    model: SentenceTransformer, kwargs: dict[str, Any], task: str | None | Any = MODEL_DEFAULT
+) -> dict[str, Any]:
+    """The exit settings an ``encode(**kwargs)`` call really runs with: the kwargs, else the module's defaults.
+
+    With ``task`` (``"query"``, ``"document"`` or ``None`` for plain ``encode``) the settings are resolved for
+    that role; left out, per-role settings are returned as their mappings (what a report should record).
+    """
     module = early_exit_module(model)
     if module is None:
-        if kwargs.get("exit_threshold") is not None:
+        threshold = kwargs.get("exit_threshold")
+        if threshold is not None and not (isinstance(threshold, dict) and not any(threshold.values())):
             raise ValueError(
                 "exit_threshold was given but the model's first module is not an st_leap EarlyExitTransformer; "
                 "load the model with st_leap.from_pretrained(...)"
             )
         return dict.fromkeys(EXIT_KEYS)
+    if task is not MODEL_DEFAULT:
+        return module.exit_settings_for(task, **{key: kwargs[key] for key in EXIT_KEYS if key in kwargs})
     return {key: kwargs.get(key, getattr(module, key)) for key in EXIT_KEYS}
+
+
+def per_role_settings(model: SentenceTransformer, kwargs: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The resolved exit settings of each role (``"query"``, ``"document"``, ``"default"``) for ``encode`` kwargs."""
+    tasks = {"query": "query", "document": "document", "default": None}
+    return {role: effective_exit_settings(model, kwargs or {}, tasks[role]) for role in ROLES}
 
 
 def last_call_stats(model: SentenceTransformer, num_samples: int) -> ExitStats:
@@ -110,6 +131,90 @@ def last_call_stats(model: SentenceTransformer, num_samples: int) -> ExitStats:
     return stats
 
 
+@dataclass
+class ExitEncoding:
+    """One call's embeddings with where each text stopped: the per-call result of :func:`encode_with_exits`.
+
+    Attributes:
+        embeddings: ``(N, D)`` array (or tensor with ``convert_to_tensor=True``), in input order.
+        exit_layers: ``(N,)`` int array of 1-based exit layers (``L`` = full depth), in input order.
+        stats: The call's :class:`~st_leap.exit_policy.ExitStats`.
+        role: ``"query"``, ``"document"`` or ``"default"``.
+    """
+
+    embeddings: Any
+    exit_layers: np.ndarray
+    stats: ExitStats
+    role: str
+
+
+_ENCODE_METHODS = {"query": "encode_query", "document": "encode_document", "default": "encode"}
+
+
+def encode_with_exits(
+    model: SentenceTransformer,
+    inputs: Sequence[str] | str,
+    *,
+    task: str | None = None,
+    batch_size: int = 32,
+    normalize_embeddings: bool = False,
+    convert_to_tensor: bool = False,
+    chunk_size: int | None = None,
+    **kwargs: Any,
+) -> ExitEncoding:
+    """Encode and return, for this call only, the embeddings, each text's exit layer and the call's counts.
+
+    Nothing is shared between calls or threads, and it works with a multi-process pool
+    (``pool=model.start_multi_process_pool(...)`` or ``device=[...]``): the exit layers come back from the workers
+    with the embeddings. It runs ``encode`` / ``encode_query`` / ``encode_document`` (by ``task``) with
+    ``output_value=None`` in chunks of ``chunk_size`` texts (default ``8 * batch_size``), keeping only the sentence
+    embedding and exit layer of each text, so memory stays bounded. In a pool the token states of a chunk travel
+    back from the workers too, which costs transfer time; plain ``model.encode(..., pool=pool)`` does not.
+
+    Args:
+        model: An st_leap model (its first module an :class:`~st_leap.EarlyExitTransformer`).
+        inputs: Texts (or one text).
+        task: ``"query"``, ``"document"`` or ``None`` (plain ``encode``): the role whose exit settings apply.
+        batch_size, normalize_embeddings, convert_to_tensor: As for ``encode``.
+        chunk_size: Texts per ``encode`` call.
+        **kwargs: Every other ``encode`` argument (exit settings, ``prompt``, ``pool``, ``device``...).
+    """
+    module = early_exit_module(model)
+    if module is None:
+        raise ValueError("encode_with_exits needs an st_leap model; load it with st_leap.from_pretrained(...)")
+    if kwargs.get("output_value", "sentence_embedding") != "sentence_embedding":
+        raise ValueError("encode_with_exits returns sentence embeddings; call model.encode for other output values")
+    kwargs.pop("output_value", None)
+    if kwargs.get("precision", "float32") != "float32":
+        raise ValueError("encode_with_exits returns float32 embeddings; quantize them with quantize_embeddings")
+    kwargs.pop("precision", None)
+    kwargs.pop("convert_to_numpy", None)
+    role = role_of(task)
+    encode = getattr(model, _ENCODE_METHODS[role])
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    step = chunk_size or 8 * batch_size
+    embeddings: list[torch.Tensor] = []
+    layers: list[torch.Tensor] = []
+    for start in range(0, len(texts), step):
+        outputs = encode(texts[start : start + step], batch_size=batch_size, output_value=None, **kwargs)
+        embeddings.extend(out["sentence_embedding"].detach().float().cpu() for out in outputs)
+        layers.extend(out["exit_layer"].cpu() for out in outputs)
+        del outputs  # the chunk's token states
+    dim = model.get_embedding_dimension() or 0
+    matrix = torch.stack(embeddings) if embeddings else torch.zeros(0, dim)
+    if normalize_embeddings:
+        matrix = torch.nn.functional.normalize(matrix, p=2, dim=1)
+    exit_layers = torch.stack(layers).to(torch.long) if layers else torch.zeros(0, dtype=torch.long)
+    return ExitEncoding(
+        embeddings=matrix if convert_to_tensor else matrix.numpy(),
+        exit_layers=exit_layers.numpy(),
+        stats=ExitStats.from_exit_layers(exit_layers, module.num_layers),
+        role=role,
+    )
+
+
 def as_early_exit(
     model: SentenceTransformer,
     *,
@@ -122,7 +227,8 @@ def as_early_exit(
     (validated; the ones left out keep the module's current defaults) and return ``model``.
 
     The weights and tokenizer are shared, not copied. A plain ``Transformer`` starts from full depth, patience 1
-    and l_min half the depth. The defaults are saved with the model.
+    and l_min half the depth. The defaults are saved with the model, and so is an st_leap model card
+    (:class:`~st_leap.model_card.LEAPModelCardData`) instead of the base model's.
 
     Raises:
         ValueError: if the first module is not a ``Transformer`` of a supported architecture, or a setting is invalid.
@@ -134,16 +240,47 @@ def as_early_exit(
             raise ValueError(f"st_leap needs a model whose first module is a Transformer, got {type(first).__name__}")
         first = EarlyExitTransformer.from_transformer(first)
         model._modules[first_name] = first
+    install_card_data(model)
     given = exit_kwargs(exit_threshold, exit_patience, exit_min_layer, truncate_layers)
-    settings = {key: given.get(key, getattr(first, key)) for key in EXIT_KEYS}
-    first.exit_threshold, first.exit_patience, first.exit_min_layer = validate_exit_args(
-        settings["exit_threshold"], settings["exit_patience"], settings["exit_min_layer"], first.num_layers
-    )
-    first.truncate_layers = validate_truncate_layers(settings["truncate_layers"], first.num_layers)
+    first.set_exit_defaults(*(given.get(key, getattr(first, key)) for key in EXIT_KEYS))
     return model
 
 
 MODULE_TYPE = f"{EarlyExitTransformer.__module__}.{EarlyExitTransformer.__name__}"  # persisted in modules.json
+
+
+def _check_local_folder(model_name_or_path: str) -> Path | None:
+    """The local model folder ``model_name_or_path`` names (``None`` for a Hub id), checked before loading: a path
+    that does not exist, a partial st_leap folder (``modules.json`` gone, so sentence-transformers would silently
+    build another pipeline) or an unreadable ``modules.json`` is an error that names the file."""
+    folder = Path(model_name_or_path).expanduser()
+    if not folder.exists():
+        if str(model_name_or_path).startswith(("/", "./", "../", "~", ".\\")):
+            raise FileNotFoundError(f"Model folder {folder} does not exist")
+        return None  # a Hub id
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file; st_leap loads a model folder (the folder model.save(...) wrote)")
+    modules = folder / "modules.json"
+    if not modules.exists():
+        module_config = folder / "sentence_bert_config.json"
+        try:
+            saved = json.loads(module_config.read_text(encoding="utf-8")) if module_config.exists() else {}
+        except (OSError, json.JSONDecodeError):
+            saved = {}
+        if any(key in saved for key in EXIT_KEYS):
+            raise FileNotFoundError(
+                f"{modules} is missing: {folder} holds a saved st_leap model but not its module list, so its "
+                "pooling and normalisation cannot be restored. Copy the whole folder again, or re-save the model "
+                "with model.save(...)."
+            )
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"{folder} has neither modules.json (a sentence-transformers model) nor config.json")
+        return folder  # a plain Hugging Face checkpoint: sentence-transformers adds mean pooling
+    try:
+        json.loads(modules.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{modules} is not valid JSON ({error}); copy the model folder again") from None
+    return folder
 
 
 def _load(model_name_or_path: str, **kwargs: Any) -> SentenceTransformer:
@@ -152,12 +289,22 @@ def _load(model_name_or_path: str, **kwargs: Any) -> SentenceTransformer:
     A saved st_leap model names ``st_leap.modules.EarlyExitTransformer`` in ``modules.json``. That class is the
     installed st_leap, so it is mapped directly rather than allowing remote code for the whole model (which would
     also let the Hub config run code). Older sentence-transformers without that hook need ``trust_remote_code=True``.
+    A saved exit default that is out of range is reported with the file that holds it.
     """
+    folder = _check_local_folder(model_name_or_path)
     loader = getattr(SentenceTransformer, "_load_with_module_classes", None)
-    if loader is None:
-        kwargs.setdefault("trust_remote_code", True)
-        return SentenceTransformer(model_name_or_path, **kwargs)
-    return loader(model_name_or_path, {MODULE_TYPE: EarlyExitTransformer}, **kwargs)
+    try:
+        if loader is None:
+            kwargs.setdefault("trust_remote_code", True)
+            return SentenceTransformer(model_name_or_path, **kwargs)
+        return loader(model_name_or_path, {MODULE_TYPE: EarlyExitTransformer}, **kwargs)
+    except ValueError as error:
+        if folder is None or not str(error).startswith(EXIT_KEYS):
+            raise
+        raise ValueError(
+            f"{folder / 'sentence_bert_config.json'} holds an invalid exit default: {error}. Fix the value in that "
+            "file (null for exit_threshold and truncate_layers means the whole encoder)."
+        ) from None
 
 
 def from_pretrained(
@@ -167,6 +314,8 @@ def from_pretrained(
     exit_patience: int | Any = MODEL_DEFAULT,
     exit_min_layer: int | None | Any = MODEL_DEFAULT,
     truncate_layers: int | None | Any = MODEL_DEFAULT,
+    backend: str = "torch",
+    quantize: str | None = None,
     **kwargs: Any,
 ) -> SentenceTransformer:
     """Load any sentence-transformers model (Hub id or local folder) with early exit.
@@ -174,24 +323,46 @@ def from_pretrained(
     Args:
         model_name_or_path: Hub id (needs internet) or local folder, e.g. ``st_leap.resources.minilm_path()``.
         exit_threshold: Default theta for ``encode``; ``None`` = full depth. Left out: the saved default (st_leap
-            models) or ``None``.
+            models) or ``None``. Every setting takes one value or a mapping from role to value, keys ``"query"``
+            (``encode_query``), ``"document"`` (``encode_document``) and ``"default"`` (plain ``encode``), e.g.
+            ``{"query": 0.95, "document": None, "default": None}``; the mapping is saved with the model.
         exit_patience: Default k. Left out: the saved default or 1.
         exit_min_layer: Default l_min. Left out: the saved default or half the depth.
         truncate_layers: Default static depth (every sample runs exactly that many layers). Left out: the saved
             default or ``None`` (the whole encoder).
+        backend: ``"torch"`` (default), or ``"onnx"`` (ONNX Runtime) / ``"openvino"``: the encoder exported as
+            segments, one per layer, with the exit loop between them (:mod:`st_leap.backends`); exported on first
+            use and cached beside the model. BERT-family encoders.
+        quantize: ``"int8"`` with ``backend="onnx"`` / ``"openvino"``.
         **kwargs: Passed to ``SentenceTransformer`` (``device``, ``model_kwargs``, ``local_files_only``...).
 
     Returns:
         A ``SentenceTransformer`` whose first module is an :class:`EarlyExitTransformer`.
     """
+    from st_leap.backends import check_backend
+
+    check_backend(backend, quantize)  # before any model loads
     model = _load(model_name_or_path, **kwargs)
-    return as_early_exit(
+    converted = early_exit_module(model) is None
+    as_early_exit(
         model,
         exit_threshold=exit_threshold,
         exit_patience=exit_patience,
         exit_min_layer=exit_min_layer,
         truncate_layers=truncate_layers,
     )
+    card = model.model_card_data
+    if converted and not card.base_model:  # the card names the model this one was converted from
+        card.base_model = known_local_models().get(_resolved(model_name_or_path), None) or (
+            None if Path(model_name_or_path).exists() else model_name_or_path
+        )
+    if backend != "torch":
+        model[0].use_backend(backend, quantize, model_path=model_name_or_path)
+    return model
+
+
+def _resolved(path: str) -> str:
+    return str(Path(path).resolve()) if Path(path).exists() else path
 
 
 def load(path: str, **kwargs: Any) -> SentenceTransformer:

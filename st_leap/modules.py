@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from collections import deque
+import threading
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,12 +14,12 @@ from transformers.masking_utils import create_bidirectional_mask
 from st_leap.exit_policy import (
     ExitStats,
     converged,
-    default_min_layer,
     first_checked_layer,
     mean_pool,
     pooling_weights,
-    validate_exit_args,
-    validate_truncate_layers,
+    resolve_exit_settings,
+    role_of,
+    validate_exit_settings,
 )
 
 # model_type -> how to reach the embeddings and the layer stack. MiniLM checkpoints are model_type "bert".
@@ -49,10 +52,37 @@ class _Backbone:
             return self.model.embeddings(input_ids=features["input_ids"])
         return self.model.embeddings(input_ids=features["input_ids"], token_type_ids=features.get("token_type_ids"))
 
+    def layer_mask(self, hidden: Tensor, mask: Tensor) -> Tensor | None:
+        """The attention mask the layers take, for the running ``(B, T)`` mask."""
+        return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask)
+
     def layer_kwargs(self, hidden: Tensor) -> dict[str, Tensor]:
         if self.model_type == "mpnet":
             return {"position_bias": self.model.encoder.compute_position_bias(hidden)}
         return {}
+
+
+class _ThreadExitStats(threading.local):
+    """Each thread's exit counters, one per module: a server's threads never read each other's counts."""
+
+    def __init__(self) -> None:
+        self.by_module: weakref.WeakKeyDictionary[nn.Module, ExitStats] = weakref.WeakKeyDictionary()
+
+
+_THREAD_STATS = _ThreadExitStats()
+
+
+def _drop_output_capturing_hooks(model: nn.Module) -> None:
+    """Remove the hidden-state capturing hooks of transformers (closures, not picklable) and mark the model so
+    that transformers installs them again when they are next needed."""
+    for module in model.modules():
+        for hook_id, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__module__", "") == "transformers.utils.output_capturing":
+                del module._forward_hooks[hook_id]
+                module._forward_hooks_with_kwargs.pop(hook_id, None)
+                module._forward_hooks_always_called.pop(hook_id, None)
+        if getattr(module, "_output_capturing_hooks_installed", False):
+            module._output_capturing_hooks_installed = False
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -81,14 +111,22 @@ class EarlyExitTransformer(Transformer):
     operating point and tools that call ``encode`` without them (mteb, beir, evaluators) use it. In training mode
     the module always runs full depth.
 
+    Every setting takes one value or a mapping from role to value, with the keys ``"query"`` (``encode_query``),
+    ``"document"`` (``encode_document``) and ``"default"`` (plain ``encode`` and everything else); the role comes
+    from sentence-transformers' ``task``. ``exit_threshold={"query": 0.95, "document": None, "default": None}``
+    makes queries exit while documents and plain ``encode`` run the whole encoder, so documents stay where the
+    full model puts them.
+
     Each output also carries ``exit_layer`` (1-based, ``L`` = full depth; ``model.encode(..., output_value=None)``
-    returns it per text), and :attr:`exit_stats` counts where the samples of the last ``encode`` call stopped
-    (``encode`` puts the model in eval mode, which starts a new count).
+    returns it per text, :func:`st_leap.encode_with_exits` returns it with the embeddings and the call's counts,
+    also from a multi-process pool). :attr:`exit_stats` counts where the samples of the calling thread's last
+    ``encode`` call stopped (``encode`` puts the model in eval mode, which starts a new count); each thread has its
+    own count.
 
     Args:
         model_name_or_path: Hugging Face model name or local path, as for ``Transformer``.
         exit_threshold: Default theta in (0, 1]; ``None`` (default) runs full depth unless ``encode`` asks for
-            a threshold.
+            a threshold. One value or a per-role mapping (as every setting).
         exit_patience: Default k >= 1, the layer distance of the convergence check. Defaults to 1.
         exit_min_layer: Default l_min, the first layer at which a sample may exit. Defaults to half the depth
             (3 of 6 layers, 6 of 12).
@@ -117,16 +155,21 @@ class EarlyExitTransformer(Transformer):
         "exit_min_layer",
         "truncate_layers",
     ]
-    forward_kwargs: set[str] = {"exit_threshold", "exit_patience", "exit_min_layer", "truncate_layers"}
+    forward_kwargs: set[str] = {"exit_threshold", "exit_patience", "exit_min_layer", "truncate_layers", "task"}
+    # Class-level defaults, so that a module pickled by an older st_leap still runs on torch.
+    _segments: Any = None
+    exit_backend: str = "torch"
+    exit_quantize: str | None = None
+    _export_dir: str | None = None
 
     def __init__(
         self,
         model_name_or_path: str,
         *,
-        exit_threshold: float | None = None,
-        exit_patience: int = 1,
-        exit_min_layer: int | None = None,
-        truncate_layers: int | None = None,
+        exit_threshold: float | None | Mapping[str, float | None] = None,
+        exit_patience: int | Mapping[str, int] = 1,
+        exit_min_layer: int | None | Mapping[str, int | None] = None,
+        truncate_layers: int | None | Mapping[str, int | None] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_name_or_path, **kwargs)
@@ -141,10 +184,10 @@ class EarlyExitTransformer(Transformer):
         cls,
         transformer: Transformer,
         *,
-        exit_threshold: float | None = None,
-        exit_patience: int = 1,
-        exit_min_layer: int | None = None,
-        truncate_layers: int | None = None,
+        exit_threshold: float | None | Mapping[str, float | None] = None,
+        exit_patience: int | Mapping[str, int] = 1,
+        exit_min_layer: int | None | Mapping[str, int | None] = None,
+        truncate_layers: int | None | Mapping[str, int | None] = None,
     ) -> EarlyExitTransformer:
         """Wrap an already loaded ``Transformer`` (sharing its weights and tokenizer) instead of reloading it."""
         if type(transformer) is not Transformer:
@@ -156,27 +199,69 @@ class EarlyExitTransformer(Transformer):
         module._setup_exits(exit_threshold, exit_patience, exit_min_layer, truncate_layers)
         return module
 
-    def _setup_exits(
-        self, exit_threshold: float | None, exit_patience: int, exit_min_layer: int | None, truncate_layers: int | None
-    ) -> None:
-        """The layer stack, the validated exit defaults and a fresh exit counter."""
+    def _setup_exits(self, exit_threshold: Any, exit_patience: Any, exit_min_layer: Any, truncate_layers: Any) -> None:
+        """The layer stack and the validated exit defaults."""
         self._backbone = _Backbone(self.auto_model)
+        self._segments: Any = None  # an exported encoder (st_leap.backends.SegmentBackbone), see use_backend
+        self.exit_backend, self.exit_quantize, self._export_dir = "torch", None, None
         self.num_layers: int = len(self._backbone.layers)
-        if exit_min_layer is None:
-            exit_min_layer = default_min_layer(self.num_layers)
-        self.exit_threshold, self.exit_patience, self.exit_min_layer = validate_exit_args(
-            exit_threshold, exit_patience, exit_min_layer, self.num_layers
+        self.set_exit_defaults(exit_threshold, exit_patience, exit_min_layer, truncate_layers)
+
+    def set_exit_defaults(self, exit_threshold: Any, exit_patience: Any, exit_min_layer: Any, truncate_layers: Any) -> None:
+        """Validate and store the exit defaults (each one value or a per-role mapping); saved with the model."""
+        (
+            self.exit_threshold,
+            self.exit_patience,
+            self.exit_min_layer,
+            self.truncate_layers,
+        ) = validate_exit_settings(exit_threshold, exit_patience, exit_min_layer, truncate_layers, self.num_layers)
+
+    def use_backend(
+        self, backend: str = "torch", quantize: str | None = None, export_dir: str | None = None, model_path: str | None = None
+    ) -> EarlyExitTransformer:
+        """Run the encoder on ``"onnx"`` (ONNX Runtime) or ``"openvino"``, as exported segments (one per layer),
+        optionally ``quantize="int8"``; ``"torch"`` goes back. The export is made on first use and cached (see
+        :mod:`st_leap.backends`); the exit loop, compaction and the exit rule stay the same."""
+        from st_leap import backends
+
+        backends.check_backend(backend, quantize)
+        if backend == "torch":
+            self._segments, self.exit_backend, self.exit_quantize, self._export_dir = None, "torch", None, None
+            return self
+        folder = Path(export_dir) if export_dir else backends.default_export_dir(model_path, backend, quantize)
+        backends.export_segments(self, folder, backend, quantize)
+        self._segments = backends.SegmentBackbone(folder, backend, self._backbone.model_type)
+        self.exit_backend, self.exit_quantize, self._export_dir = backend, quantize, str(folder)
+        return self
+
+    def exit_settings_for(self, task: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """The validated exit settings a call with sentence-transformers' ``task`` runs with: ``overrides`` (the
+        ``encode`` kwargs, one value or per role) over the module's defaults, resolved for the task's role."""
+        theta, patience, min_layer, depth = resolve_exit_settings(
+            overrides.get("exit_threshold", self.exit_threshold),
+            overrides.get("exit_patience", self.exit_patience),
+            overrides.get("exit_min_layer", self.exit_min_layer),
+            overrides.get("truncate_layers", self.truncate_layers),
+            self.num_layers,
+            role_of(task),
         )
-        self.truncate_layers = validate_truncate_layers(truncate_layers, self.num_layers)
-        self.exit_stats = ExitStats(self.num_layers)
+        return {"exit_threshold": theta, "exit_patience": patience, "exit_min_layer": min_layer, "truncate_layers": depth}
 
     @property
     def _right_padded(self) -> bool:
         return getattr(self.tokenizer, "padding_side", "right") == "right"
 
+    @property
+    def exit_stats(self) -> ExitStats:
+        """Where the samples of this thread's last ``encode`` call stopped (each thread counts its own calls)."""
+        stats = _THREAD_STATS.by_module.get(self)
+        if stats is None:
+            stats = _THREAD_STATS.by_module[self] = ExitStats(self.num_layers)
+        return stats
+
     def reset_exit_stats(self) -> None:
-        """Start a new count of exit layers (``encode`` does this at every call)."""
-        self.exit_stats = ExitStats(self.num_layers)
+        """Start a new count of exit layers in this thread (``encode`` does this at every call)."""
+        _THREAD_STATS.by_module[self] = ExitStats(self.num_layers)
 
     def train(self, mode: bool = True) -> EarlyExitTransformer:
         if not mode:
@@ -184,19 +269,38 @@ class EarlyExitTransformer(Transformer):
             self.reset_exit_stats()
         return super().train(mode)
 
+    def preprocess(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """Tokenize as ``Transformer`` does, after checking that every text is a string (a clear error that names
+        the item instead of a tokenizer error)."""
+        if isinstance(inputs, (list, tuple)):
+            for index, item in enumerate(inputs):
+                pair = isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, str) for t in item)
+                if not (isinstance(item, (str, dict)) or pair):
+                    raise TypeError(
+                        f"inputs[{index}] must be a string (or a pair of strings), got {type(item).__name__}: "
+                        f"{item!r:.80}"
+                    )
+        return super().preprocess(inputs, *args, **kwargs)
+
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        threshold, patience, min_layer = validate_exit_args(
-            kwargs.pop("exit_threshold", self.exit_threshold),
-            kwargs.pop("exit_patience", self.exit_patience),
-            kwargs.pop("exit_min_layer", self.exit_min_layer),
-            self.num_layers,
+        keys = ("exit_threshold", "exit_patience", "exit_min_layer", "truncate_layers")
+        overrides = {key: kwargs.pop(key) for key in keys if key in kwargs}
+        settings = self.exit_settings_for(kwargs.pop("task", None), **overrides)
+        threshold, patience, min_layer = (
+            settings["exit_threshold"], settings["exit_patience"], settings["exit_min_layer"]
         )
-        depth = validate_truncate_layers(kwargs.pop("truncate_layers", self.truncate_layers), self.num_layers)
+        depth = settings["truncate_layers"]
         depth = self.num_layers if depth is None or self.training else depth
         if threshold is not None and first_checked_layer(patience, min_layer) >= depth:
             threshold = None  # the rule cannot fire before the last layer that runs
         batch_size = features["input_ids"].shape[0]
-        if self.training or (threshold is None and depth == self.num_layers):
+        if self._segments is not None:
+            if self.training:
+                raise RuntimeError(f"The {self.exit_backend} backend is for inference; call use_backend('torch') to train")
+            features[self.module_output_name], exit_layer = self._forward_with_exits(
+                features, threshold, patience, min_layer, depth
+            )
+        elif self.training or (threshold is None and depth == self.num_layers):
             # Nothing can exit: the stock forward pass, bit for bit.
             features = super().forward(features, **kwargs)
             exit_layer = torch.full((batch_size,), self.num_layers, dtype=torch.long, device=features["input_ids"].device)
@@ -215,17 +319,16 @@ class EarlyExitTransformer(Transformer):
         """Step the first ``depth`` layers, checking the exit rule unless ``threshold`` is None; return each
         sample's exit-layer hidden states ``(B, T, H)`` and exit layers ``(B,)`` (``depth`` for those that ran
         through)."""
-        backbone = self._backbone
-        config = self.auto_model.config
+        backbone = self._segments or self._backbone
         mask = features["attention_mask"]
         hidden = backbone.embed(features)
         output: Tensor | None = None  # allocated at the first exit: a batch where nothing exits pays no copy
         exit_layer = torch.full((hidden.shape[0],), depth, dtype=torch.long, device=hidden.device)
         rows = torch.arange(hidden.shape[0], device=hidden.device)  # original row of each running sample
         first_check = first_checked_layer(patience, min_layer)
-        pooled_history: deque[Tensor] = deque(maxlen=patience)  # p_{l-k} .. p_{l-1} of the running samples
+        pooled_history: list[Tensor] = []  # p_{l-k} .. p_{l-1} of the running samples (a list: torch.compile traces it)
 
-        attention_mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
+        attention_mask = backbone.layer_mask(hidden, mask)
         layer_kwargs = backbone.layer_kwargs(hidden)
         weights = pooling_weights(mask, hidden.dtype)
         for layer_index, layer in enumerate(backbone.layers[:depth], start=1):
@@ -247,18 +350,35 @@ class EarlyExitTransformer(Transformer):
                     if not keep.any():
                         return output, exit_layer
                     rows, hidden, mask, pooled = rows[keep], hidden[keep], mask[keep], pooled[keep]
-                    pooled_history = deque((p[keep] for p in pooled_history), maxlen=patience)
+                    pooled_history = [p[keep] for p in pooled_history]
                     if self._right_padded:  # trim the padding that only exited samples needed
                         length = int(mask.sum(dim=1).max())
                         hidden, mask = hidden[:, :length], mask[:, :length]
-                    attention_mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
+                    attention_mask = backbone.layer_mask(hidden, mask)
                     layer_kwargs = backbone.layer_kwargs(hidden)
                     weights = pooling_weights(mask, hidden.dtype)
-            pooled_history.append(pooled)
+            pooled_history = [*pooled_history[1 - patience :], pooled] if patience > 1 else [pooled]
         if output is None:
             return hidden, exit_layer
         output[rows, : hidden.shape[1]] = hidden
         return output, exit_layer
+
+    def __getstate__(self) -> dict[str, Any]:
+        # transformers installs closures as forward hooks the first time hidden states are requested
+        # (``output_hidden_states=True``, e.g. by st_leap.diagnose): they cannot be pickled, which breaks
+        # multi-process pools and torch.save. They are reinstalled on the next call that needs them.
+        _drop_output_capturing_hooks(self.auto_model)
+        state = super().__getstate__()
+        if state.get("_segments") is not None:  # runtime sessions do not pickle: reopened from the export
+            state = {**state, "_segments": None}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if getattr(self, "exit_backend", "torch") != "torch" and self._segments is None:
+            from st_leap.backends import SegmentBackbone
+
+            self._segments = SegmentBackbone(self._export_dir, self.exit_backend, self._backbone.model_type)
 
     def __repr__(self) -> str:
         return f"EarlyExitTransformer({dict(self.get_config_dict(), architecture=self.auto_model.__class__.__name__)})"

@@ -109,3 +109,29 @@ def test_ExitStats_counts_merges_and_checks_layers():
         stats.update([4])
     with pytest.raises(ValueError, match="counts has 2 layers, expected 3"):
         stats.add_counts([1, 1])
+
+
+def test_per_role_settings_are_completed_and_checked():
+    """A per-role mapping is completed from its "default" key (else the module default); unknown keys fail."""
+    from st_leap.exit_policy import for_role, per_role, role_of, validate_exit_settings
+
+    assert per_role("exit_threshold", 0.9, None) == 0.9
+    assert per_role("exit_threshold", {"query": 0.9}, None) == {"query": 0.9, "document": None, "default": None}
+    assert per_role("exit_patience", {"default": 2, "query": 1}, 1) == {"query": 1, "document": 2, "default": 2}
+    assert [role_of(t) for t in ("query", "document", None, "classification")] == [
+        "query",
+        "document",
+        "default",
+        "default",
+    ]
+    assert for_role({"query": 0.9, "document": None, "default": None}, "query") == 0.9
+    with pytest.raises(ValueError, match="exit_threshold given per role"):
+        per_role("exit_threshold", {"queries": 0.9}, None)
+    theta, k, l_min, depth = validate_exit_settings({"query": 0.95, "document": None}, 1, {"query": 2}, None, 6)
+    assert theta == {"query": 0.95, "document": None, "default": None}
+    assert l_min == {"query": 2, "document": 3, "default": 3}  # None -> half the depth, per role
+    assert (k, depth) == (1, None)
+    with pytest.raises(ValueError, match=r"exit_threshold must be in \(0, 1\].*role 'document'"):
+        validate_exit_settings({"query": 0.9, "document": 1.5}, 1, 3, None, 6)
+    with pytest.raises(ValueError, match=r"exit_min_layer must be in \[1, 6\].*role 'query'"):
+        validate_exit_settings(0.9, 1, {"query": 7, "default": 3}, None, 6)

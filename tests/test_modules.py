@@ -10,7 +10,7 @@ from transformers import AlbertConfig, AlbertModel
 
 import st_leap
 from st_leap.diagnostics import layer_pooled_states
-from st_leap.exit_policy import exit_layers_from_pooled, mean_pool
+from st_leap.exit_policy import ExitStats, exit_layers_from_pooled, mean_pool
 from tests.conftest import SENTENCES, VOCAB, stock_model
 
 
@@ -254,3 +254,103 @@ def test_truncate_layers_with_exits_saved_and_validated(tiny_bert_dir, tmp_path)
     model.train()
     features = model.preprocess(SENTENCES[:2])
     assert model[0](dict(features), truncate_layers=1)["exit_layer"].tolist() == [4, 4]
+
+
+def test_exit_settings_per_role_follow_encode_query_and_encode_document(smooth_bert_dir, tmp_path):
+    """exit_threshold={"query": theta, ...}: encode_query exits as the rule says, encode_document and plain encode
+    run full depth (= stock); the mapping survives save/load; an encode kwarg may be per role too (issue 13)."""
+    probe = early_model(smooth_bert_dir)
+    theta = mixed_threshold(probe, SENTENCES, min_layer=2)
+    expected = exit_layers_from_pooled(layer_pooled_states(probe, SENTENCES, show_progress_bar=False), theta, 1, 2)
+    assert 0 < int((expected < probe[0].num_layers).sum()) < len(SENTENCES)
+    stock = stock_model(smooth_bert_dir).encode(SENTENCES, convert_to_tensor=True)
+
+    model = early_model(smooth_bert_dir, exit_threshold={"query": theta, "document": None}, exit_min_layer=2)
+    assert model[0].exit_threshold == {"query": theta, "document": None, "default": None}
+
+    def layers(outputs):
+        return torch.stack([o["exit_layer"] for o in outputs])
+
+    for loaded in (model, None):
+        if loaded is None:
+            model.save(str(tmp_path / "saved"))
+            loaded = st_leap.load(str(tmp_path / "saved"))
+            assert loaded[0].exit_threshold == {"query": theta, "document": None, "default": None}
+        assert torch.equal(layers(loaded.encode_query(SENTENCES, output_value=None)), expected)
+        assert loaded[0].exit_stats.counts == ExitStats.from_exit_layers(expected, loaded[0].num_layers).counts
+        for encode in (loaded.encode_document, loaded.encode):
+            assert torch.allclose(encode(SENTENCES, convert_to_tensor=True), stock, atol=1e-6, rtol=0)
+            assert loaded[0].exit_stats.counts[-1] == len(SENTENCES)
+    override = layers(model.encode_document(SENTENCES, output_value=None, exit_threshold={"document": theta}))
+    assert torch.equal(override, expected)
+    with pytest.raises(ValueError, match="given per role"):
+        model.encode(SENTENCES, exit_threshold={"passage": 0.9})
+
+
+def test_exit_stats_are_per_thread_and_exact_under_concurrency(smooth_bert_dir):
+    """Four threads encode at once with different thresholds: each gets exactly its own embeddings, exit layers
+    and exit_stats counts, every round (issue 17)."""
+    import threading
+
+    model = early_model(smooth_bert_dir, exit_min_layer=2)
+    base = mixed_threshold(model, SENTENCES, min_layer=2)
+    thresholds = [None, base, min(1.0, base + 0.02), max(1e-3, base - 0.05)]
+    reference = {}
+    for theta in thresholds:
+        out = model.encode(SENTENCES, exit_threshold=theta, output_value=None, batch_size=3)
+        reference[theta] = (
+            torch.stack([o["sentence_embedding"] for o in out]),
+            torch.stack([o["exit_layer"] for o in out]),
+            list(model[0].exit_stats.counts),
+        )
+    assert len({tuple(r[2]) for r in reference.values()}) > 2, "thresholds must give different counts"
+    barrier = threading.Barrier(len(thresholds))
+    failures: list[str] = []
+
+    def worker(theta):
+        barrier.wait()
+        for _ in range(15):
+            out = model.encode(SENTENCES, exit_threshold=theta, output_value=None, batch_size=3)
+            embeddings = torch.stack([o["sentence_embedding"] for o in out])
+            layers = torch.stack([o["exit_layer"] for o in out])
+            want = reference[theta]
+            if not torch.equal(layers, want[1]) or not torch.allclose(embeddings, want[0], atol=1e-5, rtol=0):
+                failures.append(f"theta {theta}: outputs differ")
+            if model[0].exit_stats.counts != want[2]:
+                failures.append(f"theta {theta}: counts {model[0].exit_stats.counts} != {want[2]}")
+
+    threads = [threading.Thread(target=worker, args=(theta,)) for theta in thresholds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:5]
+
+
+@pytest.mark.parametrize("bad", [None, 3, b"bytes", 1.5])
+def test_encode_rejects_non_text_inputs_with_the_item_named(tiny_bert_dir, bad):
+    model = early_model(tiny_bert_dir)
+    with pytest.raises(TypeError, match=r"inputs\[1\] must be a string"):
+        model.encode(["a dog", bad])
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_layer_loop_traces_under_torch_compile(smooth_bert_dir, dynamic):
+    """model.compile(dynamic=True) used to crash on the deque of the layer loop (issue 16): the loop now traces
+    with dynamo (backend "eager": tracing only, no C++ compile in CI) and gives the eager embeddings and exits."""
+    import torch._dynamo
+
+    model = early_model(smooth_bert_dir, exit_min_layer=2)
+    theta = mixed_threshold(model, SENTENCES, min_layer=2)
+    eager = model.encode(SENTENCES, exit_threshold=theta, output_value=None, batch_size=4)
+    torch._dynamo.reset()
+    model.compile(backend="eager", dynamic=dynamic)
+    compiled = model.encode(SENTENCES, exit_threshold=theta, output_value=None, batch_size=4)
+    torch._dynamo.reset()
+    assert [int(o["exit_layer"]) for o in compiled] == [int(o["exit_layer"]) for o in eager]
+    torch.testing.assert_close(
+        torch.stack([o["sentence_embedding"] for o in compiled]),
+        torch.stack([o["sentence_embedding"] for o in eager]),
+        atol=1e-5,
+        rtol=0,
+    )

@@ -27,12 +27,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--no-static", action="store_true", help="Compare exit thresholds only, no static depths")
     parser.add_argument("--out", default="st_leap_calibrate", help="Output folder (default: %(default)s)")
     parser.add_argument("--save-model", default=None, help="Save the model with the picked operating point as its default")
+    parser.add_argument(
+        "--role",
+        choices=["all", "query", "document", "default"],
+        default="all",
+        help="With --save-model: the role the pick applies to (query = encode_query); the other roles keep the "
+        "model's settings (default: %(default)s)",
+    )
     return parser
+
+
+def where_text(role: str) -> str:
+    return "every role" if role == "all" else f"the {role!r} role"
 
 
 def run(args: argparse.Namespace) -> int:
     from st_leap import reporting, resources
     from st_leap.evaluation.sweep import PAPER_THRESHOLDS, calibrate
+    from st_leap.exit_policy import with_role
     from st_leap.model import as_early_exit, load_model, model_name
 
     model_path = resources.resolve_model(args.model)
@@ -55,14 +67,25 @@ def run(args: argparse.Namespace) -> int:
     print(Path(paths["md"]).read_text(encoding="utf-8"))
     print(f"picked {reporting.point_label(picked)}: {result['reason']}")
     if args.save_model:
+        module = model[0]
         as_early_exit(
             model,
-            exit_threshold=picked["theta"],
-            truncate_layers=picked.get("truncate_layers"),
-            exit_patience=result["exit_patience"],
-            exit_min_layer=result["exit_min_layer"],
+            exit_threshold=with_role(module.exit_threshold, args.role, picked["theta"]),
+            truncate_layers=with_role(module.truncate_layers, args.role, picked.get("truncate_layers")),
+            exit_patience=with_role(module.exit_patience, args.role, result["exit_patience"]),
+            exit_min_layer=with_role(module.exit_min_layer, args.role, result["exit_min_layer"]),
         )
-        model.save(args.save_model)
-        print(f"saved the model with {reporting.point_label(picked)} as its default to {args.save_model}")
+        full = result["full"]
+        model.model_card_data.leap_measurements = {
+            "calibrated operating point": f"{reporting.point_label(picked)} ({where_text(args.role)})",
+            f"STS-B {args.split} Spearman, full depth": f"{full['stsb']:.2f}",
+            f"STS-B {args.split} Spearman, at the operating point": f"{picked['stsb']:.2f}",
+            "E[layers] (of the encoder's)": f"{picked['expected_layers']:.2f} of {module.num_layers}",
+            "layer reduction L / E[layers]": f"{picked['layer_reduction']:.2f}x (layers, not measured wall-clock time)",
+            "quality budget": f"{args.max_quality_drop} points of Spearman x 100",
+        }
+        reporting.save_model(model, args.save_model)  # written aside, then renamed into place
+        where = where_text(args.role)
+        print(f"saved the model with {reporting.point_label(picked)} as its default for {where} to {args.save_model}")
     print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
     return 0

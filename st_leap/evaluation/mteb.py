@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from st_leap import resources
 from st_leap.evaluation.beir import evaluate_beir, load_beir_folder
 from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator
-from st_leap.exit_policy import ExitStats
+from st_leap.exit_policy import ExitStats, role_of
 from st_leap.model import MODEL_DEFAULT, effective_exit_settings, exit_kwargs, last_call_stats, load_model, model_name
 from st_leap.reporting import run_info, write_json
 
@@ -89,16 +89,21 @@ def _wrapper_class() -> type:
     from mteb.models import SentenceTransformerEncoderWrapper
 
     class EarlyExitEncoderWrapper(SentenceTransformerEncoderWrapper):
-        """mteb's sentence-transformers wrapper that also counts exit layers per task."""
+        """mteb's sentence-transformers wrapper that also counts exit layers per task and per role (mteb encodes
+        retrieval queries with ``encode_query`` and documents with ``encode_document``, so per-role exit settings
+        apply by themselves)."""
 
         def __init__(self, model: SentenceTransformer, **kwargs: Any) -> None:
             super().__init__(model, **kwargs)
             self.exit_counters: dict[str, ExitStats] = {}
+            self.role_counters: dict[str, dict[str, ExitStats]] = {}
 
-        def encode(self, inputs: Any, *, task_metadata: Any, **kwargs: Any) -> Any:
-            embeddings = super().encode(inputs, task_metadata=task_metadata, **kwargs)
-            counter = self.exit_counters.setdefault(task_metadata.name, ExitStats())
-            counter.merge(last_call_stats(self.model, len(embeddings)))
+        def encode(self, inputs: Any, *, task_metadata: Any, prompt_type: Any = None, **kwargs: Any) -> Any:
+            embeddings = super().encode(inputs, task_metadata=task_metadata, prompt_type=prompt_type, **kwargs)
+            stats = last_call_stats(self.model, len(embeddings))
+            self.exit_counters.setdefault(task_metadata.name, ExitStats()).merge(stats)
+            role = role_of(getattr(prompt_type, "value", prompt_type))
+            self.role_counters.setdefault(task_metadata.name, {}).setdefault(role, ExitStats()).merge(stats)
             return embeddings
 
     return EarlyExitEncoderWrapper
@@ -119,9 +124,11 @@ def mteb_wrapper(
     wrapper = _wrapper_class()(model)
     meta = wrapper.mteb_model_meta
     settings = exit_settings if exit_settings is not None else effective_exit_settings(model, {})
-    experiment = {
-        key: ("full" if key == "exit_threshold" and value is None else value) for key, value in settings.items()
-    }
+    experiment: dict[str, Any] = {}
+    for key, value in settings.items():
+        for role, role_value in (value.items() if isinstance(value, dict) else [(None, value)]):
+            name_key = f"{key}_{role}" if role else key
+            experiment[name_key] = "full" if key == "exit_threshold" and role_value is None else role_value
     experiment = {key: value for key, value in experiment.items() if value is not None}
     wrapper.mteb_model_meta = meta.model_copy(
         update={
@@ -131,6 +138,73 @@ def mteb_wrapper(
         }
     )
     return wrapper
+
+
+def _load_for_mteb(
+    name: str, revision: str | None = None, *, model_path: str, device: str | None = None, **exit_settings: Any
+) -> Any:
+    """mteb ``ModelMeta`` loader: the st_leap model at ``model_path`` with ``exit_settings`` as its defaults,
+    wrapped so that mteb names and caches it by those settings."""
+    from st_leap.model import from_pretrained
+
+    model = from_pretrained(model_path, device=device, **exit_settings)
+    return mteb_wrapper(model, name=name, revision=revision)
+
+
+def local_revision(model_path: str | Path) -> str:
+    """A revision for a local model folder: a short hash of its weights and configs, so that mteb never serves the
+    results of an earlier model saved to the same folder."""
+    import hashlib
+
+    folder = Path(model_path)
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in (".json", ".safetensors", ".bin") and "checkpoints" not in path.parts:
+            digest.update(str(path.relative_to(folder)).encode())
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return "local-" + digest.hexdigest()[:12]
+
+
+def model_meta(
+    model_path: str | Path, *, name: str | None = None, revision: str | None = None, **exit_settings: Any
+) -> Any:
+    """An mteb ``ModelMeta`` for a saved st_leap model folder (or Hub id), for plain ``mteb.evaluate``.
+
+    Its loader loads the model with ``exit_settings`` as defaults, and the settings are its ``experiment_kwargs``,
+    so mteb's own result cache keys on them: ``mteb.evaluate(meta.load_model(exit_threshold=0.9), tasks)`` after a
+    full-depth run computes a new result instead of returning the cached one. (Exit settings passed as
+    ``encode_kwargs`` are invisible to mteb's cache; give them here.) ``mteb.get_model(<local folder>)`` has no
+    loader for a folder; this is what to call instead.
+
+    Args:
+        model_path: Saved st_leap model folder or Hub id.
+        name: Name for mteb's results (default ``st_leap/<folder name>``, never the base model's name).
+        revision: Revision (default: a hash of the folder's weights and configs, or ``None`` for a Hub id).
+        **exit_settings: ``exit_threshold``, ``exit_patience``, ``exit_min_layer``, ``truncate_layers`` (one value or
+            per role); more can be given later to ``meta.load_model(...)``.
+    """
+    from functools import partial
+
+    from mteb.models import ModelMeta
+
+    from st_leap.model import EXIT_KEYS
+
+    unknown = sorted(set(exit_settings) - set(EXIT_KEYS))
+    if unknown:
+        raise ValueError(f"unknown exit setting(s) {unknown}; choose from {list(EXIT_KEYS)}")
+    path = str(model_path)
+    local = Path(path).exists()
+    return ModelMeta.create_empty(
+        overwrites=dict(
+            name=name or (f"st_leap/{Path(path).resolve().name}" if local else path),
+            revision=revision or (local_revision(path) if local else None),
+            loader=partial(_load_for_mteb, model_path=path),
+            experiment_kwargs=exit_settings or None,
+            framework=["Sentence Transformers", "PyTorch"],
+        )
+    )
 
 
 def run_mteb(
@@ -219,8 +293,11 @@ def run_mteb(
     if output_folder is not None:
         cache = mteb.ResultCache(cache_path=Path(output_folder))
     for task_result in result.task_results:
+        if use_local:  # the local copy was evaluated, not the Hub revision mteb's metadata names
+            task_result.dataset_revision = f"local:{Path(data_dir) if data_dir else resources.data_dir()}"
         counter = wrapper.exit_counters.get(task_result.task_name, ExitStats())
         stats = counter.to_dict()
+        by_role = {role: c.to_dict() for role, c in wrapper.role_counters.get(task_result.task_name, {}).items()}
         split_scores = task_result.scores
         for split in split_scores:
             for entry in split_scores[split]:
@@ -232,6 +309,7 @@ def run_mteb(
             "main_metric": mteb.get_task(task_result.task_name).metadata.main_score,
             "scores": {k: v for k, v in split_scores[first_split][0].items() if isinstance(v, (int, float))},
             "exit_stats": stats,
+            "exit_stats_by_role": by_role,
         }
         if cache is not None:
             cache.save_to_cache(task_result, wrapper.mteb_model_meta, encode_kwargs=encode_kwargs)

@@ -462,6 +462,16 @@ class LEAPLoss(nn.Module):
         """The live teacher (frozen), or None."""
         return self._teacher.model if self._teacher is not None else None
 
+    @property
+    def step(self) -> int:
+        """Training forwards counted so far: the progress of ``student_weight_ramp`` (``step / total_steps``).
+        A resumed run sets it to the checkpoint's global step (:mod:`st_leap.training` does so at train begin)."""
+        return int(self._steps.item())
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._steps.fill_(int(value))
+
     def current_student_weight(self) -> float:
         """The student weight ``a`` at the current training step (progressive schedule)."""
         ramp = self.settings.student_weight_ramp
@@ -493,7 +503,7 @@ class LEAPLoss(nn.Module):
         teacher_embedding, teacher_pooled = self._teacher_targets(features, labels, student_embedding.device)
         if self.training:
             self._steps += 1
-        return self.compute_loss_from_embeddings(student_embedding, pooled, teacher_embedding, teacher_pooled)
+        return LEAPTerms(self.compute_loss_from_embeddings(student_embedding, pooled, teacher_embedding, teacher_pooled))
 
     @torch.no_grad()
     def _teacher_targets(
@@ -650,6 +660,27 @@ class LEAPLoss(nn.Module):
     archivePrefix={arXiv},
 }
 """
+
+
+class LEAPTerms(dict):
+    """LEAPLoss's output: ``{term name: weighted term}``, a plain dict for the Trainer (which sums the terms and
+    logs each one). Arithmetic on it (what sentence-transformers' wrapper losses do with a base loss) raises a
+    ``TypeError`` that says why LEAPLoss is not wrapped and what to use instead."""
+
+    _WHY = (
+        "LEAPLoss cannot be wrapped by MatryoshkaLoss, Matryoshka2dLoss or AdaptiveLayerLoss. Those wrappers call "
+        "their base loss once per truncated dimension or per layer and add up the results. LEAPLoss returns its "
+        "terms as a dict so the Trainer logs each one, and it already trains every layer itself (the intermediate, "
+        "exit and contrastive terms), so wrapping it in AdaptiveLayerLoss would supervise the layers twice. Use "
+        "LEAPLoss on its own. For Matryoshka dimensions, train with MatryoshkaLoss first and then retrofit with "
+        "LEAPLoss, or add a separate MatryoshkaLoss(MSELoss) objective on another dataset of the same Trainer "
+        "(a dict of losses)."
+    )
+
+    def _refuse(self, *args: Any) -> Any:
+        raise TypeError(self._WHY)
+
+    __mul__ = __rmul__ = __add__ = __radd__ = __truediv__ = __sub__ = __rsub__ = _refuse
 
 
 def _identity(x: Tensor) -> Tensor:

@@ -60,6 +60,21 @@ def test_cli_calibrate_thresholds_only(tiny_env, eval_model_dir, tmp_path, capsy
     assert "picked theta=0.9" in capsys.readouterr().out
     reloaded = st_leap.load(str(saved))
     assert reloaded[0].exit_threshold == 0.9 and reloaded[0].exit_min_layer == 2 and reloaded[0].truncate_layers is None
+    card = (saved / "README.md").read_text()  # the model card carries what calibration measured (issue 16)
+    assert "Measured by st_leap" in card and "calibrated operating point" in card
+    assert f"{result['picked']['stsb']:.2f}" in card and "No exit rate" not in card
+
+
+def test_cli_calibrate_saves_the_pick_for_one_role(tiny_env, eval_model_dir, tmp_path):
+    """--role query saves the picked threshold for encode_query only; documents and plain encode keep full depth."""
+    out, saved = tmp_path / "cal", tmp_path / "saved"
+    code = main(["calibrate", eval_model_dir, "--max-quality-drop", "100", "--thresholds", "0.9,0.99",
+                 "--exit-min-layer", "2", "--no-static", "--out", str(out), "--save-model", str(saved),
+                 "--role", "query"])
+    assert code == 0
+    reloaded = st_leap.load(str(saved))
+    assert reloaded[0].exit_threshold == {"query": 0.9, "document": None, "default": None}
+    assert reloaded[0].exit_min_layer == {"query": 2, "document": 2, "default": 2}
 
 
 def test_cli_evaluate_writes_tables_and_mteb_results(tiny_env, eval_model_dir, tmp_path):

@@ -61,6 +61,7 @@ def test_run_mteb_writes_mteb_results_per_exit_setting(eval_model, tiny_data_dir
     assert {e["exit_threshold"] for e in experiments} == {"full", 0.9}
     task_files = sorted((out / "results" / "tiny__model").rglob("STSBenchmark.json"))
     assert len(task_files) == 2
+    assert json.loads(task_files[0].read_text())["dataset_revision"].startswith("local:")  # not a Hub revision
     scores = json.loads(task_files[0].read_text())["scores"]["test"][0]
     assert "cosine_spearman" in scores and "st_leap_expected_layers" in scores
 
@@ -101,3 +102,56 @@ def test_plain_mteb_evaluate_passes_exit_kwargs(eval_model, tiny_data_dir):
         show_progress_bar=False,
     )
     assert result.task_results[0].get_score() == pytest.approx(ours["tasks"]["STSBenchmark"]["main_score"])
+
+
+def test_run_mteb_and_beir_follow_per_role_exit_settings(eval_model, tiny_data_dir, tmp_path):
+    """A model saved with exit_threshold per role: mteb's retrieval queries exit (encode_query), its documents and
+    STS-B (plain encode) run full depth, with no extra argument; the beir path agrees, and mteb's experiment name
+    holds each role's setting (issue 13)."""
+    eval_model[0].set_exit_defaults({"query": 0.9, "document": None, "default": None}, 1, 2, None)
+    summary = run_mteb(
+        eval_model, ["stsb", "scifact"], source="local", data_dir=tiny_data_dir, show_progress_bar=False,
+        output_folder=tmp_path / "results", name="tiny/roles",
+    )
+    depth = eval_model[0].num_layers
+    by_role = summary["tasks"]["SciFact"]["exit_stats_by_role"]
+    assert by_role["query"]["expected_layers"] == pytest.approx(2.0)
+    assert by_role["document"]["expected_layers"] == depth
+    assert summary["tasks"]["STSBenchmark"]["exit_stats_by_role"]["default"]["expected_layers"] == depth
+    experiment = summary["model_meta"]["experiment_kwargs"]
+    assert experiment["exit_threshold_query"] == 0.9 and experiment["exit_threshold_document"] == "full"
+    beir = evaluate_beir(eval_model, tiny_data_dir / "beir" / "scifact", show_progress_bar=False)
+    assert beir["exit_stats"]["queries"]["expected_layers"] == pytest.approx(2.0)
+    assert beir["exit_stats"]["corpus"]["expected_layers"] == depth
+    assert summary["tasks"]["SciFact"]["main_score"] == pytest.approx(beir["ndcg"]["NDCG@10"], abs=1e-4)
+
+
+def test_plain_mteb_evaluate_with_its_result_cache_never_serves_another_setting(
+    eval_model_dir, tiny_data_dir, tmp_path
+):
+    """The failing sequence of issue 16: a full-depth run, then theta 0.5, with mteb's result cache on. Through
+    st_leap's ModelMeta the second run computes its own score (the settings are experiment_kwargs), under a name
+    that is not the base model's and a revision that hashes the folder."""
+    import mteb
+
+    from st_leap.evaluation.mteb import load_local_task, model_meta
+
+    cache = mteb.ResultCache(cache_path=tmp_path / "mteb_cache")
+    meta = model_meta(eval_model_dir)
+    assert meta.name.startswith("st_leap/") and meta.revision.startswith("local-")
+
+    def run(**settings):
+        task = load_local_task(mteb.get_task("STSBenchmark"), tiny_data_dir)
+        model = meta.load_model(**settings)
+        result = mteb.evaluate(model, task, cache=cache, show_progress_bar=False)
+        return result.task_results[0].get_score(), model
+
+    full, full_model = run()
+    early, early_model = run(exit_threshold=0.5, exit_min_layer=2)
+    assert early_model.model[0].exit_stats.num_samples > 0, "the model must run, not be served from the cache"
+    assert early_model.model[0].exit_stats.expected_layers < early_model.model[0].num_layers
+    assert early != full
+    again, again_model = run(exit_threshold=0.5, exit_min_layer=2)  # the same setting is served from the cache
+    assert again == pytest.approx(early, abs=1e-5) and again_model.model[0].exit_stats.num_samples == 0
+    folders = {p.parent.name for p in (tmp_path / "mteb_cache").rglob("STSBenchmark.json")}
+    assert len(folders) == 2, folders

@@ -374,3 +374,22 @@ class _StubModel(torch.nn.Module):
 
     def get_embedding_dimension(self) -> int:
         return 8
+
+
+@pytest.mark.parametrize("wrapper", ["MatryoshkaLoss", "AdaptiveLayerLoss"])
+def test_LEAPLoss_under_a_wrapper_loss_raises_a_clear_error(leap_student, leap_sentences, wrapper):
+    """sentence-transformers' wrapper losses add up their base loss's results: LEAPLoss refuses with a TypeError
+    that says why and what to use (issue 16), while the Trainer still gets a plain dict."""
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    loss = LEAPLoss(leap_student, exit_min_layer=2)
+    assert isinstance(loss([leap_student.preprocess(leap_sentences[:8])]), dict)
+    if wrapper == "MatryoshkaLoss":
+        wrapped = st_losses.MatryoshkaLoss(leap_student, loss, matryoshka_dims=[32, 16])
+    else:
+        from st_leap.model import as_early_exit
+
+        as_early_exit(leap_student)
+        wrapped = st_losses.AdaptiveLayerLoss(leap_student, loss, n_layers_per_step=1)
+    with pytest.raises(TypeError, match=f"LEAPLoss cannot be wrapped by .*{wrapper[:10]}.*Use LEAPLoss on its own"):
+        wrapped([leap_student.preprocess(leap_sentences[:8])], None)

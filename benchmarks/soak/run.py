@@ -1,0 +1,145 @@
+"""Soak test (issue 17): encode many texts in a loop with early exit and varying batch sizes; memory must stay
+bounded and throughput stable.
+
+Not part of CI (it runs minutes). Texts are sentences and short passages from the shared corpus; each round
+encodes ``--round-texts`` of them through :func:`st_leap.encode_with_exits` at a batch size and threshold drawn
+in turn from ``--batch-sizes`` and ``--thresholds``, then records resident memory (RSS, from ``/proc``) and
+throughput. After ``--warmup-rounds`` the RSS growth must stay under ``--max-rss-growth`` (5%) and each round's
+throughput (per setting) within a band of the setting's median; the result says pass or fail per check.
+
+Example::
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.soak.run --texts 200000 --threads 2
+
+Writes ``benchmarks/results/soak/soak.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import st_leap
+from benchmarks._common import command_line, meta_info, results_dir, write_result
+from st_leap.resources import load_passages, load_sentences, resolve_model
+
+
+def rss_mib() -> float:
+    """Resident set size of this process in MiB (Linux ``/proc/self/status``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--texts", type=int, default=200_000, help="total texts to encode")
+    parser.add_argument("--round-texts", type=int, default=5_000, help="texts per round")
+    parser.add_argument("--batch-sizes", default="1,8,32,64")
+    parser.add_argument("--thresholds", default="0.9,0.95,none")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup-rounds", type=int, default=4)
+    parser.add_argument("--max-rss-growth", type=float, default=0.05)
+    parser.add_argument("--throughput-band", type=float, default=0.5, help="allowed deviation from the median")
+    parser.add_argument("--out", default=str(results_dir("soak") / "soak"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    model = st_leap.from_pretrained(resolve_model(args.model), device="cpu")
+    pool_texts = load_sentences(20_000, seed=1) + load_passages(2_000, seed=1)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    thresholds = [None if t.strip().lower() == "none" else float(t) for t in args.thresholds.split(",")]
+    settings = list(itertools.product(batch_sizes, thresholds))
+    rounds = max(1, args.texts // args.round_texts)
+    rows = []
+    offset = 0
+    for index in tqdm(range(rounds), desc="Soak rounds"):
+        batch_size, theta = settings[index % len(settings)]
+        texts = [pool_texts[(offset + i) % len(pool_texts)] for i in range(args.round_texts)]
+        offset += args.round_texts
+        start = time.perf_counter()
+        result = st_leap.encode_with_exits(model, texts, batch_size=batch_size, exit_threshold=theta)
+        seconds = time.perf_counter() - start
+        del result
+        gc.collect()
+        rows.append(
+            {
+                "round": index,
+                "batch_size": batch_size,
+                "exit_threshold": theta,
+                "texts_per_second": args.round_texts / seconds,
+                "rss_mib": rss_mib(),
+            }
+        )
+
+    after_warmup = rows[args.warmup_rounds :] or rows
+    baseline = after_warmup[0]["rss_mib"]
+    peak = max(r["rss_mib"] for r in after_warmup)
+    growth = (after_warmup[-1]["rss_mib"] - baseline) / baseline
+    stability = {}
+    for batch_size, theta in settings:
+        speeds = [r["texts_per_second"] for r in after_warmup if (r["batch_size"], r["exit_threshold"]) == (batch_size, theta)]
+        if speeds:
+            median = statistics.median(speeds)
+            worst = max(abs(s - median) / median for s in speeds)
+            stability[f"batch {batch_size}, theta {theta}"] = {
+                "median_texts_per_second": median,
+                "max_relative_deviation": worst,
+                "rounds": len(speeds),
+            }
+    checks = {
+        "rss_growth_after_warmup": growth,
+        "rss_growth_ok": growth < args.max_rss_growth,
+        "throughput_ok": all(v["max_relative_deviation"] <= args.throughput_band for v in stability.values()),
+    }
+    command = command_line("benchmarks.soak.run", argv)
+    result = {
+        "run_info": {
+            "model": args.model,
+            "texts": rounds * args.round_texts,
+            "round_texts": args.round_texts,
+            "threads": args.threads,
+            "settings": [{"batch_size": b, "exit_threshold": t} for b, t in settings],
+            "warmup_rounds": args.warmup_rounds,
+        },
+        "results": {"rounds": rows, "rss_mib_after_warmup": baseline, "rss_mib_peak": peak, "throughput": stability},
+        "checks": checks,
+        "meta_info": meta_info(command),
+    }
+    lines = [
+        "# Soak test: encode with early exit in a loop",
+        "",
+        f"`{command}`",
+        "",
+        f"{rounds * args.round_texts:,} texts in {rounds} rounds of {args.round_texts:,}, {args.threads} threads, "
+        f"settings cycled: batch sizes {batch_sizes} x thresholds {thresholds}.",
+        "",
+        f"- RSS after warm-up {baseline:.0f} MiB, at the end {after_warmup[-1]['rss_mib']:.0f} MiB, peak {peak:.0f} MiB: "
+        f"growth {growth:+.1%} ({'pass' if checks['rss_growth_ok'] else 'FAIL'}, limit {args.max_rss_growth:.0%})",
+        f"- Throughput per setting within ±{args.throughput_band:.0%} of its median after warm-up: "
+        f"{'pass' if checks['throughput_ok'] else 'FAIL'}",
+        "",
+        "| setting | rounds | median texts/s | max deviation |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {v['rounds']} | {v['median_texts_per_second']:.0f} | {v['max_relative_deviation']:.1%} |"
+            for name, v in stability.items()
+        ),
+        "",
+    ]
+    write_result(args.out, result, "\n".join(lines))
+    print("\n".join(lines))
+    return 0 if checks["rss_growth_ok"] and checks["throughput_ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Early exit on ONNX Runtime and OpenVINO (issue 18): the segmented export gives the torch path's exit layers and
+embeddings within the backend's tolerance, caches the export, and keeps the exit defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import st_leap
+from tests.conftest import SENTENCES
+from tests.test_modules import mixed_threshold
+
+
+@pytest.fixture(scope="module")
+def saved_leap(smooth_bert_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("backend_model") / "leap"
+    st_leap.from_pretrained(smooth_bert_dir, exit_min_layer=2).save(str(folder))
+    return str(folder)
+
+
+def _outputs(model, theta):
+    out = model.encode(SENTENCES, exit_threshold=theta, output_value=None, batch_size=4)
+    return [int(o["exit_layer"]) for o in out], torch.stack([o["sentence_embedding"] for o in out]).numpy()
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_segmented_export_matches_the_torch_path(saved_leap, backend):
+    pytest.importorskip("onnxruntime" if backend == "onnx" else "openvino")
+    reference = st_leap.load(saved_leap)
+    theta = mixed_threshold(reference, SENTENCES, min_layer=2)
+    model = st_leap.from_pretrained(saved_leap, backend=backend)
+    assert model[0].exit_backend == backend and model[0].exit_min_layer == 2
+    for setting in (None, theta):
+        want_layers, want = _outputs(reference, setting)
+        got_layers, got = _outputs(model, setting)
+        assert got_layers == want_layers
+        # ONNX Runtime matches torch to 1e-4; OpenVINO's CPU kernels differ by up to ~5e-4 on these values (~1)
+        np.testing.assert_allclose(got, want, atol=1e-4 if backend == "onnx" else 2e-3)
+    assert 0 < sum(layer < model[0].num_layers for layer in got_layers) < len(SENTENCES)
+    export = model[0]._export_dir
+    assert export.startswith(saved_leap) and (__import__("pathlib").Path(export) / "export.json").exists()
+    mtime = (__import__("pathlib").Path(export) / "export.json").stat().st_mtime
+    st_leap.from_pretrained(saved_leap, backend=backend)  # cached: not exported again
+    assert (__import__("pathlib").Path(export) / "export.json").stat().st_mtime == mtime
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_int8_segments_run_close_to_fp32(saved_leap, backend):
+    pytest.importorskip("onnxruntime" if backend == "onnx" else "nncf")
+    reference = st_leap.load(saved_leap)
+    model = st_leap.from_pretrained(saved_leap, backend=backend, quantize="int8")
+    _, want = _outputs(reference, None)
+    layers, got = _outputs(model, None)
+    assert layers == [model[0].num_layers] * len(SENTENCES)
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.95, cos
+
+
+def test_backend_arguments_are_checked_before_loading(tmp_path):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        st_leap.from_pretrained(str(tmp_path / "missing"), backend="tensorrt")
+    with pytest.raises(ValueError, match="quantize applies to backend='onnx' or 'openvino'"):
+        st_leap.from_pretrained(str(tmp_path / "missing"), quantize="int8")
