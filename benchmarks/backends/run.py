@@ -1,0 +1,235 @@
+"""Early exit on the fast CPU backends (issue 18): one interleaved run per thread count, batch size and text set.
+
+Settings, all timed in the same run (warm-up, then round-robin rounds in rotating order; medians of per-round
+ratios to stock sentence-transformers on torch, with the min-max band over rounds):
+
+- ``st torch``: stock sentence-transformers, torch (the reference of every ratio);
+- ``st onnx`` / ``st openvino``: sentence-transformers' own backends, where they load (recorded as unavailable
+  with the reason otherwise: optimum-onnx and optimum-intel pin other transformers versions);
+- ``whole-graph onnx``: the full encoder exported as one graph with the same exporter, the closest stand-in for
+  sentence-transformers' own export when that does not load;
+- ``st_leap <backend>[-int8] full`` and ``st_leap <backend>[-int8] theta=T``: the segmented export
+  (:mod:`st_leap.backends`) at full depth and at the model's exit threshold, for torch, onnx, onnx-int8, openvino,
+  openvino-int8.
+
+Quality beside every speed figure: STS-B test Spearman (and, with ``--scifact``, SciFact NDCG@10 through the
+beir path), per setting.
+
+Example::
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.backends.run --model PATH --theta 0.95 --threads 1,2 \\
+        --batch-sizes 1,8,32 --repeats 7 --scifact
+
+Writes ``benchmarks/results/backends/backends.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from tqdm.auto import tqdm
+
+import st_leap
+from benchmarks._common import command_line, meta_info, results_dir, write_result
+from st_leap.evaluation import EarlyExitEmbeddingSimilarityEvaluator
+from st_leap.evaluation.beir import evaluate_beir, load_beir_folder
+from st_leap.resources import beir_dir, load_stsb, resolve_model, stsb_sentences
+
+SEGMENTED = [("torch", None), ("onnx", None), ("onnx", "int8"), ("openvino", None), ("openvino", "int8")]
+
+
+class WholeGraphOnnx(torch.nn.Module):
+    """The whole encoder as one ONNX graph (torch.onnx), run by ONNX Runtime inside the stock pipeline."""
+
+    def __init__(self, folder: Path, threads: int) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, features: dict) -> dict:
+        feed = {name: features[name].numpy() for name in ("input_ids", "attention_mask", "token_type_ids")}
+        features["token_embeddings"] = torch.from_numpy(self.session.run(None, feed)[0])
+        return features
+
+
+def whole_graph_model(model_path: str, folder: Path, threads: int) -> SentenceTransformer:
+    stock = stock_model(model_path)
+    onnx_file = folder / "model.onnx"
+    if not onnx_file.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        hf = copy.deepcopy(stock[0].auto_model).eval()
+        if hasattr(hf, "set_attn_implementation"):
+            hf.set_attn_implementation("eager")
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
+
+        ids = torch.ones(2, 7, dtype=torch.long)
+        axes = {0: "batch", 1: "sequence"}
+        torch.onnx.export(
+            Wrapped(hf), (ids, ids, torch.zeros_like(ids)), str(onnx_file), dynamo=False, opset_version=17,
+            input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["hidden"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "hidden": axes},
+        )
+    first = stock[0]
+    runner = WholeGraphOnnx(folder, threads)
+    first.forward = lambda features, **kwargs: runner(features)  # keep tokenisation, swap the encoder
+    return stock
+
+
+def stock_model(model_path: str) -> SentenceTransformer:
+    from benchmarks.latency.run import load_stock
+
+    return load_stock(model_path, "cpu")
+
+
+def sentence_transformers_backend(model_path: str, backend: str) -> tuple[SentenceTransformer | None, str | None]:
+    try:
+        return SentenceTransformer(model_path, backend=backend, device="cpu"), None
+    except Exception as error:  # noqa: BLE001 -- recorded, not hidden
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+
+
+def scifact_passages(n: int) -> list[str]:
+    corpus, _, _ = load_beir_folder(beir_dir("scifact"))
+    return [f"{doc['title']} {doc['text']}".strip() for doc in list(corpus.values())[:n]]
+
+
+def build(model_path: str, theta: float, threads: int, export_root: Path) -> tuple[dict, dict, dict]:
+    """(settings name -> encode kwargs, settings name -> model, unavailable name -> reason)."""
+    torch.set_num_threads(threads)
+    settings, models, unavailable = {"st torch": {}}, {"st torch": stock_model(model_path)}, {}
+    for backend in ("onnx", "openvino"):
+        model, reason = sentence_transformers_backend(model_path, backend)
+        if model is None:
+            unavailable[f"st {backend}"] = reason
+        else:
+            settings[f"st {backend}"], models[f"st {backend}"] = {}, model
+    try:
+        models["whole-graph onnx"] = whole_graph_model(model_path, export_root / "whole_graph", threads)
+        settings["whole-graph onnx"] = {}
+    except Exception as error:  # noqa: BLE001
+        unavailable["whole-graph onnx"] = f"{type(error).__name__}: {error}"
+    for backend, quantize in SEGMENTED:
+        name = f"st_leap {backend}{'-' + quantize if quantize else ''}"
+        try:
+            model = st_leap.from_pretrained(model_path, device="cpu", backend=backend, quantize=quantize)
+        except Exception as error:  # noqa: BLE001
+            unavailable[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            continue
+        for label, kwargs in ((f"{name} full", {"exit_threshold": None}), (f"{name} theta={theta:g}", {"exit_threshold": theta})):
+            settings[label], models[label] = kwargs, model
+    return settings, models, unavailable
+
+
+def time_cell(settings: dict, models: dict, texts: list[str], batch_size: int, repeats: int) -> dict:
+    names = list(settings)
+    for name in names:
+        models[name].encode(texts, batch_size=batch_size, show_progress_bar=False, **settings[name])
+    times = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            models[name].encode(texts, batch_size=batch_size, show_progress_bar=False, **settings[name])
+            times[name].append(time.perf_counter() - start)
+    reference = times[names[0]]
+    out = {}
+    for name in names:
+        ratios = [r / t for r, t in zip(reference, times[name])]
+        out[name] = {
+            "seconds_median": statistics.median(times[name]),
+            "speedup_vs_st_torch": statistics.median(ratios),
+            "band": [min(ratios), max(ratios)],
+        }
+    return out
+
+
+def quality(settings: dict, models: dict, scifact: bool) -> dict:
+    s1, s2, gold = load_stsb("test")
+    out = {}
+    for name in tqdm(settings, desc="Quality per setting"):
+        model, kwargs = models[name], settings[name]
+        if st_leap.model.early_exit_module(model) is None:
+            emb1 = model.encode(s1, batch_size=64, convert_to_numpy=True)
+            emb2 = model.encode(s2, batch_size=64, convert_to_numpy=True)
+            from scipy.stats import spearmanr
+
+            cos = (emb1 * emb2).sum(1) / np.linalg.norm(emb1, axis=1) / np.linalg.norm(emb2, axis=1)
+            row = {"stsb_spearman": float(spearmanr(cos, gold).statistic)}
+        else:
+            evaluator = EarlyExitEmbeddingSimilarityEvaluator(s1, s2, gold, name="stsb", batch_size=64, **kwargs)
+            metrics = evaluator(model)
+            row = {"stsb_spearman": metrics["stsb_spearman_cosine"], "expected_layers": metrics["stsb_expected_layers"]}
+        if scifact and st_leap.model.early_exit_module(model) is not None:
+            result = evaluate_beir(model, beir_dir("scifact"), show_progress_bar=False, **kwargs)
+            row["scifact_ndcg@10"] = result["ndcg"]["NDCG@10"]
+        out[name] = row
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--theta", type=float, default=0.95)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--sentences", type=int, default=256)
+    parser.add_argument("--passages", type=int, default=128)
+    parser.add_argument("--scifact", action="store_true", help="also SciFact NDCG@10 per st_leap setting (slow)")
+    parser.add_argument("--out", default=str(results_dir("backends") / "backends"))
+    args = parser.parse_args(argv)
+    model_path = resolve_model(args.model)
+    texts = {"STS-B sentences": stsb_sentences("test")[: args.sentences], "SciFact passages": scifact_passages(args.passages)}
+    export_root = Path("runs/backends_exports")
+    cells, unavailable, quality_rows = [], {}, None
+    for threads in [int(t) for t in args.threads.split(",")]:
+        settings, models, unavailable = build(model_path, args.theta, threads, export_root)
+        if quality_rows is None:
+            quality_rows = quality(settings, models, args.scifact)
+        for text_name, text_list in texts.items():
+            for batch_size in tqdm([int(b) for b in args.batch_sizes.split(",")], desc=f"{threads} threads, {text_name}"):
+                cells.append({"threads": threads, "texts": text_name, "batch_size": batch_size,
+                              "results": time_cell(settings, models, text_list, batch_size, args.repeats)})
+    command = command_line("benchmarks.backends.run", argv)
+    result = {
+        "run_info": {"model": args.model, "theta": args.theta, "repeats": args.repeats},
+        "results": {"cells": cells, "quality": quality_rows, "unavailable": unavailable},
+        "meta_info": meta_info(command),
+    }
+    lines = ["# Early exit on ONNX Runtime and OpenVINO (CPU)", "", f"`{command}`", ""]
+    lines += [f"- unavailable: {name}: {reason}" for name, reason in unavailable.items()]
+    lines += ["", "| setting | STS-B test | E[layers] | SciFact NDCG@10 |", "|---|---|---|---|"]
+    for name, row in (quality_rows or {}).items():
+        lines.append(
+            f"| {name} | {row['stsb_spearman']:.4f} | {row.get('expected_layers', '-')} | {row.get('scifact_ndcg@10', '-')} |"
+        )
+    for cell in cells:
+        lines += ["", f"### {cell['threads']} threads, {cell['texts']}, batch {cell['batch_size']}", "",
+                  "| setting | speed-up vs st torch (band) |", "|---|---|"]
+        lines += [f"| {n} | {r['speedup_vs_st_torch']:.2f}x ({r['band'][0]:.2f}-{r['band'][1]:.2f}) |"
+                  for n, r in cell["results"].items()]
+    lines.append("")
+    write_result(args.out, result, "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
