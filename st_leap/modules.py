@@ -310,9 +310,17 @@ class EarlyExitTransformer(Transformer):
             )
         features["exit_layer"] = exit_layer
         if not self.training:
-            self.exit_stats.update(exit_layer)
+            self._count_exits(exit_layer)
         return features
 
+    @torch.compiler.disable
+    def _count_exits(self, exit_layer: Tensor) -> None:
+        # Host-side bookkeeping (a thread-local counter): kept out of torch.compile's graphs.
+        self.exit_stats.update(exit_layer)
+
+    # The exit loop's control flow depends on the data (who exited, how long the survivors are), so torch.compile
+    # runs it as Python and compiles what it calls (the layers): no graph breaks inside a traced loop.
+    @torch.compiler.disable(recursive=False)
     def _forward_with_exits(
         self, features: dict[str, Tensor], threshold: float | None, patience: int, min_layer: int, depth: int
     ) -> tuple[Tensor, Tensor]:

@@ -336,8 +336,9 @@ def test_encode_rejects_non_text_inputs_with_the_item_named(tiny_bert_dir, bad):
 
 @pytest.mark.parametrize("dynamic", [None, True])
 def test_layer_loop_traces_under_torch_compile(smooth_bert_dir, dynamic):
-    """model.compile(dynamic=True) used to crash on the deque of the layer loop (issue 16): the loop now traces
-    with dynamo (backend "eager": tracing only, no C++ compile in CI) and gives the eager embeddings and exits."""
+    """model.compile(dynamic=True) used to crash on the deque of the layer loop, and with inductor on a dynamo
+    internal error (issue 16): the data-dependent exit loop now runs as Python and its layers are compiled. Backend
+    "eager" here (dynamo tracing, no C++ compile in CI); the same embeddings and exits as without compile."""
     import torch._dynamo
 
     model = early_model(smooth_bert_dir, exit_min_layer=2)

@@ -2,7 +2,7 @@
 bounded and throughput stable.
 
 Not part of CI (it runs minutes). Texts are sentences and short passages from the shared corpus; each round
-encodes ``--round-texts`` of them through :func:`st_leap.encode_with_exits` at a batch size and threshold drawn
+encodes ``--round-texts`` of them through ``model.encode`` (the serving path) at a batch size and threshold drawn
 in turn from ``--batch-sizes`` and ``--thresholds``, then records resident memory (RSS, from ``/proc``) and
 throughput. After ``--warmup-rounds`` the RSS growth must stay under ``--max-rss-growth`` (5%) and each round's
 throughput (per setting) within a band of the setting's median; the result says pass or fail per check.
@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         texts = [pool_texts[(offset + i) % len(pool_texts)] for i in range(args.round_texts)]
         offset += args.round_texts
         start = time.perf_counter()
-        result = st_leap.encode_with_exits(model, texts, batch_size=batch_size, exit_threshold=theta)
+        embeddings = model.encode(texts, batch_size=batch_size, exit_threshold=theta, show_progress_bar=False)
         seconds = time.perf_counter() - start
-        del result
+        exit_rate = model[0].exit_stats.exit_rate  # this thread's last call
+        del embeddings
         gc.collect()
         rows.append(
             {
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": batch_size,
                 "exit_threshold": theta,
                 "texts_per_second": args.round_texts / seconds,
+                "exit_rate": exit_rate,
                 "rss_mib": rss_mib(),
             }
         )
