@@ -15,14 +15,7 @@ from typing import Any
 
 from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
 
-LEAP_CITATION = """@inproceedings{kapadia2026leap,
-    title={LEAP: Layer-wise Exit-Aware Pretraining for Efficient Transformer Inference},
-    author={Kapadia and others},
-    booktitle={Proceedings of the 64th Annual Meeting of the Association for Computational Linguistics: Industry Track},
-    year={2026},
-    eprint={2605.01058},
-    archivePrefix={arXiv},
-}"""
+from st_leap.losses.leap import LEAP_CITATION
 
 LEAP_TAGS = ("st-leap", "early-exit", "leap")
 

@@ -650,8 +650,10 @@ class LEAPLoss(nn.Module):
 
     @property
     def citation(self) -> str:
-        return """
-@inproceedings{kapadia2026leap,
+        return LEAP_CITATION
+
+
+LEAP_CITATION = """@inproceedings{kapadia2026leap,
     title={LEAP: Layer-wise Exit-Aware Pretraining for Efficient Transformer Inference},
     author={Kapadia and others},
     booktitle={Proceedings of the 64th Annual Meeting of the Association for Computational Linguistics: Industry Track},
@@ -660,6 +662,7 @@ class LEAPLoss(nn.Module):
     archivePrefix={arXiv},
 }
 """
+"""BibTeX of the LEAP paper, cited by LEAPLoss.citation and by st_leap model cards."""
 
 
 class LEAPTerms(dict):
