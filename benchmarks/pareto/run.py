@@ -450,7 +450,7 @@ def plot(task: str, res: dict[str, Any], path: Path) -> None:
             points = sorted(points, key=lambda p: p["speedup"])
             xs = [p["speedup"] for p in points]
             ys = [p["quality"] for p in points]
-            err = [[p["speedup"] - p["band"][0] for p in points], [p["band"][1] - p["speedup"] for p in points]]
+            err = [[max(0.0, p["speedup"] - p["band"][0]) for p in points], [max(0.0, p["band"][1] - p["speedup"]) for p in points]]
             ax.errorbar(xs, ys, xerr=err, fmt=styles.get(name, "o-"), label=name, capsize=2, markersize=4)
         ax.set_title(f"{cell['threads']} thread(s), batch {cell['batch_size']}")
         ax.set_xlabel("measured speed-up vs original (full depth)")
