@@ -204,7 +204,8 @@ def diagnose_report(result: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or an ImportError that says how to install it."""
     try:
         import matplotlib
     except ImportError as error:
@@ -215,19 +216,20 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG (through a temporary name, renamed into place) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.savefig(tmp, dpi=120)
     tmp.replace(path)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def plot_diagnose(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
     """Similarity-to-final and adjacent-cosine curves, and the exit-layer histogram per threshold, as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     num_layers = result["num_layers"]
     layers = list(range(1, num_layers + 1))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -247,7 +249,7 @@ def plot_diagnose(result: dict[str, Any], path: str | Path, title: str = "") -> 
     right.legend(fontsize=8)
     fig.suptitle(title or "st_leap diagnose")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------- sweeps: Pareto and decision
@@ -367,7 +369,7 @@ def sweep_markdown(result: dict[str, Any]) -> str:
 
 def plot_sweep(result: dict[str, Any], path: str | Path) -> Path:
     """PNG: STS-B vs layer reduction per theta (left), exit rate and E[layers] per theta (right)."""
-    plt = _pyplot()
+    plt = pyplot()
     full, rows = result["full"], result["rows"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     adaptive = [r for r in rows if r["theta"] is not None]
@@ -392,7 +394,7 @@ def plot_sweep(result: dict[str, Any], path: str | Path) -> Path:
     twin.set_ylim(0, result["num_layers"] + 0.5)
     right.set_title("exit rate and E[layers] per theta")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_sweep_report(result: dict[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:

@@ -438,9 +438,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(task: str, res: dict[str, Any], path: Path) -> None:
-    from st_leap.reporting import _pyplot, _save
+    from st_leap.reporting import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     cells = res["cells"]
     fig, axes = plt.subplots(1, len(cells) + 1, figsize=(4.6 * (len(cells) + 1), 4.2), squeeze=False)
     styles = {"original static": "s--", "LEAP static": "^--", "AdaptiveLayerLoss static": "v--", "LEAP adaptive": "o-",
@@ -473,7 +473,7 @@ def plot(task: str, res: dict[str, Any], path: Path) -> None:
     axes[0][0].set_ylabel("STS-B test Spearman x 100" if task == "stsb" else f"{task} NDCG@10 x 100")
     axes[0][-2].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{task}: quality against measured speed-up")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------- main
