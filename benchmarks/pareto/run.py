@@ -8,7 +8,7 @@ c. ``AdaptiveLayerLoss static``: sentence-transformers' ``AdaptiveLayerLoss`` + 
    same texts, teacher embeddings, steps and batches, truncated at every layer;
 d. ``LEAP adaptive``: the LEAP model with per-sample exit over a theta grid (l_min 3, patience 1);
 e. with ``--int8``: torch dynamic INT8 (``torch.ao.quantization.quantize_dynamic`` on the Linear layers) of the
-   original (static) and of the LEAP model (adaptive). sentence-transformers' own ``backend="onnx"`` /
+   original (static) and of the LEAP model (static and adaptive). sentence-transformers' own ``backend="onnx"`` /
    ``"openvino"`` int8 do not install next to sentence-transformers 6.2 here (optimum pins transformers < 4.58;
    ``docs/backends.md``), so they are not in the plot.
 
@@ -326,6 +326,8 @@ def curves_for(quality: dict[str, list[dict]], cell: dict[str, Any]) -> dict[str
     }
     if "original int8 static" in quality:
         curves["original int8 static"] = static(quality["original int8 static"], "int8 ")
+        if "LEAP int8 static" in quality:  # added after the first STS-B run
+            curves["LEAP int8 static"] = static(quality["LEAP int8 static"], "int8 ")
         curves["LEAP int8 adaptive"] = adaptive(quality["LEAP int8 adaptive"], "int8 ")
     return curves
 
@@ -444,7 +446,7 @@ def plot(task: str, res: dict[str, Any], path: Path) -> None:
     cells = res["cells"]
     fig, axes = plt.subplots(1, len(cells) + 1, figsize=(4.6 * (len(cells) + 1), 4.2), squeeze=False)
     styles = {"original static": "s--", "LEAP static": "^--", "AdaptiveLayerLoss static": "v--", "LEAP adaptive": "o-",
-              "original int8 static": "s:", "LEAP int8 adaptive": "o:"}
+              "original int8 static": "s:", "LEAP int8 static": "^:", "LEAP int8 adaptive": "o:"}
     for ax, cell in zip(axes[0], cells):
         for name, points in cell["curves"].items():
             points = sorted(points, key=lambda p: p["speedup"])
@@ -543,7 +545,9 @@ def main(argv=None) -> int:
         probe = probe_points(data, leap_pooled, probes)
         if args.int8:
             quality["original int8 static"] = static_points(data, pooled_states(models["stock_int8"], data))
-            quality["LEAP int8 adaptive"] = adaptive_points(data, pooled_states(models["leap_int8"], data), thetas)
+            leap_int8_pooled = pooled_states(models["leap_int8"], data)
+            quality["LEAP int8 static"] = static_points(data, leap_int8_pooled)
+            quality["LEAP int8 adaptive"] = adaptive_points(data, leap_int8_pooled, thetas)
         cells = []
         for threads in (int(t) for t in args.threads.split(",")):
             for batch_size in (int(b) for b in args.batch_sizes.split(",")):
