@@ -158,16 +158,24 @@ def encoded_stats(exits: dict[str, torch.Tensor], depth: int) -> tuple[ExitStats
     return ExitStats.from_exit_layers(exits["docs"], depth), float(exits["queries"].float().mean())
 
 
-def adaptive_points(data, pooled, thetas) -> list[dict[str, Any]]:
+def decision_points(data, pooled, kind: str, key: str, values, exits_of) -> list[dict[str, Any]]:
+    """Quality and exit statistics of an exit decision at each of its settings: ``exits_of(states, value)`` gives
+    the ``(N,)`` exit layers of one text set's ``(N, L + 1, H)`` pooled states; rows are named ``"<kind> <value>"``."""
     depth = next(iter(pooled.values())).shape[1] - 1
     rows = []
-    for theta in thetas:
-        exits = {k: torch.from_numpy(replay_exits(v, theta, PATIENCE, MIN_LAYER)) for k, v in pooled.items()}
+    for value in values:
+        exits = {k: exits_of(v, value) for k, v in pooled.items()}
         stats, query_layers = encoded_stats(exits, depth)
-        rows.append({"setting": f"adaptive {theta:g}", "theta": theta, "expected_layers": stats.expected_layers,
+        rows.append({"setting": f"{kind} {value:g}", key: value, "expected_layers": stats.expected_layers,
                      "exit_rate": stats.exit_rate, "query_expected_layers": query_layers,
                      "quality": score(data, pooled, exits)})
     return rows
+
+
+def adaptive_points(data, pooled, thetas) -> list[dict[str, Any]]:
+    """The package's exit rule, replayed (θ, patience 1, l_min 3)."""
+    return decision_points(data, pooled, "adaptive", "theta", thetas,
+                           lambda v, theta: torch.from_numpy(replay_exits(v, theta, PATIENCE, MIN_LAYER)))
 
 
 ORACLE_TAUS = (0.90, 0.95, 0.97, 0.98, 0.99, 0.995)
@@ -186,15 +194,7 @@ def oracle_exits(pooled: torch.Tensor, tau: float, min_layer: int = MIN_LAYER) -
 
 
 def oracle_points(data, pooled, taus=ORACLE_TAUS) -> list[dict[str, Any]]:
-    depth = next(iter(pooled.values())).shape[1] - 1
-    rows = []
-    for tau in taus:
-        exits = {k: oracle_exits(v, tau) for k, v in pooled.items()}
-        stats, query_layers = encoded_stats(exits, depth)
-        rows.append({"setting": f"oracle {tau:g}", "tau": tau, "expected_layers": stats.expected_layers,
-                     "exit_rate": stats.exit_rate, "query_expected_layers": query_layers,
-                     "quality": score(data, pooled, exits)})
-    return rows
+    return decision_points(data, pooled, "oracle", "tau", taus, oracle_exits)
 
 
 PROBE_TAUS = (0.85, 0.90, 0.93, 0.95, 0.97, 0.98)
@@ -230,15 +230,7 @@ def probe_exits(pooled: torch.Tensor, probes: dict[int, torch.Tensor], tau: floa
 
 
 def probe_points(data, pooled, probes, taus=PROBE_TAUS) -> list[dict[str, Any]]:
-    depth = next(iter(pooled.values())).shape[1] - 1
-    rows = []
-    for tau in taus:
-        exits = {k: probe_exits(v, probes, tau) for k, v in pooled.items()}
-        stats, query_layers = encoded_stats(exits, depth)
-        rows.append({"setting": f"probe {tau:g}", "tau": tau, "expected_layers": stats.expected_layers,
-                     "exit_rate": stats.exit_rate, "query_expected_layers": query_layers,
-                     "quality": score(data, pooled, exits)})
-    return rows
+    return decision_points(data, pooled, "probe", "tau", taus, lambda v, tau: probe_exits(v, probes, tau))
 
 
 def index_compatibility(data, original: dict[str, torch.Tensor], model: dict[str, torch.Tensor], thetas) -> dict[str, Any]:
