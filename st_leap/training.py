@@ -318,17 +318,12 @@ def train(
     return result
 
 
-def _train_with_trainer(
-    model: SentenceTransformer,
-    loss: LEAPLoss,
-    dataset: Dataset,
-    config: TrainConfig,
-    resume_from: str | None = None,
-    extra_callbacks: Sequence[TrainerCallback] = (),
-) -> tuple[int, list[dict[str, Any]]]:
-    checkpointing = config.save_steps is not None or config.save_minutes is not None
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(checkpoint_dir(config)),
+def training_arguments(config: TrainConfig, output_dir: str | Path, **overrides: Any) -> SentenceTransformerTrainingArguments:
+    """The Trainer arguments of a run: optimiser, schedule, sampler, seed and checkpointing from ``config``
+    (``overrides`` replace any of them). One place, so that a baseline trained for comparison (for example
+    sentence-transformers' ``AdaptiveLayerLoss`` in ``benchmarks/pareto``) gets exactly LEAP's settings."""
+    settings: dict[str, Any] = dict(
+        output_dir=str(output_dir),
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
@@ -345,6 +340,20 @@ def _train_with_trainer(
         dataloader_drop_last=True,
         batch_sampler=LengthGroupedBatchSampler if config.group_by_length else BatchSamplers.BATCH_SAMPLER,
     )
+    settings.update(overrides)
+    return SentenceTransformerTrainingArguments(**settings)
+
+
+def _train_with_trainer(
+    model: SentenceTransformer,
+    loss: LEAPLoss,
+    dataset: Dataset,
+    config: TrainConfig,
+    resume_from: str | None = None,
+    extra_callbacks: Sequence[TrainerCallback] = (),
+) -> tuple[int, list[dict[str, Any]]]:
+    checkpointing = config.save_steps is not None or config.save_minutes is not None
+    args = training_arguments(config, checkpoint_dir(config))
     callbacks: list[TrainerCallback] = [LossStepSync(loss)]
     if config.save_minutes is not None:
         callbacks.append(SaveEveryMinutes(config.save_minutes))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from st_leap.training import TrainConfig, build_loss
+from st_leap.training import TrainConfig, build_loss, training_arguments
 from tests.conftest import VOCAB, build_tiny_model_dir
 
 
@@ -26,6 +26,23 @@ def test_TrainConfig_reads_json_and_yaml_and_rejects_unknown_keys(tmp_path):
         TrainConfig.from_file(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="teacher_mode must be 'live' or 'precomputed', got 'cached'"):
         TrainConfig(teacher_mode="cached")
+
+
+def test_training_arguments_follow_the_config_and_overrides(tmp_path):
+    """One config -> Trainer arguments mapping: LEAP runs and the baselines trained beside them get the same
+    optimiser, schedule, sampler and checkpointing; an override replaces exactly one of them."""
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    from st_leap.sampler import LengthGroupedBatchSampler
+
+    config = TrainConfig(max_steps=12, batch_size=4, learning_rate=1e-3, warmup_steps=2, save_steps=5, seed=7)
+    args = training_arguments(config, tmp_path / "ckpt")
+    assert (args.max_steps, args.per_device_train_batch_size, args.learning_rate) == (12, 4, 1e-3)
+    assert (args.warmup_steps, args.seed, args.output_dir) == (2, 7, str(tmp_path / "ckpt"))
+    assert args.save_strategy == "steps" and args.save_steps == 5
+    assert args.batch_sampler is (LengthGroupedBatchSampler if config.group_by_length else BatchSamplers.BATCH_SAMPLER)
+    plain = training_arguments(TrainConfig(group_by_length=False), tmp_path, save_strategy="no", max_steps=3)
+    assert plain.save_strategy == "no" and plain.max_steps == 3 and plain.batch_sampler == BatchSamplers.BATCH_SAMPLER
 
 
 def test_cli_train_saves_model_that_reloads_with_exit_defaults(tiny_dir, tmp_path, capsys, monkeypatch):

@@ -185,7 +185,6 @@ def oracle_exits(pooled: torch.Tensor, tau: float, min_layer: int = MIN_LAYER) -
     """The first layer l >= l_min whose pooled state is within cos >= tau of the sample's own *final* one (else
     L): the exit a perfect per-sample decision would take. Not implementable (p_L is what exit avoids computing);
     it bounds what any exit criterion, learned or not, can reach at a given E[layers]."""
-    depth = pooled.shape[1] - 1
     cos = torch.nn.functional.cosine_similarity(pooled[:, 1:], pooled[:, -1:], dim=-1)  # (N, L), layer l at l - 1
     ok = cos >= tau
     ok[:, : min_layer - 1] = False

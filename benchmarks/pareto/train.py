@@ -76,15 +76,13 @@ def final_teacher_embeddings(cache_dir: str | Path, texts: list[str]) -> np.ndar
 
 
 def train_adaptive_layer(settings: dict, teacher_cache: str | Path) -> dict:
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import AdaptiveLayerLoss, MSELoss
-    from sentence_transformers.base.sampler import BatchSamplers
 
     from st_leap import resources
     from st_leap.reporting import save_model, write_json
-    from st_leap.sampler import LengthGroupedBatchSampler
     from st_leap.teacher import teacher_dataset
-    from st_leap.training import training_texts
+    from st_leap.training import training_arguments, training_texts
 
     config = leap_config(settings)  # the same texts (training_texts) and optimiser settings as the LEAP run
     texts = training_texts(config)
@@ -95,21 +93,7 @@ def train_adaptive_layer(settings: dict, teacher_cache: str | Path) -> dict:
     original_max_len = model.max_seq_length
     model.max_seq_length = config.max_seq_length
     loss = AdaptiveLayerLoss(model, MSELoss(model), **settings.get("adaptive_layer", {}))
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        lr_scheduler_type=config.scheduler,
-        weight_decay=config.weight_decay,
-        logging_steps=config.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        seed=config.seed,
-        dataloader_drop_last=True,
-        batch_sampler=LengthGroupedBatchSampler if config.group_by_length else BatchSamplers.BATCH_SAMPLER,
-    )
+    args = training_arguments(config, out / "checkpoints", save_strategy="no")
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=teacher_dataset(texts, labels), loss=loss)
     start = time.perf_counter()
     trainer.train()

@@ -1,0 +1,205 @@
+"""Where does the soak's memory go? A memory-only bisect (issue 17): the same encode loop, each variant in a fresh
+process, resident memory (RSS) recorded after every round.
+
+The soak (:mod:`benchmarks.soak.run`) saw RSS grow by +142% over 200k texts. This script separates the candidate
+causes by running the same schedule of rounds (batch sizes cycled, the same sentence/passage mix in every round)
+through variants that differ in one thing each:
+
+- ``stock``: plain ``SentenceTransformer`` (the baseline every user has);
+- ``st_leap``: the same weights through ``st_leap.from_pretrained`` at full depth (the stock forward pass);
+- ``st_leap-no-checks`` / ``st_leap-no-count``: the same with the input type checks / the exit counting disabled;
+- ``st_leap-exits``: thresholds cycled as in the soak (the exit loop);
+- any variant with ``+trim``: glibc's ``malloc_trim(0)`` after every round, which hands freed heap pages back to
+  the OS: growth that ``malloc_trim`` removes is memory the C allocator kept, not memory anything still holds;
+- any variant with ``+arena2``: ``MALLOC_ARENA_MAX=2`` in the child's environment.
+
+Besides RSS each round records the number of live Python objects (``gc.get_objects()``) and of live torch tensors,
+which grow when something in Python holds on to results.
+
+Nothing here is timed, so it is not disturbed by another job (it only slows it down).
+
+Example::
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.soak.memory --rounds 24 --round-texts 2000
+
+Writes ``benchmarks/results/soak/memory.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_VARIANTS = (
+    "stock",
+    "st_leap",
+    "st_leap-no-checks",
+    "st_leap-no-count",
+    "st_leap-exits",
+    "stock+trim",
+    "st_leap-exits+trim",
+    "st_leap-exits+arena2",
+)
+
+
+def rss_mib() -> float:
+    """Resident set size of this process in MiB (Linux ``/proc/self/status``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def malloc_trim() -> bool:
+    """Ask glibc to return freed heap memory to the OS; False where there is no glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
+    except OSError:
+        return False
+
+
+def mixed_texts(count: int, passage_every: int = 11, seed: int = 1) -> list[str]:
+    """``count`` texts with one passage in every ``passage_every``: every contiguous window has the same mix, so
+    rounds differ only in their batch size and threshold (the soak's first run drew rounds of sentences only and
+    rounds heavy with passages, which is not the same work)."""
+    from st_leap.resources import load_passages, load_sentences
+
+    passages = load_passages(count // passage_every + 1, seed=seed)
+    sentences = load_sentences(count, seed=seed)
+    out, p, s = [], iter(passages), iter(sentences)
+    for i in range(count):
+        out.append(next(p) if i % passage_every == passage_every - 1 else next(s))
+    return out
+
+
+def child(variant: str, args: argparse.Namespace) -> list[dict]:
+    """Run one variant's rounds in this process; returns one row per round."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from sentence_transformers import SentenceTransformer
+
+    import st_leap
+    from st_leap.modules import EarlyExitTransformer
+    from st_leap.resources import resolve_model
+
+    base, _, flags = variant.partition("+")
+    path = resolve_model(args.model)
+    model = SentenceTransformer(path, device="cpu") if base == "stock" else st_leap.from_pretrained(path, device="cpu")
+    if base == "st_leap-no-checks":
+        EarlyExitTransformer.preprocess = EarlyExitTransformer.__mro__[1].preprocess  # the plain Transformer's
+    if base == "st_leap-no-count":
+        EarlyExitTransformer._count_exits = lambda self, exit_layer: None
+    thresholds = [0.9, 0.95, None] if base == "st_leap-exits" else [None]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    texts = mixed_texts(args.round_texts * 4)
+    rows = []
+    for index in range(args.rounds):
+        batch_size = batch_sizes[index % len(batch_sizes)]
+        theta = thresholds[(index // len(batch_sizes)) % len(thresholds)]
+        start = (index * args.round_texts) % len(texts)
+        chunk = (texts + texts)[start : start + args.round_texts]
+        kwargs = {} if base == "stock" else {"exit_threshold": theta}
+        embeddings = model.encode(chunk, batch_size=batch_size, show_progress_bar=False, **kwargs)
+        del embeddings
+        gc.collect()
+        row = {"round": index, "batch_size": batch_size, "exit_threshold": theta, "rss_mib": rss_mib()}
+        if "trim" in flags:
+            malloc_trim()
+            row["rss_mib_after_trim"] = rss_mib()
+        objects = gc.get_objects()
+        row["python_objects"] = len(objects)
+        row["torch_tensors"] = sum(1 for o in objects if issubclass(type(o), torch.Tensor))
+        del objects
+        rows.append(row)
+        print(json.dumps({"variant": variant, **row}), file=sys.stderr, flush=True)
+    return rows
+
+
+def summarise(rows: list[dict], warmup: int) -> dict:
+    """RSS after warm-up, at the end, growth; the same after trim where measured; live object growth."""
+    after = rows[warmup:] or rows
+    key = "rss_mib_after_trim" if "rss_mib_after_trim" in after[0] else "rss_mib"
+    out = {
+        "rss_mib_after_warmup": after[0]["rss_mib"],
+        "rss_mib_end": after[-1]["rss_mib"],
+        "rss_growth": after[-1]["rss_mib"] / after[0]["rss_mib"] - 1,
+        "python_objects_growth": after[-1]["python_objects"] - after[0]["python_objects"],
+        "torch_tensors_growth": after[-1]["torch_tensors"] - after[0]["torch_tensors"],
+    }
+    if key != "rss_mib":
+        out["rss_mib_after_trim_end"] = after[-1][key]
+        out["rss_growth_after_trim"] = after[-1][key] / after[0][key] - 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--round-texts", type=int, default=2000)
+    parser.add_argument("--batch-sizes", default="1,8,32,64")
+    parser.add_argument("--warmup-rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args)))
+        return 0
+
+    from tqdm.auto import tqdm
+
+    from benchmarks._common import command_line, meta_info, results_dir, write_result
+
+    argv = sys.argv[1:] if argv is None else argv
+    results = {}
+    for variant in tqdm(args.variants.split(","), desc="Variants"):
+        env = dict(os.environ)
+        if "arena2" in variant.partition("+")[2]:
+            env["MALLOC_ARENA_MAX"] = "2"
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.soak.memory", *argv, "--child", variant],
+            env=env, stdout=subprocess.PIPE, check=True, text=True,
+        )
+        rows = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[variant] = {"rounds": rows, "summary": summarise(rows, args.warmup_rounds)}
+    command = command_line("benchmarks.soak.memory", argv)
+    lines = [
+        "# Soak memory bisect: where the RSS growth comes from",
+        "",
+        f"`{command}`",
+        "",
+        f"{args.rounds} rounds of {args.round_texts:,} texts (1 passage in 11), batch sizes {args.batch_sizes} cycled, "
+        f"{args.threads} threads; each variant in a fresh process. Growth is from the end of round "
+        f"{args.warmup_rounds} (warm-up) to the last round.",
+        "",
+        "| variant | RSS after warm-up (MiB) | RSS at end | growth | after malloc_trim | live Python objects | live tensors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, res in results.items():
+        s = res["summary"]
+        trim = f"{s['rss_mib_after_trim_end']:.0f} MiB ({s['rss_growth_after_trim']:+.1%})" if "rss_growth_after_trim" in s else "-"
+        lines.append(
+            f"| {variant} | {s['rss_mib_after_warmup']:.0f} | {s['rss_mib_end']:.0f} | {s['rss_growth']:+.1%} | {trim} "
+            f"| {s['python_objects_growth']:+d} | {s['torch_tensors_growth']:+d} |"
+        )
+    result = {
+        "run_info": {k: v for k, v in vars(args).items() if k not in ("child", "out")},
+        "results": results,
+        "meta_info": meta_info(command),
+    }
+    write_result(args.out or results_dir("soak") / "memory", result, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
