@@ -205,6 +205,15 @@ class _OpenVINORunner:
         return self.compiled(dict(zip(self.names, arrays)))[0]
 
 
+def open_runner(path: str | Path, backend: str, threads: int) -> Any:
+    """One exported graph (``.onnx`` for ``"onnx"``, ``.xml`` for ``"openvino"``) as a callable
+    ``(*arrays) -> first output``, with its inputs in graph order, on ``threads`` CPU threads."""
+    check_backend(backend, None)
+    if backend == "torch":
+        raise ValueError("open_runner runs exported graphs: backend must be 'onnx' or 'openvino'")
+    return (_OnnxRunner if backend == "onnx" else _OpenVINORunner)(Path(path), threads)
+
+
 def _array(tensor: Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().cpu().numpy())
 
@@ -216,13 +225,14 @@ class SegmentBackbone:
     def __init__(self, folder: str | Path, backend: str, model_type: str, threads: int | None = None) -> None:
         folder = Path(folder)
         threads = threads or torch.get_num_threads()
-        runner, suffix = (_OnnxRunner, ".onnx") if backend == "onnx" else (_OpenVINORunner, ".xml")
+        suffix = ".onnx" if backend == "onnx" else ".xml"
         meta = json.loads((folder / "export.json").read_text())
         self.model_type = model_type
         self.backend = backend
-        self._embed = runner(folder / f"embeddings{suffix}", threads)
+        self._embed = open_runner(folder / f"embeddings{suffix}", backend, threads)
         self.layers = [
-            _SegmentLayer(runner(folder / f"layer_{i:02d}{suffix}", threads)) for i in range(meta["num_layers"])
+            _SegmentLayer(open_runner(folder / f"layer_{i:02d}{suffix}", backend, threads))
+            for i in range(meta["num_layers"])
         ]
 
     def embed(self, features: dict[str, Tensor]) -> Tensor:

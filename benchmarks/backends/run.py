@@ -6,8 +6,10 @@ ratios to stock sentence-transformers on torch, with the min-max band over round
 - ``st torch``: stock sentence-transformers, torch (the reference of every ratio);
 - ``st onnx`` / ``st openvino``: sentence-transformers' own backends, where they load (recorded as unavailable
   with the reason otherwise: optimum-onnx and optimum-intel pin other transformers versions);
-- ``whole-graph onnx``: the full encoder exported as one graph with the same exporter, the closest stand-in for
-  sentence-transformers' own export when that does not load;
+- ``whole-graph onnx[-int8]`` / ``whole-graph openvino[-int8]``: the full encoder exported as one graph with the
+  exporters sentence-transformers' backends use underneath (``torch.onnx``, ONNX Runtime's ``quantize_dynamic``,
+  OpenVINO's ``convert_model`` and NNCF's ``compress_weights``), run inside the stock pipeline: the stand-in for
+  sentence-transformers' own ``backend="onnx"`` / ``"openvino"`` (and their int8) where optimum does not install;
 - ``st_leap <backend>[-int8] full`` and ``st_leap <backend>[-int8] theta=T``: the segmented export
   (:mod:`st_leap.backends`) at full depth and at the model's exit threshold, for torch, onnx, onnx-int8, openvino,
   openvino-int8.
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -38,6 +42,7 @@ from tqdm.auto import tqdm
 
 import st_leap
 from benchmarks._common import command_line, meta_info, results_dir, write_result
+from st_leap.backends import open_runner
 from st_leap.evaluation import EarlyExitEmbeddingSimilarityEvaluator
 from st_leap.evaluation.beir import evaluate_beir, load_beir_folder
 from st_leap.resources import beir_dir, load_stsb, resolve_model, stsb_sentences
@@ -45,29 +50,18 @@ from st_leap.resources import beir_dir, load_stsb, resolve_model, stsb_sentences
 SEGMENTED = [("torch", None), ("onnx", None), ("onnx", "int8"), ("openvino", None), ("openvino", "int8")]
 
 
-class WholeGraphOnnx(torch.nn.Module):
-    """The whole encoder as one ONNX graph (torch.onnx), run by ONNX Runtime inside the stock pipeline."""
-
-    def __init__(self, folder: Path, threads: int) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
-
-    def forward(self, features: dict) -> dict:
-        feed = {name: features[name].numpy() for name in ("input_ids", "attention_mask", "token_type_ids")}
-        features["token_embeddings"] = torch.from_numpy(self.session.run(None, feed)[0])
-        return features
+WHOLE_GRAPH = [("onnx", None), ("onnx", "int8"), ("openvino", None), ("openvino", "int8")]
 
 
-def whole_graph_model(model_path: str, folder: Path, threads: int) -> SentenceTransformer:
-    stock = stock_model(model_path)
+def export_whole_graph(model_path: str, folder: Path, backend: str, quantize: str | None) -> Path:
+    """The full encoder as one graph, with the exporters sentence-transformers' own backends use underneath
+    (``torch.onnx``; ONNX Runtime's ``quantize_dynamic``; OpenVINO's ``convert_model``; NNCF's
+    ``compress_weights``): the stand-in for ``backend="onnx"`` / ``"openvino"`` where optimum does not install.
+    Returns the graph's file (made once, then reused)."""
     onnx_file = folder / "model.onnx"
     if not onnx_file.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        hf = copy.deepcopy(stock[0].auto_model).eval()
+        hf = copy.deepcopy(stock_model(model_path)[0].auto_model).eval()
         if hasattr(hf, "set_attn_implementation"):
             hf.set_attn_implementation("eager")
 
@@ -86,9 +80,38 @@ def whole_graph_model(model_path: str, folder: Path, threads: int) -> SentenceTr
             input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["hidden"],
             dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "hidden": axes},
         )
-    first = stock[0]
-    runner = WholeGraphOnnx(folder, threads)
-    first.forward = lambda features, **kwargs: runner(features)  # keep tokenisation, swap the encoder
+    target = folder / f"model{'_int8' if quantize else ''}{'.onnx' if backend == 'onnx' else '.xml'}"
+    if target.exists():
+        return target
+    if backend == "onnx":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(onnx_file), str(target), weight_type=QuantType.QInt8)
+    else:
+        import openvino as ov
+
+        ov_model = ov.convert_model(str(onnx_file))
+        if quantize == "int8":
+            import nncf
+
+            ov_model = nncf.compress_weights(ov_model)
+        ov.save_model(ov_model, str(target))
+    return target
+
+
+def whole_graph_model(model_path: str, folder: Path, backend: str, quantize: str | None, threads: int) -> SentenceTransformer:
+    """Stock sentence-transformers (its tokenisation and pooling) with the encoder swapped for the whole graph."""
+    runner = open_runner(export_whole_graph(model_path, folder, backend, quantize), backend, threads)
+    stock = stock_model(model_path)
+
+    def forward(features: dict, **kwargs) -> dict:
+        arrays = [features[name].numpy() for name in ("input_ids", "attention_mask")]
+        types = features.get("token_type_ids")
+        arrays.append((torch.zeros_like(features["input_ids"]) if types is None else types).numpy())
+        features["token_embeddings"] = torch.from_numpy(runner(*arrays))
+        return features
+
+    stock[0].forward = forward
     return stock
 
 
@@ -98,9 +121,13 @@ def stock_model(model_path: str) -> SentenceTransformer:
     return load_stock(model_path, "cpu")
 
 
-def sentence_transformers_backend(model_path: str, backend: str) -> tuple[SentenceTransformer | None, str | None]:
+def sentence_transformers_backend(model_path: str, backend: str, stock_dir: Path) -> tuple[SentenceTransformer | None, str | None]:
+    """sentence-transformers' own ``backend=``, on the model's weights saved with stock modules (an st_leap
+    folder names st_leap's module, which sentence-transformers' backends do not load)."""
     try:
-        return SentenceTransformer(model_path, backend=backend, device="cpu"), None
+        if not (stock_dir / "modules.json").exists():
+            stock_model(model_path).save(str(stock_dir))
+        return SentenceTransformer(str(stock_dir), backend=backend, device="cpu"), None
     except Exception as error:  # noqa: BLE001 -- recorded, not hidden
         return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
 
@@ -115,16 +142,18 @@ def build(model_path: str, theta: float, threads: int, export_root: Path) -> tup
     torch.set_num_threads(threads)
     settings, models, unavailable = {"st torch": {}}, {"st torch": stock_model(model_path)}, {}
     for backend in ("onnx", "openvino"):
-        model, reason = sentence_transformers_backend(model_path, backend)
+        model, reason = sentence_transformers_backend(model_path, backend, export_root / "stock")
         if model is None:
             unavailable[f"st {backend}"] = reason
         else:
             settings[f"st {backend}"], models[f"st {backend}"] = {}, model
-    try:
-        models["whole-graph onnx"] = whole_graph_model(model_path, export_root / "whole_graph", threads)
-        settings["whole-graph onnx"] = {}
-    except Exception as error:  # noqa: BLE001
-        unavailable["whole-graph onnx"] = f"{type(error).__name__}: {error}"
+    for backend, quantize in WHOLE_GRAPH:
+        name = f"whole-graph {backend}{'-' + quantize if quantize else ''}"
+        try:
+            models[name] = whole_graph_model(model_path, export_root / "whole_graph", backend, quantize, threads)
+            settings[name] = {}
+        except Exception as error:  # noqa: BLE001 -- recorded, not hidden
+            unavailable[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
     for backend, quantize in SEGMENTED:
         name = f"st_leap {backend}{'-' + quantize if quantize else ''}"
         try:
@@ -197,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model_path = resolve_model(args.model)
     texts = {"STS-B sentences": stsb_sentences("test")[: args.sentences], "SciFact passages": scifact_passages(args.passages)}
-    export_root = Path("runs/backends_exports")
+    # Exports of this run's model only (the segmented ones are cached beside the model, keyed by its weights).
+    export_root = Path("runs/backends_exports") / hashlib.sha1(str(Path(model_path).resolve()).encode()).hexdigest()[:12]
+    shutil.rmtree(export_root, ignore_errors=True)
     cells, unavailable, quality_rows = [], {}, None
     for threads in [int(t) for t in args.threads.split(",")]:
         settings, models, unavailable = build(model_path, args.theta, threads, export_root)

@@ -21,22 +21,14 @@ import gc
 import itertools
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 import st_leap
 from benchmarks._common import command_line, meta_info, results_dir, write_result
-from st_leap.resources import load_passages, load_sentences, resolve_model
-
-
-def rss_mib() -> float:
-    """Resident set size of this process in MiB (Linux ``/proc/self/status``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from benchmarks.soak.memory import mixed_texts, rss_mib
+from st_leap.resources import resolve_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     model = st_leap.from_pretrained(resolve_model(args.model), device="cpu")
-    pool_texts = load_sentences(20_000, seed=1) + load_passages(2_000, seed=1)
+    # One passage in every 11 texts, so every round does the same work (the first run's rounds were all sentences
+    # or heavy with passages, which made throughput vary for a reason that is not the model's).
+    pool_texts = mixed_texts(22_000)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     thresholds = [None if t.strip().lower() == "none" else float(t) for t in args.thresholds.split(",")]
     settings = list(itertools.product(batch_sizes, thresholds))
