@@ -7,7 +7,6 @@ through variants that differ in one thing each:
 
 - ``stock``: plain ``SentenceTransformer`` (the baseline every user has);
 - ``st_leap``: the same weights through ``st_leap.from_pretrained`` at full depth (the stock forward pass);
-- ``st_leap-no-checks`` / ``st_leap-no-count``: the same with the input type checks / the exit counting disabled;
 - ``st_leap-exits``: thresholds cycled as in the soak (the exit loop);
 - any variant with ``+trim``: glibc's ``malloc_trim(0)`` after every round, which hands freed heap pages back to
   the OS: growth that ``malloc_trim`` removes is memory the C allocator kept, not memory anything still holds;
@@ -39,8 +38,6 @@ from pathlib import Path
 DEFAULT_VARIANTS = (
     "stock",
     "st_leap",
-    "st_leap-no-checks",
-    "st_leap-no-count",
     "st_leap-exits",
     "stock+trim",
     "st_leap-exits+trim",
@@ -86,16 +83,11 @@ def child(variant: str, args: argparse.Namespace) -> list[dict]:
     from sentence_transformers import SentenceTransformer
 
     import st_leap
-    from st_leap.modules import EarlyExitTransformer
     from st_leap.resources import resolve_model
 
     base, _, flags = variant.partition("+")
     path = resolve_model(args.model)
     model = SentenceTransformer(path, device="cpu") if base == "stock" else st_leap.from_pretrained(path, device="cpu")
-    if base == "st_leap-no-checks":
-        EarlyExitTransformer.preprocess = EarlyExitTransformer.__mro__[1].preprocess  # the plain Transformer's
-    if base == "st_leap-no-count":
-        EarlyExitTransformer._count_exits = lambda self, exit_layer: None
     thresholds = [0.9, 0.95, None] if base == "st_leap-exits" else [None]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     texts = mixed_texts(args.round_texts * 4)

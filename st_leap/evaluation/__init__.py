@@ -6,6 +6,8 @@
   the Hub or the local copies, results in mteb's format with the exit settings in the model metadata.
 - :class:`BEIRModel`, :func:`evaluate_beir` (:mod:`st_leap.evaluation.beir`): BEIR ``DenseRetrievalExactSearch``
   adapter, NDCG@1,3,5,10 on any BEIR-format folder.
+- :class:`TeacherAgreementEvaluator` (:mod:`st_leap.evaluation.agreement`): a retrieval-free dev signal, the cosine
+  to a reference model's embeddings (the model that built your index) at the model's exit setting.
 - :func:`nn_consistency` (:mod:`st_leap.evaluation.consistency`): NN@k of exited vs full-depth embeddings.
 - :func:`sweep`, :func:`calibrate`, :func:`measure` (:mod:`st_leap.evaluation.sweep`): Pareto and decision tables,
   calibration, the per-layer measurement of the training benchmarks.
@@ -15,6 +17,7 @@ mteb and beir are imported only when their helpers run (extras ``st-leap[mteb]``
 
 from __future__ import annotations
 
+from st_leap.evaluation.agreement import TeacherAgreementEvaluator
 from st_leap.evaluation.beir import BEIRModel, evaluate_beir, load_beir_folder
 from st_leap.evaluation.consistency import nn_consistency
 from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator, EarlyExitInformationRetrievalEvaluator
@@ -26,6 +29,7 @@ __all__ = [
     "MODEL_DEFAULT",
     "EarlyExitEmbeddingSimilarityEvaluator",
     "EarlyExitInformationRetrievalEvaluator",
+    "TeacherAgreementEvaluator",
     "run_mteb",
     "BEIRModel",
     "evaluate_beir",
