@@ -26,3 +26,29 @@ def test_whole_graph_stand_in_matches_stock(smooth_bert_dir, tmp_path, backend):
 def test_open_runner_refuses_torch(tmp_path):
     with pytest.raises(ValueError, match="backend must be 'onnx' or 'openvino'"):
         open_runner(tmp_path / "model.onnx", "torch", 1)
+
+
+def test_summary_checks_compare_like_with_like():
+    """Segment cost is against the same backend's whole graph, overhead against the same backend's full depth, and
+    the exit comparison only counts exit settings that keep the best baseline's quality (within 0.005)."""
+    def r(speedup):
+        return {"speedup_vs_st_torch": speedup}
+
+    cell = {"results": {
+        "st torch": r(1.0), "whole-graph onnx": r(2.0), "whole-graph onnx-int8": r(3.0),
+        "st_leap torch full": r(1.0), "st_leap torch monitor": r(0.98),
+        "st_leap onnx full": r(1.9), "st_leap onnx monitor": r(1.9), "st_leap onnx theta=0.9": r(4.0),
+        "st_leap onnx-int8 full": r(2.5), "st_leap onnx-int8 theta=0.95": r(5.0), "st_leap onnx-int8 theta=0.9": r(9.0),
+    }}
+    quality = {name: {"stsb_spearman": 0.82} for name in cell["results"]}
+    quality["whole-graph onnx-int8"] = {"stsb_spearman": 0.818}
+    quality["st_leap onnx-int8 theta=0.9"] = {"stsb_spearman": 0.70}  # fast but not equal quality
+    summary = backends_bench.summarise(cell, quality)
+    assert summary["segment_cost"]["onnx"] == pytest.approx(2.0 / 1.9 - 1)
+    assert summary["segment_cost"]["onnx-int8"] == pytest.approx(3.0 / 2.5 - 1)
+    assert summary["monitor_overhead"]["torch"] == pytest.approx(1.0 / 0.98 - 1) and summary["monitor_overhead"]["onnx"] == 0
+    best = summary["exit_vs_best"]
+    assert best["best_sentence_transformers_side"] == "whole-graph onnx-int8"
+    assert best["fastest_st_leap_at_equal_quality"] == "st_leap onnx-int8 theta=0.95" and best["ratio"] == pytest.approx(5 / 3)
+    quality["st_leap onnx-int8 theta=0.95"] = quality["st_leap onnx theta=0.9"] = {"stsb_spearman": 0.80}
+    assert backends_bench.summarise(cell, quality)["exit_vs_best"]["ratio"] is None
