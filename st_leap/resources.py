@@ -169,15 +169,8 @@ PASSAGE_SOURCES: dict[str, tuple[int, int]] = {
 }
 
 
-def load_passages(n: int | None = None, seed: int = 12345, sentences_per_passage: int = 8) -> list[str]:
-    """Passage-length training texts: runs of ``sentences_per_passage`` consecutive sentences of one source.
-
-    ``nli/more_sentences.txt.gz`` keeps the sentences of its news and review sources in document order
-    (``PASSAGE_SOURCES``), so consecutive lines read as a paragraph (a run may cross an article boundary, and
-    sentences dropped by the data filters leave small gaps). Training on them exercises the lengths a search
-    index encodes, which short NLI sentences do not. Non-overlapping runs, shuffled with
-    ``seed``, first ``n`` taken.
-    """
+def passage_runs(seed: int = 12345, sentences_per_passage: int = 8) -> list[list[str]]:
+    """Every passage of :func:`load_passages` as its list of sentences, in the same shuffled order."""
     if not isinstance(sentences_per_passage, int) or sentences_per_passage < 1:
         raise ValueError(f"sentences_per_passage must be an int >= 1, got {sentences_per_passage!r}")
     path = data_dir() / "nli" / "more_sentences.txt.gz"
@@ -190,15 +183,65 @@ def load_passages(n: int | None = None, seed: int = 12345, sentences_per_passage
         raise ValueError(
             f"{path} has {len(lines)} lines, fewer than the {last} that PASSAGE_SOURCES expects (see SOURCES.md)"
         )
-    passages = []
+    runs = []
     for start, end in PASSAGE_SOURCES.values():
         block = lines[start - 1 : end]
         for i in range(0, len(block) - sentences_per_passage + 1, sentences_per_passage):
-            passages.append(" ".join(block[i : i + sentences_per_passage]))
-    random.Random(seed).shuffle(passages)
+            runs.append(block[i : i + sentences_per_passage])
+    random.Random(seed).shuffle(runs)
+    return runs
+
+
+def load_passages(n: int | None = None, seed: int = 12345, sentences_per_passage: int = 8) -> list[str]:
+    """Passage-length training texts: runs of ``sentences_per_passage`` consecutive sentences of one source.
+
+    ``nli/more_sentences.txt.gz`` keeps the sentences of its news and review sources in document order
+    (``PASSAGE_SOURCES``), so consecutive lines read as a paragraph (a run may cross an article boundary, and
+    sentences dropped by the data filters leave small gaps). Training on them exercises the lengths a search
+    index encodes, which short NLI sentences do not. Non-overlapping runs, shuffled with
+    ``seed``, first ``n`` taken.
+    """
+    passages = [" ".join(run) for run in passage_runs(seed, sentences_per_passage)]
     if n is not None and n > len(passages):
         raise ValueError(f"Asked for {n} passages, only {len(passages)} can be built")
     return passages if n is None else passages[:n]
+
+
+def cloze_retrieval_dev(
+    num_queries: int = 200, num_documents: int = 1000, seed: int = 12345, sentences_per_passage: int = 8
+) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """A retrieval dev split of our own making, never a BEIR test set (inverse cloze, Lee et al. 2019).
+
+    The documents are the *last* ``num_documents`` passages of :func:`load_passages` with the same ``seed``, so
+    they are disjoint from training passages (which take the first ``n``) as long as both fit. Each of the first
+    ``num_queries`` documents gives one query: a sentence drawn from it, which is then removed from the document,
+    so a query never matches its document word for word. The query sentences also occur in the sentence pool of
+    :func:`load_sentences`, as single training texts and never as query-document pairs.
+
+    Returns:
+        ``(queries, corpus, relevant_docs)`` in the format of sentence-transformers'
+        ``InformationRetrievalEvaluator``.
+    """
+    if sentences_per_passage < 2:
+        raise ValueError("cloze_retrieval_dev needs sentences_per_passage >= 2 (a query sentence and its context)")
+    if not 1 <= num_queries <= num_documents:
+        raise ValueError(f"need 1 <= num_queries <= num_documents, got {num_queries} and {num_documents}")
+    runs = passage_runs(seed, sentences_per_passage)
+    if num_documents > len(runs):
+        raise ValueError(f"Asked for {num_documents} dev documents, only {len(runs)} passages can be built")
+    rng = random.Random(seed + 1)
+    queries: dict[str, str] = {}
+    corpus: dict[str, str] = {}
+    relevant: dict[str, set[str]] = {}
+    for i, run in enumerate(runs[len(runs) - num_documents :]):
+        doc_id = f"d{i}"
+        if i < num_queries:
+            j = rng.randrange(len(run))
+            queries[f"q{i}"] = run[j]
+            relevant[f"q{i}"] = {doc_id}
+            run = run[:j] + run[j + 1 :]
+        corpus[doc_id] = " ".join(run)
+    return queries, corpus, relevant
 
 
 def beir_dir(name: str) -> Path:

@@ -28,6 +28,7 @@ import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from sentence_transformers.base.sampler import BatchSamplers
+from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator, SequentialEvaluator
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
@@ -71,6 +72,13 @@ class TrainConfig:
     checkpoint; ``api: "trainer"`` only. A resumed run must use the same config (a warning lists the keys that
     differ from the checkpoint's); with ``max_train_seconds`` a run stopped by its budget also checkpoints, so it
     can be resumed.
+
+    Dev signals (``api: "trainer"`` only): with ``eval_steps: N`` the Trainer evaluates every N steps and logs, at
+    the config's exit settings and the model's serving length, NDCG@10 and the exit rate on a cloze retrieval split
+    of held-out passages (:func:`~st_leap.resources.cloze_retrieval_dev`, ``dev_queries`` queries over
+    ``dev_documents`` passages, never a BEIR test set), and the cosine of queries and documents to the teacher's (or,
+    without a teacher, the starting model's) embeddings (:class:`~st_leap.evaluation.TeacherAgreementEvaluator`).
+    See :func:`dev_evaluator`.
     """
 
     model: str = "minilm"
@@ -103,6 +111,9 @@ class TrainConfig:
     save_minutes: float | None = None
     save_total_limit: int | None = 2
     resume: bool | str = False
+    eval_steps: int | None = None
+    dev_queries: int = 200
+    dev_documents: int = 1000
 
     def __post_init__(self) -> None:
         if self.loss_version not in (1, 2):
@@ -126,7 +137,15 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        for name in ("save_steps", "save_total_limit"):
+        for name in ("dev_queries", "dev_documents"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.dev_queries > self.dev_documents:
+            raise ValueError(f"dev_queries ({self.dev_queries}) must not exceed dev_documents ({self.dev_documents})")
+        if self.eval_steps is not None and self.api != "trainer":
+            raise ValueError("eval_steps needs api='trainer' (the Trainer runs the dev evaluation)")
+        for name in ("save_steps", "save_total_limit", "eval_steps"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be null or an int >= 1, got {value!r}")
@@ -280,6 +299,7 @@ def train(
         teacher.max_seq_length = config.max_seq_length
     sentences = list(sentences) if sentences is not None else training_texts(config)
     loss = build_loss(model, config, teacher)
+    evaluator = dev_evaluator(config, original_max_len) if config.eval_steps is not None else None
 
     teacher_seconds = 0.0
     embeddings = None
@@ -302,7 +322,7 @@ def train(
     if config.api == "fit":
         steps, log_history = _train_with_fit(model, loss, sentences, embeddings, config), None
     else:
-        steps, log_history = _train_with_trainer(model, loss, dataset, config, resume_from, callbacks)
+        steps, log_history = _train_with_trainer(model, loss, dataset, config, resume_from, callbacks, evaluator)
     train_seconds = time.perf_counter() - start
     model.eval()
     model.max_seq_length = original_max_len
@@ -316,6 +336,59 @@ def train(
         save_model(model, config.output_dir)  # aside, then moved in; checkpoints/ beside it are kept
         write_json(result.to_dict(config), Path(config.output_dir) / "leap_training.json")
     return result
+
+
+class _AtServingLength(SequentialEvaluator):
+    """Runs its evaluators with the model at its serving ``max_seq_length`` (training may truncate shorter)."""
+
+    def __init__(self, evaluators: Sequence[SentenceEvaluator], max_seq_length: int) -> None:
+        super().__init__(evaluators, main_score_function=lambda scores: scores[0])
+        self.max_seq_length = max_seq_length
+
+    def __call__(self, model: SentenceTransformer, *args: Any, **kwargs: Any) -> dict[str, float]:
+        training_length = model.max_seq_length
+        model.max_seq_length = self.max_seq_length
+        try:
+            return super().__call__(model, *args, **kwargs)
+        finally:
+            model.max_seq_length = training_length
+
+
+def dev_evaluator(config: TrainConfig, max_seq_length: int) -> SentenceEvaluator:
+    """The dev signals of a run with ``eval_steps`` (no test set involved), at the config's exit settings:
+
+    - ``cloze-dev``: NDCG@10, MRR@10, recall and the exit rate / E[layers] on
+      :func:`~st_leap.resources.cloze_retrieval_dev` (queries through ``encode_query``, documents through
+      ``encode_document``, so per-role exit settings apply); its NDCG@10 is the primary score;
+    - ``agreement-queries`` / ``agreement-documents``: mean cosine to the reference model's embeddings of the dev
+      queries (``task="query"``) and of as many dev documents (``task="document"``): whether an index built with
+      the reference still fits. The reference is the teacher, else the starting model.
+
+    Every evaluator runs at ``max_seq_length`` (the serving length), whatever length training truncates to.
+    """
+    from st_leap.evaluation import EarlyExitInformationRetrievalEvaluator, TeacherAgreementEvaluator
+
+    queries, corpus, relevant = resources.cloze_retrieval_dev(
+        config.dev_queries, config.dev_documents, seed=config.sentence_seed,
+        sentences_per_passage=max(2, config.sentences_per_passage),
+    )
+    reference = SentenceTransformer(resources.resolve_model(config.teacher or config.model))
+    reference.max_seq_length = max_seq_length
+    exits = {"exit_threshold": config.exit_threshold, "exit_min_layer": config.exit_min_layer}
+    common = {"batch_size": config.batch_size, "show_progress_bar": False}
+    retrieval = EarlyExitInformationRetrievalEvaluator(
+        queries, corpus, relevant, name="cloze-dev", ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1, 10],
+        precision_recall_at_k=[10], map_at_k=[10], **common, **exits,
+    )
+    documents = list(corpus.values())[: config.dev_queries]
+    agreement = [
+        TeacherAgreementEvaluator(texts, reference=reference, task=task, name=name, **common, **exits)
+        for task, name, texts in (
+            ("query", "agreement-queries", list(queries.values())),
+            ("document", "agreement-documents", documents),
+        )
+    ]
+    return _AtServingLength([retrieval, *agreement], max_seq_length)
 
 
 def training_arguments(config: TrainConfig, output_dir: str | Path, **overrides: Any) -> SentenceTransformerTrainingArguments:
@@ -340,6 +413,8 @@ def training_arguments(config: TrainConfig, output_dir: str | Path, **overrides:
         dataloader_drop_last=True,
         batch_sampler=LengthGroupedBatchSampler if config.group_by_length else BatchSamplers.BATCH_SAMPLER,
     )
+    if config.eval_steps is not None:
+        settings.update(eval_strategy="steps", eval_steps=config.eval_steps)
     settings.update(overrides)
     return SentenceTransformerTrainingArguments(**settings)
 
@@ -351,6 +426,7 @@ def _train_with_trainer(
     config: TrainConfig,
     resume_from: str | None = None,
     extra_callbacks: Sequence[TrainerCallback] = (),
+    evaluator: SentenceEvaluator | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
     checkpointing = config.save_steps is not None or config.save_minutes is not None
     args = training_arguments(config, checkpoint_dir(config))
@@ -360,7 +436,9 @@ def _train_with_trainer(
     if config.max_train_seconds:
         callbacks.append(TimeBudget(config.max_train_seconds, checkpoint=checkpointing))
     callbacks.extend(extra_callbacks)
-    trainer = LEAPTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=callbacks)
+    trainer = LEAPTrainer(
+        model=model, args=args, train_dataset=dataset, loss=loss, callbacks=callbacks, evaluator=evaluator
+    )
     trainer.leap_loss, trainer.leap_config = loss, config.to_dict()
     if resume_from is not None:
         warn_config_changes(config, resume_from)
@@ -449,7 +527,7 @@ LOSS_STATE_NAME = "leap_loss.pt"
 CONFIG_NAME = "leap_config.json"
 # Keys a resumed run may change without changing what it computes.
 RESUME_FREE_KEYS = {"output_dir", "resume", "save", "save_steps", "save_minutes", "save_total_limit",
-                    "max_train_seconds", "logging_steps", "cache_dir"}
+                    "max_train_seconds", "logging_steps", "cache_dir", "eval_steps", "dev_queries", "dev_documents"}
 
 
 def checkpoint_dir(config: TrainConfig) -> Path:

@@ -36,6 +36,28 @@ def test_load_passages_joins_runs_of_consecutive_lines_within_one_source(fake_da
     assert len(resources.load_passages(4, sentences_per_passage=3)) == 4
 
 
+def test_cloze_retrieval_dev_is_held_out_and_never_matches_word_for_word(fake_data):
+    """The dev documents are the last passages of the seed's order (training takes the first ones); each query is
+    a sentence of its document, taken out of it; bad sizes are a ValueError."""
+    queries, corpus, relevant = resources.cloze_retrieval_dev(2, 3, seed=5, sentences_per_passage=3)
+    passages = resources.load_passages(sentences_per_passage=3, seed=5)  # 5 passages in this data
+    training = set(passages[:2])
+    assert len(queries) == 2 and len(corpus) == 3 and all(len(docs) == 1 for docs in relevant.values())
+    full = {doc_id: text for doc_id, text in corpus.items() if doc_id not in {d for s in relevant.values() for d in s}}
+    assert set(full.values()) <= set(passages[2:]) and not set(corpus.values()) & training
+    for query_id, query in queries.items():
+        (doc_id,) = relevant[query_id]
+        source = next(p for p in passages[2:] if query in p.split())
+        assert query not in corpus[doc_id].split() and sorted(corpus[doc_id].split() + [query]) == sorted(source.split())
+    assert resources.cloze_retrieval_dev(2, 3, seed=5, sentences_per_passage=3) == (queries, corpus, relevant)
+    with pytest.raises(ValueError, match="only 5 passages"):
+        resources.cloze_retrieval_dev(2, 6, sentences_per_passage=3)
+    with pytest.raises(ValueError, match="num_queries <= num_documents"):
+        resources.cloze_retrieval_dev(4, 3, sentences_per_passage=3)
+    with pytest.raises(ValueError, match="sentences_per_passage >= 2"):
+        resources.cloze_retrieval_dev(1, 3, sentences_per_passage=1)
+
+
 def test_load_passages_rejects_bad_input(fake_data, monkeypatch):
     with pytest.raises(ValueError, match="sentences_per_passage must be an int >= 1, got 0"):
         resources.load_passages(sentences_per_passage=0)

@@ -216,6 +216,40 @@ def test_train_with_fit_and_precomputed_teacher(tiny_dir, tmp_path, monkeypatch)
     assert (tmp_path / "o" / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists()
 
 
+def test_eval_steps_log_the_dev_signals(tiny_dir, tmp_path, monkeypatch):
+    """With eval_steps the Trainer logs the cloze retrieval dev split (NDCG@10, exit rate) and the agreement with
+    the teacher for queries and documents, at the config's exit settings; the evaluation runs at the serving
+    length and leaves training's max_seq_length as it was."""
+    import gzip
+
+    from st_leap import resources
+    from st_leap.training import train
+
+    data = tmp_path / "data"
+    (data / "nli").mkdir(parents=True)
+    (data / "stsb").mkdir()
+    with gzip.open(data / "nli" / "more_sentences.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("".join(" ".join(VOCAB[5 + i % 9 : 8 + i % 13]) + "\n" for i in range(60)))
+    monkeypatch.setenv("ST_LEAP_DATA", str(data))
+    monkeypatch.setenv("ST_LEAP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(resources, "PASSAGE_SOURCES", {"a": (1, 60)})
+    monkeypatch.setattr(resources, "load_sentences", lambda n, seed=0: [" ".join(VOCAB[5 : 6 + i % 7]) for i in range(n)])
+    config = TrainConfig(model=tiny_dir, teacher=tiny_dir, output_dir=str(tmp_path / "o"), max_steps=4, batch_size=4,
+                         max_seq_length=8, warmup_steps=1, logging_steps=2, save_steps=None, eval_steps=2,
+                         dev_queries=3, dev_documents=6, sentences_per_passage=4, exit_threshold=0.5, exit_min_layer=2)
+    result = train(config)
+    evals = [entry for entry in result.log_history if "eval_cloze-dev_cosine_ndcg@10" in entry]
+    assert [entry["step"] for entry in evals] == [2, 4]
+    for entry in evals:
+        assert 0 <= entry["eval_cloze-dev_cosine_ndcg@10"] <= 1 and 0 <= entry["eval_cloze-dev_exit_rate"] <= 1
+        assert -1 <= entry["eval_agreement-queries_cosine_mean"] <= 1 + 1e-6
+        assert 2 <= entry["eval_agreement-documents_expected_layers"] <= 3
+    with pytest.raises(ValueError, match="eval_steps needs api='trainer'"):
+        TrainConfig(api="fit", eval_steps=2)
+    with pytest.raises(ValueError, match="dev_queries"):
+        TrainConfig(dev_queries=5, dev_documents=4)
+
+
 def test_teacher_cache_is_shared_outside_the_model_folder(tiny_dir, tmp_path, monkeypatch):
     """With no cache_dir, the precomputed teacher cache goes to the shared, content-keyed cache
     ($ST_LEAP_CACHE/teacher/<key>/), never into the saved model folder: no teacher_cache/ and no .npy file there
