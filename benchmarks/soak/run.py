@@ -54,6 +54,68 @@ def main(argv: list[str] | None = None) -> int:
     thresholds = [None if t.strip().lower() == "none" else float(t) for t in args.thresholds.split(",")]
     settings = list(itertools.product(batch_sizes, thresholds))
     rounds = max(1, args.texts // args.round_texts)
+    command = command_line("benchmarks.soak.run", argv)
+
+    def write_report(rows: list[dict], done: int) -> tuple[str, dict]:
+        after_warmup = rows[args.warmup_rounds :] or rows
+        baseline = after_warmup[0]["rss_mib"]
+        peak = max(r["rss_mib"] for r in after_warmup)
+        growth = (after_warmup[-1]["rss_mib"] - baseline) / baseline
+        stability = {}
+        for batch_size, theta in settings:
+            speeds = [r["texts_per_second"] for r in after_warmup if (r["batch_size"], r["exit_threshold"]) == (batch_size, theta)]
+            if speeds:
+                median = statistics.median(speeds)
+                worst = max(abs(s - median) / median for s in speeds)
+                stability[f"batch {batch_size}, theta {theta}"] = {
+                    "median_texts_per_second": median,
+                    "max_relative_deviation": worst,
+                    "rounds": len(speeds),
+                }
+        checks = {
+            "rss_growth_after_warmup": growth,
+            "rss_growth_ok": growth < args.max_rss_growth,
+            "throughput_ok": all(v["max_relative_deviation"] <= args.throughput_band for v in stability.values()),
+        }
+        result = {
+            "run_info": {
+                "model": args.model,
+                "texts": rounds * args.round_texts,
+                "round_texts": args.round_texts,
+                "threads": args.threads,
+                "settings": [{"batch_size": b, "exit_threshold": t} for b, t in settings],
+                "warmup_rounds": args.warmup_rounds,
+            },
+            "results": {"rounds": rows, "rss_mib_after_warmup": baseline, "rss_mib_peak": peak, "throughput": stability},
+            "checks": checks,
+            "meta_info": meta_info(command),
+        }
+        lines = [
+            "# Soak test: encode with early exit in a loop",
+            "",
+            f"`{command}`",
+            "",
+            f"{rounds * args.round_texts:,} texts in {rounds} rounds of {args.round_texts:,}, {args.threads} threads, "
+            f"settings cycled: batch sizes {batch_sizes} x thresholds {thresholds}.",
+            "",
+            f"- RSS after warm-up {baseline:.0f} MiB, at the end {after_warmup[-1]['rss_mib']:.0f} MiB, peak {peak:.0f} MiB: "
+            f"growth {growth:+.1%} ({'pass' if checks['rss_growth_ok'] else 'FAIL'}, limit {args.max_rss_growth:.0%})",
+            f"- Throughput per setting within ±{args.throughput_band:.0%} of its median after warm-up: "
+            f"{'pass' if checks['throughput_ok'] else 'FAIL'}",
+            "",
+            "| setting | rounds | median texts/s | max deviation |",
+            "|---|---|---|---|",
+            *(
+                f"| {name} | {v['rounds']} | {v['median_texts_per_second']:.0f} | {v['max_relative_deviation']:.1%} |"
+                for name, v in stability.items()
+            ),
+            "",
+        ]
+        result["run_info"]["rounds_done"] = done
+        lines.insert(3, "" if done == rounds else f"**Stopped after {done} of {rounds} rounds.**\n")
+        write_result(args.out, result, "\n".join(lines))
+        return "\n".join(lines), checks
+
     rows = []
     offset = 0
     for index in tqdm(range(rounds), desc="Soak rounds"):
@@ -76,64 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                 "rss_mib": rss_mib(),
             }
         )
+        write_report(rows, index + 1)  # after every round: a stopped soak keeps what it measured
 
-    after_warmup = rows[args.warmup_rounds :] or rows
-    baseline = after_warmup[0]["rss_mib"]
-    peak = max(r["rss_mib"] for r in after_warmup)
-    growth = (after_warmup[-1]["rss_mib"] - baseline) / baseline
-    stability = {}
-    for batch_size, theta in settings:
-        speeds = [r["texts_per_second"] for r in after_warmup if (r["batch_size"], r["exit_threshold"]) == (batch_size, theta)]
-        if speeds:
-            median = statistics.median(speeds)
-            worst = max(abs(s - median) / median for s in speeds)
-            stability[f"batch {batch_size}, theta {theta}"] = {
-                "median_texts_per_second": median,
-                "max_relative_deviation": worst,
-                "rounds": len(speeds),
-            }
-    checks = {
-        "rss_growth_after_warmup": growth,
-        "rss_growth_ok": growth < args.max_rss_growth,
-        "throughput_ok": all(v["max_relative_deviation"] <= args.throughput_band for v in stability.values()),
-    }
-    command = command_line("benchmarks.soak.run", argv)
-    result = {
-        "run_info": {
-            "model": args.model,
-            "texts": rounds * args.round_texts,
-            "round_texts": args.round_texts,
-            "threads": args.threads,
-            "settings": [{"batch_size": b, "exit_threshold": t} for b, t in settings],
-            "warmup_rounds": args.warmup_rounds,
-        },
-        "results": {"rounds": rows, "rss_mib_after_warmup": baseline, "rss_mib_peak": peak, "throughput": stability},
-        "checks": checks,
-        "meta_info": meta_info(command),
-    }
-    lines = [
-        "# Soak test: encode with early exit in a loop",
-        "",
-        f"`{command}`",
-        "",
-        f"{rounds * args.round_texts:,} texts in {rounds} rounds of {args.round_texts:,}, {args.threads} threads, "
-        f"settings cycled: batch sizes {batch_sizes} x thresholds {thresholds}.",
-        "",
-        f"- RSS after warm-up {baseline:.0f} MiB, at the end {after_warmup[-1]['rss_mib']:.0f} MiB, peak {peak:.0f} MiB: "
-        f"growth {growth:+.1%} ({'pass' if checks['rss_growth_ok'] else 'FAIL'}, limit {args.max_rss_growth:.0%})",
-        f"- Throughput per setting within ±{args.throughput_band:.0%} of its median after warm-up: "
-        f"{'pass' if checks['throughput_ok'] else 'FAIL'}",
-        "",
-        "| setting | rounds | median texts/s | max deviation |",
-        "|---|---|---|---|",
-        *(
-            f"| {name} | {v['rounds']} | {v['median_texts_per_second']:.0f} | {v['max_relative_deviation']:.1%} |"
-            for name, v in stability.items()
-        ),
-        "",
-    ]
-    write_result(args.out, result, "\n".join(lines))
-    print("\n".join(lines))
+    markdown, checks = write_report(rows, len(rows))
+    print(markdown)
     return 0 if checks["rss_growth_ok"] and checks["throughput_ok"] else 1
 
 
