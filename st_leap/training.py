@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 import warnings
 from collections.abc import Sequence
@@ -60,8 +61,9 @@ class TrainConfig:
     :class:`~st_leap.losses.LEAPLoss`. ``exit_threshold``/``exit_min_layer``: the exit defaults saved with the
     model. ``data``: ``"sentences"`` (:func:`~st_leap.resources.load_sentences`) or ``"passages"``
     (:func:`~st_leap.resources.load_passages`, ``sentences_per_passage`` consecutive sentences of news and
-    reviews; train them at the serving length, e.g. ``max_seq_length: 256``); ``num_sentences`` is the number of
-    training texts of either kind. ``group_by_length``: batches of similar-length texts
+    reviews; train them at the serving length, e.g. ``max_seq_length: 256``) or ``"mixed"`` (both, shuffled
+    together, ``passage_fraction`` of them passages: short query-like texts and documents, as a search index
+    sees them); ``num_sentences`` is the number of training texts of any kind. ``group_by_length``: batches of similar-length texts
     (:class:`~st_leap.sampler.LengthGroupedBatchSampler`, less padding, faster steps; ``api: "trainer"`` only).
 
     Checkpoints (written under ``<output_dir>/checkpoints/checkpoint-N``, never into the saved model's own files):
@@ -89,6 +91,7 @@ class TrainConfig:
     sentence_seed: int = 12345
     data: str = "sentences"
     sentences_per_passage: int = 8
+    passage_fraction: float = 0.25
     max_steps: int = 240
     batch_size: int = 32
     learning_rate: float = 1e-4
@@ -123,8 +126,11 @@ class TrainConfig:
             self.loss_version = 2
         if self.teacher_mode not in ("live", "precomputed"):
             raise ValueError(f"teacher_mode must be 'live' or 'precomputed', got {self.teacher_mode!r}")
-        if self.data not in ("sentences", "passages"):
-            raise ValueError(f"data must be 'sentences' or 'passages', got {self.data!r}")
+        if self.data not in ("sentences", "passages", "mixed"):
+            raise ValueError(f"data must be 'sentences', 'passages' or 'mixed', got {self.data!r}")
+        fraction = self.passage_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"passage_fraction must be a number in [0, 1], got {fraction!r}")
         if self.api not in ("trainer", "fit"):
             raise ValueError(f"api must be 'trainer' or 'fit', got {self.api!r}")
         if self.group_by_length and self.api != "trainer":
@@ -236,6 +242,13 @@ def training_texts(config: TrainConfig) -> list[str]:
     n = config.num_sentences or config.max_steps * config.batch_size
     if config.data == "passages":
         return resources.load_passages(n, seed=config.sentence_seed, sentences_per_passage=config.sentences_per_passage)
+    if config.data == "mixed":
+        n_passages = round(n * config.passage_fraction)
+        texts = resources.load_sentences(n - n_passages, seed=config.sentence_seed) + resources.load_passages(
+            n_passages, seed=config.sentence_seed, sentences_per_passage=config.sentences_per_passage
+        )
+        random.Random(config.sentence_seed).shuffle(texts)
+        return texts
     return resources.load_sentences(n, seed=config.sentence_seed)
 
 

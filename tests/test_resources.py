@@ -85,8 +85,24 @@ def test_passage_sources_fit_the_shared_file():
 
 
 def test_TrainConfig_rejects_unknown_data_kind():
-    with pytest.raises(ValueError, match="data must be 'sentences' or 'passages', got 'docs'"):
+    with pytest.raises(ValueError, match="data must be 'sentences', 'passages' or 'mixed', got 'docs'"):
         TrainConfig(data="docs")
+    with pytest.raises(ValueError, match="passage_fraction must be a number in"):
+        TrainConfig(data="mixed", passage_fraction=1.5)
+
+
+def test_mixed_training_texts_hold_the_fraction_of_passages_shuffled(fake_data, monkeypatch):
+    """data='mixed': passage_fraction of the texts are passages, the rest sentences, shuffled together, the same
+    for the same seed."""
+    from st_leap.training import training_texts
+
+    monkeypatch.setattr(resources, "load_sentences", lambda n, seed=0: [f"sentence {i}" for i in range(n)])
+    config = TrainConfig(data="mixed", num_sentences=8, passage_fraction=0.5, sentences_per_passage=2)
+    texts = training_texts(config)
+    passages = [t for t in texts if not t.startswith("sentence")]
+    assert len(texts) == 8 and len(passages) == 4 and set(passages) <= set(resources.load_passages(sentences_per_passage=2))
+    assert texts != sorted(texts, key=lambda t: not t.startswith("sentence")), "sentences and passages are mixed"
+    assert training_texts(config) == texts
 
 
 def test_data_dir_names_a_wrong_ST_LEAP_DATA(tmp_path, monkeypatch):
