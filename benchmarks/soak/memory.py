@@ -90,7 +90,9 @@ def child(variant: str, args: argparse.Namespace) -> list[dict]:
     model = SentenceTransformer(path, device="cpu") if base == "stock" else st_leap.from_pretrained(path, device="cpu")
     thresholds = [0.9, 0.95, None] if base == "st_leap-exits" else [None]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    texts = mixed_texts(args.round_texts * 4)
+    # --fresh-texts: every round encodes texts never seen before (new padded shapes, as in the soak); otherwise
+    # the rounds cycle through 4 rounds' worth of texts (the shapes repeat).
+    texts = mixed_texts(args.round_texts * (args.rounds if args.fresh_texts else 4))
     rows = []
     for index in range(args.rounds):
         batch_size = batch_sizes[index % len(batch_sizes)]
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,8,32,64")
     parser.add_argument("--warmup-rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fresh-texts", action="store_true", help="new texts every round instead of a 4-round cycle")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -169,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"`{command}`",
         "",
-        f"{args.rounds} rounds of {args.round_texts:,} texts (1 passage in 11), batch sizes {args.batch_sizes} cycled, "
+        f"{args.rounds} rounds of {args.round_texts:,} texts (1 passage in 11; "
+        f"{'new texts every round' if args.fresh_texts else 'the texts repeat every 4 rounds'}), batch sizes {args.batch_sizes} cycled, "
         f"{args.threads} threads; each variant in a fresh process. Growth is from the end of round "
         f"{args.warmup_rounds} (warm-up) to the last round.",
         "",
