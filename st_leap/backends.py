@@ -103,6 +103,29 @@ def _export_onnx(module: nn.Module, args: tuple[Tensor, ...], names: list[str], 
     tmp.replace(path)
 
 
+def convert_onnx(onnx_file: str | Path, target: str | Path, backend: str, quantize: str | None = None) -> Path:
+    """An fp32 ONNX graph made ready for ``backend``: ONNX Runtime's dynamic int8 quantisation
+    (``quantize_dynamic``) for ``"onnx"`` + ``"int8"``; OpenVINO's ``convert_model`` (with NNCF's int8 weight
+    compression for ``"int8"``) for ``"openvino"``. Returns ``target``."""
+    check_backend(backend, quantize)
+    if backend == "onnx" and quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(onnx_file), str(target), weight_type=QuantType.QInt8)
+    elif backend == "openvino":
+        import openvino as ov
+
+        ov_model = ov.convert_model(str(onnx_file))
+        if quantize == "int8":
+            import nncf
+
+            ov_model = nncf.compress_weights(ov_model)  # int8 weights (NNCF's default mode)
+        ov.save_model(ov_model, str(target))
+    else:
+        raise ValueError(f"nothing to convert for backend={backend!r}, quantize={quantize!r}")
+    return Path(target)
+
+
 def export_segments(module: Any, folder: str | Path, backend: str, quantize: str | None = None) -> Path:
     """Export ``module``'s encoder (an :class:`~st_leap.EarlyExitTransformer`) as segments into ``folder``; returns
     the folder. Reuses an export whose ``export.json`` matches the weights, backend and quantisation."""
@@ -157,21 +180,10 @@ def export_segments(module: Any, folder: str | Path, backend: str, quantize: str
                 onnx_dir / f"layer_{i:02d}.onnx",
                 {"hidden_in": seq, "attention_mask": seq, "hidden": seq},
             )
-    if backend == "onnx" and quantize == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
+    if backend != "onnx" or quantize is not None:
         for name in files:
-            quantize_dynamic(str(onnx_dir / f"{name}.onnx"), str(folder / f"{name}.onnx"), weight_type=QuantType.QInt8)
-    if backend == "openvino":
-        import openvino as ov
-
-        for name in files:
-            ov_model = ov.convert_model(str(onnx_dir / f"{name}.onnx"))
-            if quantize == "int8":
-                import nncf
-
-                ov_model = nncf.compress_weights(ov_model)  # int8 weights (NNCF's default mode)
-            ov.save_model(ov_model, str(folder / f"{name}.xml"))
+            suffix = ".onnx" if backend == "onnx" else ".xml"
+            convert_onnx(onnx_dir / f"{name}.onnx", folder / f"{name}{suffix}", backend, quantize)
     from st_leap.reporting import write_json
 
     write_json(meta, meta_path)  # last: a folder without it is rebuilt

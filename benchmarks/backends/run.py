@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 import st_leap
 from benchmarks._common import command_line, meta_info, results_dir, write_result
-from st_leap.backends import open_runner
+from st_leap.backends import convert_onnx, open_runner
 from st_leap.evaluation import EarlyExitEmbeddingSimilarityEvaluator
 from st_leap.evaluation.beir import evaluate_beir, load_beir_folder
 from st_leap.resources import beir_dir, load_stsb, resolve_model, stsb_sentences
@@ -83,20 +83,7 @@ def export_whole_graph(model_path: str, folder: Path, backend: str, quantize: st
     target = folder / f"model{'_int8' if quantize else ''}{'.onnx' if backend == 'onnx' else '.xml'}"
     if target.exists():
         return target
-    if backend == "onnx":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(str(onnx_file), str(target), weight_type=QuantType.QInt8)
-    else:
-        import openvino as ov
-
-        ov_model = ov.convert_model(str(onnx_file))
-        if quantize == "int8":
-            import nncf
-
-            ov_model = nncf.compress_weights(ov_model)
-        ov.save_model(ov_model, str(target))
-    return target
+    return convert_onnx(onnx_file, target, backend, quantize)
 
 
 def whole_graph_model(model_path: str, folder: Path, backend: str, quantize: str | None, threads: int) -> SentenceTransformer:

@@ -56,7 +56,8 @@ def rss_mib() -> float:
 def malloc_trim() -> bool:
     """Ask glibc to return freed heap memory to the OS; False where there is no glibc."""
     try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return True
     except OSError:
         return False
 

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+from sentence_transformers.util import pairwise_cos_sim
 
 from st_leap.model import MODEL_DEFAULT, early_exit_module, encode_with_exits, exit_kwargs, last_call_stats
 
@@ -88,7 +89,7 @@ class TeacherAgreementEvaluator(SentenceEvaluator):
                 f"got {reference_embeddings.shape}"
             )
         self.texts = list(texts)
-        self.reference = reference_embeddings / np.clip(np.linalg.norm(reference_embeddings, axis=1, keepdims=True), 1e-12, None)
+        self.reference = reference_embeddings
         self.task = task
         self.exit_settings = exit_kwargs(exit_threshold, exit_patience, exit_min_layer, truncate_layers)
         self.name = name
@@ -116,8 +117,7 @@ class TeacherAgreementEvaluator(SentenceEvaluator):
                 f"The model embeds to {embeddings.shape[1:]}, the reference to {self.reference.shape[1:]}: agreement "
                 "needs embeddings of the same space"
             )
-        embeddings = embeddings / np.clip(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12, None)
-        cosine = (embeddings * self.reference).sum(axis=1)
+        cosine = pairwise_cos_sim(embeddings, self.reference).numpy()
         metrics = {
             "cosine_mean": float(cosine.mean()),
             "cosine_p10": float(np.percentile(cosine, 10)),
