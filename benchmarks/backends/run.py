@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import json
 import shutil
 import statistics
 import time
@@ -277,6 +278,22 @@ def markdown(command: str, cells: list[dict], quality_rows: dict, unavailable: d
     return "\n".join(lines)
 
 
+def resumed(out: str, run_info: dict) -> tuple[list[dict], dict, dict | None, list[str]]:
+    """The cells, unavailable backends, quality rows and commands of the earlier run in ``out`` (``--resume``). Its
+    settings must equal this run's, so that every cell of the table measures the same thing."""
+    path = Path(out).with_suffix(".json")
+    if not path.exists():
+        raise SystemExit(f"--resume: {path} does not exist; run without --resume first")
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    settings = {k: v for k, v in earlier["run_info"].items() if k != "commands"}
+    if settings != run_info:
+        raise SystemExit(f"--resume: {path} was measured with {settings}, this run asks for {run_info}; "
+                         "use the same --model/--theta/--repeats/--sentences/--passages or another --out")
+    commands = earlier["run_info"].get("commands") or [earlier["meta_info"]["command"]]
+    results = earlier["results"]
+    return results["cells"], results["unavailable"], results["quality"], list(commands)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="minilm")
@@ -288,33 +305,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passages", type=int, default=128)
     parser.add_argument("--scifact", action="store_true", help="also SciFact NDCG@10 per st_leap setting (slow)")
     parser.add_argument("--out", default=str(results_dir("backends") / "backends"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cells and quality of an earlier run with the same settings in --out; time only the missing cells")
     args = parser.parse_args(argv)
     model_path = resolve_model(args.model)
     texts = {"STS-B sentences": stsb_sentences("test")[: args.sentences], "SciFact passages": scifact_passages(args.passages)}
-    # Exports of this run's model only (the segmented ones are cached beside the model, keyed by its weights).
+    run_info = {"model": args.model, "theta": args.theta, "repeats": args.repeats,
+                "sentences": args.sentences, "passages": args.passages}
+    command = command_line("benchmarks.backends.run", argv)
+    cells, unavailable, quality_rows, commands = resumed(args.out, run_info) if args.resume else ([], {}, None, [])
+    commands.append(command)
+    # Exports of this run's model only (the segmented ones are cached beside the model, keyed by its weights); a
+    # resumed run keeps the earlier run's exports of the same model.
     export_root = Path("runs/backends_exports") / hashlib.sha1(str(Path(model_path).resolve()).encode()).hexdigest()[:12]
-    shutil.rmtree(export_root, ignore_errors=True)
-    cells, unavailable, quality_rows = [], {}, None
+    if not args.resume:
+        shutil.rmtree(export_root, ignore_errors=True)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     for threads in [int(t) for t in args.threads.split(",")]:
-        settings, models, unavailable = build(model_path, args.theta, threads, export_root)
+        todo = [(name, b) for name in texts for b in batch_sizes if not any(
+            (c["threads"], c["texts"], c["batch_size"]) == (threads, name, b) for c in cells)]
+        if not todo:
+            continue
+        settings, models, built_unavailable = build(model_path, args.theta, threads, export_root)
+        unavailable.update(built_unavailable)
         if quality_rows is None:
             quality_rows = quality(settings, models, args.scifact)
-        for text_name, text_list in texts.items():
-            for batch_size in tqdm([int(b) for b in args.batch_sizes.split(",")], desc=f"{threads} threads, {text_name}"):
-                cell = {"threads": threads, "texts": text_name, "batch_size": batch_size,
-                        "results": time_cell(settings, models, text_list, batch_size, args.repeats)}
-                cell["summary"] = summarise(cell, quality_rows)
-                cells.append(cell)
-                # Written after every cell: a stopped run keeps what it measured.
-                command = command_line("benchmarks.backends.run", argv)
-                result = {
-                    "run_info": {"model": args.model, "theta": args.theta, "repeats": args.repeats,
-                                 "sentences": args.sentences, "passages": args.passages},
-                    "results": {"cells": cells, "quality": quality_rows, "unavailable": unavailable},
-                    "meta_info": meta_info(command),
-                }
-                write_result(args.out, result, markdown(command, cells, quality_rows, unavailable))
-    print(markdown(command, cells, quality_rows, unavailable))
+        for text_name, batch_size in tqdm(todo, desc=f"{threads} threads"):
+            cell = {"threads": threads, "texts": text_name, "batch_size": batch_size,
+                    "results": time_cell(settings, models, texts[text_name], batch_size, args.repeats)}
+            cell["summary"] = summarise(cell, quality_rows)
+            cells.append(cell)
+            cells.sort(key=lambda c: (c["threads"], list(texts).index(c["texts"]), c["batch_size"]))
+            # Written after every cell: a stopped run keeps what it measured (and --resume goes on from there).
+            result = {
+                "run_info": {**run_info, "commands": commands},
+                "results": {"cells": cells, "quality": quality_rows, "unavailable": unavailable},
+                "meta_info": meta_info(command),
+            }
+            write_result(args.out, result, markdown(" ; then ".join(commands), cells, quality_rows, unavailable))
+    print(markdown(" ; then ".join(commands), cells, quality_rows, unavailable))
     return 0
 
 

@@ -52,3 +52,21 @@ def test_summary_checks_compare_like_with_like():
     assert best["fastest_st_leap_at_equal_quality"] == "st_leap onnx-int8 theta=0.95" and best["ratio"] == pytest.approx(5 / 3)
     quality["st_leap onnx-int8 theta=0.95"] = quality["st_leap onnx theta=0.9"] = {"stsb_spearman": 0.80}
     assert backends_bench.summarise(cell, quality)["exit_vs_best"]["ratio"] is None
+
+
+def test_resume_keeps_earlier_cells_only_for_the_same_settings(tmp_path):
+    import json
+
+    info = {"model": "m", "theta": 0.9, "repeats": 5, "sentences": 128, "passages": 64}
+    cell = {"threads": 1, "texts": "STS-B sentences", "batch_size": 1, "results": {}, "summary": {}}
+    earlier = {"run_info": dict(info), "results": {"cells": [cell], "quality": {"st torch": {"stsb_spearman": 0.8}},
+                                                   "unavailable": {"st onnx": "ImportError"}},
+               "meta_info": {"command": "first command"}}
+    (tmp_path / "b.json").write_text(json.dumps(earlier))
+    cells, unavailable, quality_rows, commands = backends_bench.resumed(str(tmp_path / "b"), info)
+    assert cells == [cell] and unavailable == {"st onnx": "ImportError"} and commands == ["first command"]
+    assert quality_rows == {"st torch": {"stsb_spearman": 0.8}}
+    with pytest.raises(SystemExit, match="measured with .*'theta': 0.9"):
+        backends_bench.resumed(str(tmp_path / "b"), {**info, "theta": 0.95})
+    with pytest.raises(SystemExit, match="does not exist"):
+        backends_bench.resumed(str(tmp_path / "missing"), info)
