@@ -191,12 +191,13 @@ def export_segments(module: Any, folder: str | Path, backend: str, quantize: str
 
 
 class _OnnxRunner:
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, spin: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
 
@@ -205,7 +206,7 @@ class _OnnxRunner:
 
 
 class _OpenVINORunner:
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, spin: bool = True) -> None:
         import openvino as ov
 
         core = ov.Core()
@@ -217,13 +218,18 @@ class _OpenVINORunner:
         return self.compiled(dict(zip(self.names, arrays)))[0]
 
 
-def open_runner(path: str | Path, backend: str, threads: int) -> Any:
+def open_runner(path: str | Path, backend: str, threads: int, spin: bool = True) -> Any:
     """One exported graph (``.onnx`` for ``"onnx"``, ``.xml`` for ``"openvino"``) as a callable
-    ``(*arrays) -> first output``, with its inputs in graph order, on ``threads`` CPU threads."""
+    ``(*arrays) -> first output``, with its inputs in graph order, on ``threads`` CPU threads.
+
+    ``spin=False`` stops ONNX Runtime's intra-op threads from busy-waiting after each run (its
+    ``session.intra_op.allow_spinning``; OpenVINO ignores it). One session may spin; a chain of sessions run one
+    after another (the segments) must not, or each finished session's spinning threads take the cores from the
+    next one."""
     check_backend(backend, None)
     if backend == "torch":
         raise ValueError("open_runner runs exported graphs: backend must be 'onnx' or 'openvino'")
-    return (_OnnxRunner if backend == "onnx" else _OpenVINORunner)(Path(path), threads)
+    return (_OnnxRunner if backend == "onnx" else _OpenVINORunner)(Path(path), threads, spin)
 
 
 def _array(tensor: Tensor) -> np.ndarray:
@@ -234,16 +240,20 @@ class SegmentBackbone:
     """The layer loop's view of an exported encoder: ``embed``, ``layers`` (callables ``(hidden, mask) ->
     hidden``), the ``(B, T)`` mask as the layers' attention mask, no per-layer extras."""
 
-    def __init__(self, folder: str | Path, backend: str, model_type: str, threads: int | None = None) -> None:
+    def __init__(
+        self, folder: str | Path, backend: str, model_type: str, threads: int | None = None, spin: bool = False
+    ) -> None:
         folder = Path(folder)
         threads = threads or torch.get_num_threads()
         suffix = ".onnx" if backend == "onnx" else ".xml"
         meta = json.loads((folder / "export.json").read_text())
         self.model_type = model_type
         self.backend = backend
-        self._embed = open_runner(folder / f"embeddings{suffix}", backend, threads)
+        # spin=False by default: the segments run one after another, and spinning threads of the one that just
+        # finished would compete with the next (measured: benchmarks/results/backends/, 2 threads)
+        self._embed = open_runner(folder / f"embeddings{suffix}", backend, threads, spin)
         self.layers = [
-            _SegmentLayer(open_runner(folder / f"layer_{i:02d}{suffix}", backend, threads))
+            _SegmentLayer(open_runner(folder / f"layer_{i:02d}{suffix}", backend, threads, spin))
             for i in range(meta["num_layers"])
         ]
 

@@ -62,3 +62,26 @@ def test_backend_arguments_are_checked_before_loading(tmp_path):
         st_leap.from_pretrained(str(tmp_path / "missing"), backend="tensorrt")
     with pytest.raises(ValueError, match="quantize applies to backend='onnx' or 'openvino'"):
         st_leap.from_pretrained(str(tmp_path / "missing"), quantize="int8")
+
+
+def test_segments_do_not_spin_but_a_single_graph_may(saved_leap):
+    """The segments run one after another: ONNX Runtime's busy-waiting threads of a finished segment would take the
+    cores from the next one, so the segmented encoder turns spinning off; a lone graph keeps ONNX Runtime's default."""
+    pytest.importorskip("onnxruntime")
+    from st_leap.backends import SegmentBackbone, default_export_dir, open_runner
+
+    model = st_leap.from_pretrained(saved_leap, backend="onnx")
+    folder = default_export_dir(saved_leap, "onnx", None)
+    key = "session.intra_op.allow_spinning"
+
+    def spinning(runner):
+        return runner.session.get_session_options().get_session_config_entry(key)
+
+    backbone = SegmentBackbone(folder, "onnx", "bert", threads=2)
+    assert {spinning(layer.runner) for layer in backbone.layers} == {"0"}
+    assert spinning(open_runner(folder / "layer_00.onnx", "onnx", 2)) == "1"
+    # the same numbers either way
+    spin_on = SegmentBackbone(folder, "onnx", "bert", threads=2, spin=True)
+    hidden, mask = torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.long)
+    torch.testing.assert_close(spin_on.layers[0](hidden, mask), backbone.layers[0](hidden, mask))
+    assert model.encode(SENTENCES).shape[0] == len(SENTENCES)

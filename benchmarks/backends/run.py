@@ -305,11 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passages", type=int, default=128)
     parser.add_argument("--scifact", action="store_true", help="also SciFact NDCG@10 per st_leap setting (slow)")
     parser.add_argument("--out", default=str(results_dir("backends") / "backends"))
+    parser.add_argument("--texts", default="sentences,passages", help="text sets to time: sentences, passages or both")
     parser.add_argument("--resume", action="store_true",
                         help="keep the cells and quality of an earlier run with the same settings in --out; time only the missing cells")
     args = parser.parse_args(argv)
     model_path = resolve_model(args.model)
     texts = {"STS-B sentences": stsb_sentences("test")[: args.sentences], "SciFact passages": scifact_passages(args.passages)}
+    chosen = {"sentences": "STS-B sentences", "passages": "SciFact passages"}
+    try:
+        timed_sets = [chosen[name] for name in args.texts.split(",")]
+    except KeyError as error:
+        raise SystemExit(f"--texts takes sentences, passages or both, got {args.texts!r}") from error
     run_info = {"model": args.model, "theta": args.theta, "repeats": args.repeats,
                 "sentences": args.sentences, "passages": args.passages}
     command = command_line("benchmarks.backends.run", argv)
@@ -322,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(export_root, ignore_errors=True)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     for threads in [int(t) for t in args.threads.split(",")]:
-        todo = [(name, b) for name in texts for b in batch_sizes if not any(
+        todo = [(name, b) for name in timed_sets for b in batch_sizes if not any(
             (c["threads"], c["texts"], c["batch_size"]) == (threads, name, b) for c in cells)]
         if not todo:
             continue
