@@ -10,7 +10,13 @@ through variants that differ in one thing each:
 - ``st_leap-exits``: thresholds cycled as in the soak (the exit loop);
 - any variant with ``+trim``: glibc's ``malloc_trim(0)`` after every round, which hands freed heap pages back to
   the OS: growth that ``malloc_trim`` removes is memory the C allocator kept, not memory anything still holds;
-- any variant with ``+arena2``: ``MALLOC_ARENA_MAX=2`` in the child's environment.
+- allocator settings, each set in the child's environment before it starts (see :data:`FLAG_ENV`):
+  ``+arena2`` (``MALLOC_ARENA_MAX=2``: fewer glibc arenas), ``+mmap`` (``MALLOC_MMAP_THRESHOLD_=131072``: a fixed
+  mmap threshold, so every large block, a batch's activations, is mapped and unmapped instead of reused from a heap
+  that fragments), ``+mklmm`` (``MKL_DISABLE_FAST_MM=1``: MKL's own buffer cache off), ``+onednn0``
+  (``ONEDNN_PRIMITIVE_CACHE_CAPACITY=0``) and ``+jemalloc`` (``LD_PRELOAD`` of jemalloc instead of glibc malloc;
+  ``--jemalloc`` names the library, by default the system's ``libjemalloc.so.2``, e.g. from Debian's
+  ``libjemalloc2``).
 
 Besides RSS each round records the number of live Python objects (``gc.get_objects()``) and of live torch tensors,
 which grow when something in Python holds on to results.
@@ -43,6 +49,39 @@ DEFAULT_VARIANTS = (
     "st_leap-exits+trim",
     "st_leap-exits+arena2",
 )
+
+#: Environment a variant flag sets in its child process (read by glibc, MKL and oneDNN at start-up).
+FLAG_ENV = {
+    "arena2": {"MALLOC_ARENA_MAX": "2"},
+    "mmap": {"MALLOC_MMAP_THRESHOLD_": "131072"},
+    "mklmm": {"MKL_DISABLE_FAST_MM": "1"},
+    "onednn0": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"},
+}
+KNOWN_FLAGS = {"trim", "jemalloc", *FLAG_ENV}
+
+
+def variant_env(variant: str, jemalloc: str | None = None) -> dict[str, str]:
+    """The environment variables variant ``base+flag+flag`` adds to its child process."""
+    base, *flags = variant.split("+")
+    if base not in ("stock", "st_leap", "st_leap-exits"):
+        raise ValueError(f"Unknown variant base {base!r} in {variant!r}; use stock, st_leap or st_leap-exits.")
+    unknown = set(flags) - KNOWN_FLAGS
+    if unknown:
+        raise ValueError(f"Unknown variant flag(s) {sorted(unknown)} in {variant!r}; known: {sorted(KNOWN_FLAGS)}.")
+    env = {}
+    for flag in flags:
+        env.update(FLAG_ENV.get(flag, {}))
+    if "jemalloc" in flags:
+        import ctypes.util
+
+        library = jemalloc or ctypes.util.find_library("jemalloc")
+        if not library:
+            raise ValueError(
+                f"Variant {variant!r} needs jemalloc: install it (Debian/Ubuntu: apt-get install libjemalloc2) "
+                "or pass --jemalloc /path/to/libjemalloc.so.2."
+            )
+        env["LD_PRELOAD"] = library
+    return env
 
 
 def rss_mib() -> float:
@@ -86,7 +125,7 @@ def child(variant: str, args: argparse.Namespace) -> list[dict]:
     import st_leap
     from st_leap.resources import resolve_model
 
-    base, _, flags = variant.partition("+")
+    base, *flags = variant.split("+")
     path = resolve_model(args.model)
     model = SentenceTransformer(path, device="cpu") if base == "stock" else st_leap.from_pretrained(path, device="cpu")
     thresholds = [0.9, 0.95, None] if base == "st_leap-exits" else [None]
@@ -144,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fresh-texts", action="store_true", help="new texts every round instead of a 4-round cycle")
+    parser.add_argument("--jemalloc", default=None, help="path of libjemalloc.so for +jemalloc variants")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -156,17 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks._common import command_line, meta_info, results_dir, write_result
 
     argv = sys.argv[1:] if argv is None else argv
+    variants = args.variants.split(",")
+    extra_env = {variant: variant_env(variant, args.jemalloc) for variant in variants}  # bad names fail first
     results = {}
-    for variant in tqdm(args.variants.split(","), desc="Variants"):
-        env = dict(os.environ)
-        if "arena2" in variant.partition("+")[2]:
-            env["MALLOC_ARENA_MAX"] = "2"
+    for variant in tqdm(variants, desc="Variants"):
+        env = {**os.environ, **extra_env[variant]}
         proc = subprocess.run(
             [sys.executable, "-m", "benchmarks.soak.memory", *argv, "--child", variant],
             env=env, stdout=subprocess.PIPE, check=True, text=True,
         )
         rows = json.loads(proc.stdout.strip().splitlines()[-1])
-        results[variant] = {"rounds": rows, "summary": summarise(rows, args.warmup_rounds)}
+        results[variant] = {"rounds": rows, "summary": summarise(rows, args.warmup_rounds), "env": extra_env[variant]}
     command = command_line("benchmarks.soak.memory", argv)
     lines = [
         "# Soak memory bisect: where the RSS growth comes from",

@@ -1,0 +1,60 @@
+"""The soak benchmarks (issue 17): the allocator variants of the memory bisect set what they name in the child's
+environment and nothing else, bad variant names fail before any child starts, and the soak itself writes a report
+whose checks follow from its measured rounds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.soak import memory
+from benchmarks.soak import run as soak
+
+
+def test_variant_env_sets_each_flag_and_only_it():
+    assert memory.variant_env("stock") == {}
+    assert memory.variant_env("st_leap-exits+trim") == {}  # trim acts in the child, not in its environment
+    assert memory.variant_env("st_leap-exits+mmap") == {"MALLOC_MMAP_THRESHOLD_": "131072"}
+    assert memory.variant_env("stock+arena2+mklmm") == {"MALLOC_ARENA_MAX": "2", "MKL_DISABLE_FAST_MM": "1"}
+    assert memory.variant_env("stock+jemalloc", jemalloc="/opt/libjemalloc.so.2") == {"LD_PRELOAD": "/opt/libjemalloc.so.2"}
+
+
+@pytest.mark.parametrize(
+    ("variant", "match"),
+    [("stok", "Unknown variant base 'stok'"), ("stock+arena3", r"Unknown variant flag\(s\) \['arena3'\]")],
+)
+def test_bad_variant_names_fail_before_any_child_runs(variant, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        memory.main(["--variants", f"stock,{variant}", "--out", str(tmp_path / "memory")])
+    assert not (tmp_path / "memory.json").exists()
+
+
+def test_summarise_measures_growth_from_the_end_of_warmup():
+    rows = [
+        {"rss_mib": rss, "python_objects": 100 + i, "torch_tensors": 5, "rss_mib_after_trim": rss - 50}
+        for i, rss in enumerate([500.0, 900.0, 1000.0, 1100.0])
+    ]
+    summary = memory.summarise(rows, warmup=2)
+    assert summary["rss_mib_after_warmup"] == 1000.0
+    assert summary["rss_growth"] == pytest.approx(0.10)
+    assert summary["rss_growth_after_trim"] == pytest.approx(1050 / 950 - 1)
+    assert summary["python_objects_growth"] == 1
+    assert summary["torch_tensors_growth"] == 0
+
+
+def test_soak_report_follows_its_rounds(smooth_bert_dir, tmp_path):
+    out = tmp_path / "soak"
+    code = soak.main(["--model", smooth_bert_dir, "--texts", "48", "--round-texts", "8", "--batch-sizes", "1,4",
+                      "--thresholds", "0.9,none", "--threads", "1", "--max-rss-growth", "10", "--throughput-band", "100",
+                      "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = result["results"]["rounds"]
+    assert [(r["batch_size"], r["exit_threshold"]) for r in rows] == [(1, 0.9), (4, 0.9), (1, None), (4, None), (1, 0.9), (4, 0.9)]
+    assert result["run_info"]["warmup_rounds"] == 2 and result["run_info"]["rounds_done"] == 6
+    baseline, end = rows[2]["rss_mib"], rows[-1]["rss_mib"]
+    assert result["checks"]["rss_growth_after_warmup"] == pytest.approx((end - baseline) / baseline)
+    assert all(r["exit_rate"] == 0.0 for r in rows if r["exit_threshold"] is None)
+    # generous limits: both checks pass and the exit code says so
+    assert code == 0 and result["checks"]["rss_growth_ok"] and result["checks"]["throughput_ok"]
+    assert "pass" in out.with_suffix(".md").read_text()
