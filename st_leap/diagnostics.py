@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import batch_to_device
@@ -123,8 +124,11 @@ def time_encode(
     """Wall-clock time of ``encode(sentences, **kwargs)`` for each named setting, interleaved.
 
     Every setting is warmed up, then the settings run round-robin ``repeats`` times, in an order rotated every
-    round, so that noise on a shared machine and position effects hit all of them alike. For each setting: the median seconds, the median of its per-round ratio to the
-    first setting (the reference), and the exit statistics of its last run (when its first module exits early).
+    round, so that noise on a shared machine and position effects hit all of them alike. For each setting: the
+    median seconds; the median of its per-round time ratio to the first setting (the reference,
+    ``ratio_to_reference``); its per-round speed-up over the reference (reference time / its time, same round) as a
+    median (``speedup``) with the 25th-75th percentile band (``speedup_band``), the noise band the benchmarks
+    report; and the exit statistics of its last run (when its first module exits early).
     ``models`` maps a setting name to another model to time for it (e.g. the stock or a truncated model).
     """
     sentences = list(sentences)
@@ -151,16 +155,19 @@ def time_encode(
             progress.update()
     progress.close()
     reference = next(iter(settings))
-    return {
-        name: {
+    out = {}
+    for name in settings:
+        speedups = [r / t for t, r in zip(times[name], times[reference])]
+        out[name] = {
             "kwargs": settings[name],
             "seconds_median": statistics.median(times[name]),
             "seconds": times[name],
             "ratio_to_reference": statistics.median(t / r for t, r in zip(times[name], times[reference])),
+            "speedup": statistics.median(speedups),
+            "speedup_band": [float(np.percentile(speedups, 25)), float(np.percentile(speedups, 75))],
             "exit_stats": stats[name],
         }
-        for name in settings
-    }
+    return out
 
 
 def measure_monitoring_overhead(

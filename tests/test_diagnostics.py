@@ -87,3 +87,9 @@ def test_time_encode_reports_every_setting(tiny_bert_dir):
     assert len(timed["exit"]["seconds"]) == 2
     assert timed["full"]["exit_stats"]["exit_rate"] == 0.0
     assert torch.isfinite(torch.tensor(timed["exit"]["seconds_median"]))
+    # speed-up: the median of the per-round reference / own time, with its 25th-75th percentile band
+    per_round = sorted(r / t for t, r in zip(timed["exit"]["seconds"], timed["full"]["seconds"]))
+    assert timed["exit"]["speedup"] == pytest.approx(sum(per_round) / 2)
+    assert timed["exit"]["speedup_band"] == pytest.approx([per_round[0] + 0.25 * (per_round[1] - per_round[0]),
+                                                           per_round[0] + 0.75 * (per_round[1] - per_round[0])])
+    assert timed["full"]["speedup"] == pytest.approx(1.0) and timed["full"]["speedup_band"] == pytest.approx([1.0, 1.0])

@@ -36,9 +36,9 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 from tqdm.auto import tqdm
 
 import st_leap
@@ -187,13 +187,9 @@ def quality(settings: dict, models: dict, scifact: bool) -> dict:
     out = {}
     for name in tqdm(settings, desc="Quality per setting"):
         model, kwargs = models[name], settings[name]
-        if st_leap.model.early_exit_module(model) is None:
-            emb1 = model.encode(s1, batch_size=64, convert_to_numpy=True)
-            emb2 = model.encode(s2, batch_size=64, convert_to_numpy=True)
-            from scipy.stats import spearmanr
-
-            cos = (emb1 * emb2).sum(1) / np.linalg.norm(emb1, axis=1) / np.linalg.norm(emb2, axis=1)
-            row = {"stsb_spearman": float(spearmanr(cos, gold).statistic)}
+        if st_leap.model.early_exit_module(model) is None:  # sentence-transformers' own evaluator
+            metrics = EmbeddingSimilarityEvaluator(s1, s2, gold, name="stsb", batch_size=64)(model)
+            row = {"stsb_spearman": metrics["stsb_spearman_cosine"]}
         else:
             evaluator = EarlyExitEmbeddingSimilarityEvaluator(s1, s2, gold, name="stsb", batch_size=64, **kwargs)
             metrics = evaluator(model)

@@ -34,12 +34,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from benchmarks._common import command_line, meta_info, results_dir, write_result
@@ -47,7 +45,6 @@ from benchmarks.latency.run import load_stock
 from benchmarks.pareto.run import ndcg10, pick, pooled_states, task_texts
 from st_leap import resources
 from st_leap.diagnostics import time_encode
-from st_leap.evaluation.beir import document_text
 from st_leap.evaluation.sweep import pairs_spearman, replay_exits
 from st_leap.model import from_pretrained
 
@@ -171,12 +168,8 @@ def timed(stock, model, texts: list[str], thetas, threads: int, batch_size: int,
     settings.update({f"theta {t:g}": {"exit_threshold": t} for t in thetas})
     result = time_encode(model, texts, settings, batch_size=batch_size, repeats=repeats, models={"original": stock},
                          show_progress_bar=False)
-    out = {}
-    for name, row in result.items():
-        ratios = [r / t for t, r in zip(row["seconds"], result["original"]["seconds"])]
-        out[name] = {"speedup": statistics.median(ratios),
-                     "band": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))],
-                     "seconds_median": row["seconds_median"]}
+    out = {name: {"speedup": row["speedup"], "band": row["speedup_band"], "seconds_median": row["seconds_median"]}
+           for name, row in result.items()}
     return {"threads": threads, "batch_size": batch_size, "num_texts": len(texts), "rows": out}
 
 

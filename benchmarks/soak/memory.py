@@ -84,6 +84,13 @@ def variant_env(variant: str, jemalloc: str | None = None) -> dict[str, str]:
     return env
 
 
+def allocator_env() -> dict[str, str]:
+    """The memory-allocator settings in this process's environment (what :data:`FLAG_ENV` and ``+jemalloc`` set),
+    recorded with every result: the same code grows or does not grow depending on them."""
+    names = {name for env in FLAG_ENV.values() for name in env} | {"LD_PRELOAD"}
+    return {name: os.environ[name] for name in sorted(names) if name in os.environ}
+
+
 def rss_mib() -> float:
     """Resident set size of this process in MiB (Linux ``/proc/self/status``)."""
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 import st_leap
 from benchmarks._common import command_line, meta_info, results_dir, write_result
-from benchmarks.soak.memory import mixed_texts, rss_mib
+from benchmarks.soak.memory import allocator_env, mixed_texts, rss_mib
 from st_leap.resources import resolve_model
 
 
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 "threads": args.threads,
                 "settings": [{"batch_size": b, "exit_threshold": t} for b, t in settings],
                 "warmup_rounds": args.warmup_rounds,
+                "allocator_env": allocator_env(),
             },
             "results": {"rounds": rows, "rss_mib_after_warmup": baseline, "rss_mib_peak": peak, "throughput": stability},
             "checks": checks,
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             f"`{command}`",
             "",
             f"{rounds * args.round_texts:,} texts in {rounds} rounds of {args.round_texts:,}, {args.threads} threads, "
-            f"settings cycled: batch sizes {batch_sizes} x thresholds {thresholds}.",
+            f"settings cycled: batch sizes {batch_sizes} x thresholds {thresholds}; allocator environment: "
+            f"{', '.join(f'`{k}={v}`' for k, v in allocator_env().items()) or 'defaults (glibc malloc)'}.",
             "",
             f"- RSS after warm-up {baseline:.0f} MiB, at the end {after_warmup[-1]['rss_mib']:.0f} MiB, peak {peak:.0f} MiB: "
             f"growth {growth:+.1%} ({'pass' if checks['rss_growth_ok'] else 'FAIL'}, limit {args.max_rss_growth:.0%})",

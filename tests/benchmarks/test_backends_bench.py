@@ -70,3 +70,20 @@ def test_resume_keeps_earlier_cells_only_for_the_same_settings(tmp_path):
         backends_bench.resumed(str(tmp_path / "b"), {**info, "theta": 0.95})
     with pytest.raises(SystemExit, match="does not exist"):
         backends_bench.resumed(str(tmp_path / "missing"), info)
+
+
+def test_quality_scores_stock_and_early_exit_models_alike(smooth_bert_dir):
+    """STS-B test through sentence-transformers' own evaluator (stock side) and st_leap's (exit side): the same
+    weights at full depth score the same; an exit setting reports its E[layers]."""
+    from st_leap.model import from_pretrained
+
+    depth = 4
+    settings = {"st torch": {}, "st_leap torch full": {"exit_threshold": None}, "st_leap torch theta=0.5":
+                {"exit_threshold": 0.5, "exit_min_layer": 2}}
+    leap = from_pretrained(smooth_bert_dir)
+    models = {"st torch": stock_model(smooth_bert_dir), "st_leap torch full": leap, "st_leap torch theta=0.5": leap}
+    rows = backends_bench.quality(settings, models, scifact=False)
+    assert rows["st torch"]["stsb_spearman"] == pytest.approx(rows["st_leap torch full"]["stsb_spearman"], abs=1e-6)
+    assert "expected_layers" not in rows["st torch"]
+    assert rows["st_leap torch full"]["expected_layers"] == pytest.approx(depth)
+    assert 2 <= rows["st_leap torch theta=0.5"]["expected_layers"] < depth

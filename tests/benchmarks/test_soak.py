@@ -43,7 +43,9 @@ def test_summarise_measures_growth_from_the_end_of_warmup():
     assert summary["torch_tensors_growth"] == 0
 
 
-def test_soak_report_follows_its_rounds(smooth_bert_dir, tmp_path):
+def test_soak_report_follows_its_rounds(smooth_bert_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
     out = tmp_path / "soak"
     code = soak.main(["--model", smooth_bert_dir, "--texts", "48", "--round-texts", "8", "--batch-sizes", "1,4",
                       "--thresholds", "0.9,none", "--threads", "1", "--max-rss-growth", "10", "--throughput-band", "100",
@@ -57,4 +59,7 @@ def test_soak_report_follows_its_rounds(smooth_bert_dir, tmp_path):
     assert all(r["exit_rate"] == 0.0 for r in rows if r["exit_threshold"] is None)
     # generous limits: both checks pass and the exit code says so
     assert code == 0 and result["checks"]["rss_growth_ok"] and result["checks"]["throughput_ok"]
+    # the allocator settings it ran under are recorded (the same code grows or not depending on them)
+    assert result["run_info"]["allocator_env"] == {"MALLOC_ARENA_MAX": "2"}
+    assert "`MALLOC_ARENA_MAX=2`" in out.with_suffix(".md").read_text()
     assert "pass" in out.with_suffix(".md").read_text()
