@@ -21,7 +21,10 @@ through variants that differ in one thing each:
 Besides RSS each round records the number of live Python objects (``gc.get_objects()``) and of live torch tensors,
 which grow when something in Python holds on to results.
 
-Nothing here is timed, so it is not disturbed by another job (it only slows it down).
+Each round also records the seconds its ``encode`` took, so the variants' speed can be compared as well
+(``--repeats N`` runs the whole list N times, alternating, and reports each variant's speed per batch size as a
+median ratio to the first variant's in the same repeat). Memory is not disturbed by another job; the speed is: run
+it alone when the speed columns matter.
 
 Example::
 
@@ -37,8 +40,10 @@ import ctypes
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_VARIANTS = (
@@ -147,10 +152,12 @@ def child(variant: str, args: argparse.Namespace) -> list[dict]:
         start = (index * args.round_texts) % len(texts)
         chunk = (texts + texts)[start : start + args.round_texts]
         kwargs = {} if base == "stock" else {"exit_threshold": theta}
+        began = time.perf_counter()
         embeddings = model.encode(chunk, batch_size=batch_size, show_progress_bar=False, **kwargs)
+        seconds = time.perf_counter() - began
         del embeddings
         gc.collect()
-        row = {"round": index, "batch_size": batch_size, "exit_threshold": theta, "rss_mib": rss_mib()}
+        row = {"round": index, "batch_size": batch_size, "exit_threshold": theta, "seconds": seconds, "rss_mib": rss_mib()}
         if "trim" in flags:
             malloc_trim()
             row["rss_mib_after_trim"] = rss_mib()
@@ -180,6 +187,32 @@ def summarise(rows: list[dict], warmup: int) -> dict:
     return out
 
 
+def speed(repeats: dict[str, list[list[dict]]], warmup: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Per variant and batch size: the median texts/s over the rounds after warm-up (all repeats), and the median
+    over repeats of its ratio to the first variant's median in the same repeat (1.0 for the first variant)."""
+
+    def texts_per_second(rows: list[dict], batch_size: int) -> float:
+        return statistics.median(
+            r["round_texts"] / r["seconds"] for r in rows[warmup:] or rows if r["batch_size"] == batch_size
+        )
+
+    first = next(iter(repeats))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for variant, runs in repeats.items():
+        out[variant] = {}
+        for batch_size in sorted({r["batch_size"] for r in runs[0]}):
+            ratios = [texts_per_second(own, batch_size) / texts_per_second(ref, batch_size)
+                      for own, ref in zip(runs, repeats[first])]
+            out[variant][f"batch {batch_size}"] = {
+                "texts_per_second": statistics.median(
+                    r["round_texts"] / r["seconds"] for rows in runs for r in rows[warmup:] or rows
+                    if r["batch_size"] == batch_size
+                ),
+                "ratio_to_first": statistics.median(ratios),
+            }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="minilm")
@@ -190,12 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fresh-texts", action="store_true", help="new texts every round instead of a 4-round cycle")
+    parser.add_argument("--repeats", type=int, default=1, help="run the variant list this many times, alternating")
     parser.add_argument("--jemalloc", default=None, help="path of libjemalloc.so for +jemalloc variants")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args)))
+        print(json.dumps({"rows": child(args.child, args), "allocator_env": allocator_env()}))
         return 0
 
     from tqdm.auto import tqdm
@@ -205,15 +239,26 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     variants = args.variants.split(",")
     extra_env = {variant: variant_env(variant, args.jemalloc) for variant in variants}  # bad names fail first
-    results = {}
-    for variant in tqdm(variants, desc="Variants"):
-        env = {**os.environ, **extra_env[variant]}
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.soak.memory", *argv, "--child", variant],
-            env=env, stdout=subprocess.PIPE, check=True, text=True,
-        )
-        rows = json.loads(proc.stdout.strip().splitlines()[-1])
-        results[variant] = {"rounds": rows, "summary": summarise(rows, args.warmup_rounds), "env": extra_env[variant]}
+    runs: dict[str, list[list[dict]]] = {variant: [] for variant in variants}
+    with tqdm(total=len(variants) * args.repeats, desc="Variants") as progress:
+        for _ in range(args.repeats):
+            for variant in variants:
+                env = {**os.environ, **extra_env[variant]}
+                proc = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.soak.memory", *argv, "--child", variant],
+                    env=env, stdout=subprocess.PIPE, check=True, text=True,
+                )
+                reply = json.loads(proc.stdout.strip().splitlines()[-1])
+                if reply["allocator_env"] != allocator_env() | extra_env[variant]:  # what the child really ran under
+                    raise RuntimeError(f"{variant} ran under {reply['allocator_env']}, not {extra_env[variant]}")
+                runs[variant].append([{**row, "round_texts": args.round_texts} for row in reply["rows"]])
+                progress.update()
+    speeds = speed(runs, args.warmup_rounds)
+    results = {
+        variant: {"rounds": first, "summary": summarise(first, args.warmup_rounds), "env": extra_env[variant],
+                  "speed": speeds[variant], "repeats": more}
+        for variant, (first, *more) in runs.items()
+    }
     command = command_line("benchmarks.soak.memory", argv)
     lines = [
         "# Soak memory bisect: where the RSS growth comes from",
@@ -235,6 +280,19 @@ def main(argv: list[str] | None = None) -> int:
             f"| {variant} | {s['rss_mib_after_warmup']:.0f} | {s['rss_mib_end']:.0f} | {s['rss_growth']:+.1%} | {trim} "
             f"| {s['python_objects_growth']:+d} | {s['torch_tensors_growth']:+d} |"
         )
+    batches = list(next(iter(speeds.values())))
+    lines += [
+        "",
+        f"Speed: median texts/s over the rounds after warm-up, {args.repeats} repeat(s) alternating, and in brackets "
+        f"the median ratio to `{variants[0]}` in the same repeat.",
+        "",
+        "| variant | " + " | ".join(batches) + " |",
+        "|---|" + "---|" * len(batches),
+        *(
+            f"| {variant} | " + " | ".join(f"{v[b]['texts_per_second']:.0f} ({v[b]['ratio_to_first']:.2f}x)" for b in batches) + " |"
+            for variant, v in speeds.items()
+        ),
+    ]
     result = {
         "run_info": {k: v for k, v in vars(args).items() if k not in ("child", "out")},
         "results": results,

@@ -43,6 +43,22 @@ def test_summarise_measures_growth_from_the_end_of_warmup():
     assert summary["torch_tensors_growth"] == 0
 
 
+def test_speed_compares_variants_within_each_repeat():
+    """texts/s per batch size after warm-up; the ratio is taken within a repeat, so a repeat that ran slow for
+    every variant (machine noise) does not move it."""
+
+    def rows(seconds_b1, seconds_b8):  # 1 warm-up round each, then 2 timed rounds per batch size
+        return [{"batch_size": b, "seconds": t, "round_texts": 100}
+                for b, t in [(1, 99.0), (8, 99.0), (1, seconds_b1), (8, seconds_b8), (1, seconds_b1), (8, seconds_b8)]]
+
+    runs = {"glibc": [rows(2.0, 1.0), rows(4.0, 2.0)], "jemalloc": [rows(1.0, 1.0), rows(2.0, 2.0)]}
+    out = memory.speed(runs, warmup=2)
+    assert out["glibc"]["batch 1"] == {"texts_per_second": pytest.approx(37.5), "ratio_to_first": 1.0}
+    assert out["jemalloc"]["batch 1"]["ratio_to_first"] == pytest.approx(2.0)
+    assert out["jemalloc"]["batch 8"]["ratio_to_first"] == pytest.approx(1.0)
+    assert out["jemalloc"]["batch 8"]["texts_per_second"] == pytest.approx(75.0)
+
+
 def test_soak_report_follows_its_rounds(smooth_bert_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
     monkeypatch.delenv("LD_PRELOAD", raising=False)
@@ -63,3 +79,22 @@ def test_soak_report_follows_its_rounds(smooth_bert_dir, tmp_path, monkeypatch):
     assert result["run_info"]["allocator_env"] == {"MALLOC_ARENA_MAX": "2"}
     assert "`MALLOC_ARENA_MAX=2`" in out.with_suffix(".md").read_text()
     assert "pass" in out.with_suffix(".md").read_text()
+
+
+def test_memory_bisect_runs_each_variant_in_its_own_environment(smooth_bert_dir, tmp_path, monkeypatch):
+    """End to end on a tiny model: each variant runs in a fresh child under exactly its flags' environment, and the
+    report holds every round's RSS and seconds."""
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    out = tmp_path / "memory"
+    memory.main(["--model", smooth_bert_dir, "--variants", "stock,st_leap-exits+mmap", "--rounds", "3",
+                 "--round-texts", "6", "--batch-sizes", "1,4", "--warmup-rounds", "1", "--threads", "1",
+                 "--fresh-texts", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert result["st_leap-exits+mmap"]["env"] == {"MALLOC_MMAP_THRESHOLD_": "131072"}
+    for variant in ("stock", "st_leap-exits+mmap"):
+        rounds = result[variant]["rounds"]
+        assert [r["batch_size"] for r in rounds] == [1, 4, 1]
+        assert all(r["seconds"] > 0 and r["rss_mib"] > 0 for r in rounds)
+    assert [r["exit_threshold"] for r in result["st_leap-exits+mmap"]["rounds"]] == [0.9, 0.9, 0.95]
+    assert result["stock"]["speed"]["batch 1"]["ratio_to_first"] == 1.0
+    assert "| st_leap-exits+mmap |" in out.with_suffix(".md").read_text()
