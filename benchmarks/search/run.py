@@ -47,6 +47,7 @@ from st_leap import resources
 from st_leap.diagnostics import time_encode
 from st_leap.evaluation.sweep import pairs_spearman, replay_exits
 from st_leap.model import from_pretrained
+from st_leap.reporting import pyplot, save_figure
 
 THETAS = (0.85, 0.90, 0.93, 0.95, 0.97, 0.99)
 PATIENCE = 1
@@ -294,11 +295,8 @@ def markdown(result: dict[str, Any]) -> str:
 def plot(task: str, res: dict[str, Any], original: float, path: Path) -> None:
     """NDCG@10 against the measured speed-up of the side that exits (2 threads, batch 32 where timed)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        plt = pyplot()
+    except ImportError:  # plots are optional here: the JSON and markdown carry every number
         return
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for mode, role, marker in (("query exit", "queries", "o"), ("index-compatible", "queries", "s"),
@@ -316,9 +314,7 @@ def plot(task: str, res: dict[str, Any], original: float, path: Path) -> None:
     ax.set_title(f"{task}: the search recipe")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,12 +11,12 @@ through variants that differ in one thing each:
 - any variant with ``+trim``: glibc's ``malloc_trim(0)`` after every round, which hands freed heap pages back to
   the OS: growth that ``malloc_trim`` removes is memory the C allocator kept, not memory anything still holds;
 - allocator settings, each set in the child's environment before it starts (see :data:`FLAG_ENV`):
-  ``+arena2`` (``MALLOC_ARENA_MAX=2``: fewer glibc arenas), ``+mmap`` (``MALLOC_MMAP_THRESHOLD_=131072``: a fixed
-  mmap threshold, so every large block, a batch's activations, is mapped and unmapped instead of reused from a heap
+  ``+arena2`` (``MALLOC_ARENA_MAX=2``: fewer glibc arenas), ``+mmap`` (``MALLOC_MMAP_THRESHOLD_=131072``; ``+mmap4m`` at 4 MiB: a
+  fixed mmap threshold, so every large block, a batch's activations, is mapped and unmapped instead of reused from a heap
   that fragments), ``+mklmm`` (``MKL_DISABLE_FAST_MM=1``: MKL's own buffer cache off), ``+onednn0``
   (``ONEDNN_PRIMITIVE_CACHE_CAPACITY=0``) and ``+jemalloc`` (``LD_PRELOAD`` of jemalloc instead of glibc malloc;
   ``--jemalloc`` names the library, by default the system's ``libjemalloc.so.2``, e.g. from Debian's
-  ``libjemalloc2``).
+  ``libjemalloc2``), with ``+jemtune`` configured to keep freed pages (``MALLOC_CONF``).
 
 Besides RSS each round records the number of live Python objects (``gc.get_objects()``) and of live torch tensors,
 which grow when something in Python holds on to results.
@@ -59,6 +59,11 @@ DEFAULT_VARIANTS = (
 FLAG_ENV = {
     "arena2": {"MALLOC_ARENA_MAX": "2"},
     "mmap": {"MALLOC_MMAP_THRESHOLD_": "131072"},
+    "mmap4m": {"MALLOC_MMAP_THRESHOLD_": "4194304"},
+    # with +jemalloc: keep freed pages instead of returning them (no page faults on reuse), the setting of Intel's
+    # PyTorch CPU tuning guide
+    "jemtune": {"MALLOC_CONF": "oversize_threshold:1,background_thread:true,metadata_thp:auto,"
+                               "dirty_decay_ms:9000000000,muzzy_decay_ms:9000000000"},
     "mklmm": {"MKL_DISABLE_FAST_MM": "1"},
     "onednn0": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"},
 }
@@ -73,6 +78,8 @@ def variant_env(variant: str, jemalloc: str | None = None) -> dict[str, str]:
     unknown = set(flags) - KNOWN_FLAGS
     if unknown:
         raise ValueError(f"Unknown variant flag(s) {sorted(unknown)} in {variant!r}; known: {sorted(KNOWN_FLAGS)}.")
+    if "jemtune" in flags and "jemalloc" not in flags:
+        raise ValueError(f"Variant {variant!r}: +jemtune configures jemalloc; add +jemalloc.")
     env = {}
     for flag in flags:
         env.update(FLAG_ENV.get(flag, {}))

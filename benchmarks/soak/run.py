@@ -7,9 +7,15 @@ in turn from ``--batch-sizes`` and ``--thresholds``, then records resident memor
 throughput. After ``--warmup-rounds`` the RSS growth must stay under ``--max-rss-growth`` (5%) and each round's
 throughput (per setting) within a band of the setting's median; the result says pass or fail per check.
 
+The allocator decides the memory check: under glibc's default ``malloc`` the loop grows (plain
+sentence-transformers does too; see ``benchmarks.soak.memory``), under jemalloc or with a fixed
+``MALLOC_MMAP_THRESHOLD_`` it stays flat. The allocator environment is recorded in the result.
+
 Example::
 
     HF_HUB_OFFLINE=1 python -m benchmarks.soak.run --texts 200000 --threads 2
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 HF_HUB_OFFLINE=1 \
+        python -m benchmarks.soak.run --texts 200000 --threads 2 --out benchmarks/results/soak/soak_jemalloc
 
 Writes ``benchmarks/results/soak/soak.{json,md}``.
 """

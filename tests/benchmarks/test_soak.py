@@ -18,6 +18,10 @@ def test_variant_env_sets_each_flag_and_only_it():
     assert memory.variant_env("st_leap-exits+mmap") == {"MALLOC_MMAP_THRESHOLD_": "131072"}
     assert memory.variant_env("stock+arena2+mklmm") == {"MALLOC_ARENA_MAX": "2", "MKL_DISABLE_FAST_MM": "1"}
     assert memory.variant_env("stock+jemalloc", jemalloc="/opt/libjemalloc.so.2") == {"LD_PRELOAD": "/opt/libjemalloc.so.2"}
+    tuned = memory.variant_env("stock+jemalloc+jemtune", jemalloc="/opt/libjemalloc.so.2")
+    assert tuned["LD_PRELOAD"] == "/opt/libjemalloc.so.2" and "dirty_decay_ms" in tuned["MALLOC_CONF"]
+    with pytest.raises(ValueError, match="add \\+jemalloc"):
+        memory.variant_env("stock+jemtune")
 
 
 @pytest.mark.parametrize(
@@ -98,3 +102,18 @@ def test_memory_bisect_runs_each_variant_in_its_own_environment(smooth_bert_dir,
     assert [r["exit_threshold"] for r in result["st_leap-exits+mmap"]["rounds"]] == [0.9, 0.9, 0.95]
     assert result["stock"]["speed"]["batch 1"]["ratio_to_first"] == 1.0
     assert "| st_leap-exits+mmap |" in out.with_suffix(".md").read_text()
+
+
+def test_plot_draws_one_line_per_soak_run_and_per_bisect_variant(tmp_path):
+    from benchmarks.soak import plot as soak_plot
+
+    rounds = [{"round": i, "batch_size": b, "rss_mib": 700.0 + i} for i, b in enumerate([1, 64, 1, 64])]
+    soak_file = tmp_path / "soak.json"
+    soak_file.write_text(json.dumps({"run_info": {"allocator_env": {"LD_PRELOAD": "/x/libjemalloc.so.2"}},
+                                     "results": {"rounds": rounds}}))
+    bisect_file = tmp_path / "memory.json"
+    bisect_file.write_text(json.dumps({"results": {"stock": {"rounds": rounds}, "stock+mmap": {"rounds": rounds}}}))
+    assert list(soak_plot.series(soak_file)) == ["soak, jemalloc (soak)"]
+    assert list(soak_plot.series(bisect_file)) == ["stock", "stock+mmap"]
+    out = soak_plot.plot([str(soak_file), str(bisect_file)], tmp_path / "rss.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
