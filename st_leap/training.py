@@ -385,6 +385,8 @@ def dev_evaluator(config: TrainConfig, max_seq_length: int) -> SentenceEvaluator
         config.dev_queries, config.dev_documents, seed=config.sentence_seed,
         sentences_per_passage=max(2, config.sentences_per_passage),
     )
+    # Its own copy, on purpose: the teacher train() holds runs at the training length and is freed once its
+    # embeddings are cached, and without a teacher the reference is the starting model, which training changes.
     reference = SentenceTransformer(resources.resolve_model(config.teacher or config.model))
     reference.max_seq_length = max_seq_length
     exits = {"exit_threshold": config.exit_threshold, "exit_min_layer": config.exit_min_layer}
