@@ -157,12 +157,13 @@ def time_encode(
     reference = next(iter(settings))
     out = {}
     for name in settings:
-        speedups = [r / t for t, r in zip(times[name], times[reference])]
+        ratios = [t / r for t, r in zip(times[name], times[reference])]
+        speedups = [1.0 / ratio for ratio in ratios]
         out[name] = {
             "kwargs": settings[name],
             "seconds_median": statistics.median(times[name]),
             "seconds": times[name],
-            "ratio_to_reference": statistics.median(t / r for t, r in zip(times[name], times[reference])),
+            "ratio_to_reference": statistics.median(ratios),
             "speedup": statistics.median(speedups),
             "speedup_band": [float(np.percentile(speedups, 25)), float(np.percentile(speedups, 75))],
             "exit_stats": stats[name],

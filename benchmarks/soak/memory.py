@@ -198,23 +198,18 @@ def speed(repeats: dict[str, list[list[dict]]], warmup: int) -> dict[str, dict[s
     """Per variant and batch size: the median texts/s over the rounds after warm-up (all repeats), and the median
     over repeats of its ratio to the first variant's median in the same repeat (1.0 for the first variant)."""
 
-    def texts_per_second(rows: list[dict], batch_size: int) -> float:
-        return statistics.median(
-            r["round_texts"] / r["seconds"] for r in rows[warmup:] or rows if r["batch_size"] == batch_size
-        )
+    def rates(rows: list[dict], batch_size: int) -> list[float]:
+        return [r["round_texts"] / r["seconds"] for r in rows[warmup:] or rows if r["batch_size"] == batch_size]
 
     first = next(iter(repeats))
     out: dict[str, dict[str, dict[str, float]]] = {}
     for variant, runs in repeats.items():
         out[variant] = {}
         for batch_size in sorted({r["batch_size"] for r in runs[0]}):
-            ratios = [texts_per_second(own, batch_size) / texts_per_second(ref, batch_size)
+            ratios = [statistics.median(rates(own, batch_size)) / statistics.median(rates(ref, batch_size))
                       for own, ref in zip(runs, repeats[first])]
             out[variant][f"batch {batch_size}"] = {
-                "texts_per_second": statistics.median(
-                    r["round_texts"] / r["seconds"] for rows in runs for r in rows[warmup:] or rows
-                    if r["batch_size"] == batch_size
-                ),
+                "texts_per_second": statistics.median(rate for rows in runs for rate in rates(rows, batch_size)),
                 "ratio_to_first": statistics.median(ratios),
             }
     return out
