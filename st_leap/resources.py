@@ -244,6 +244,20 @@ def cloze_retrieval_dev(
     return queries, corpus, relevant
 
 
+def query_sentences(
+    n: int | None = None, seed: int = 12345, held_out_documents: int = 1000, sentences_per_passage: int = 8
+) -> list[str]:
+    """Short query-like training texts: :func:`load_sentences` without any sentence of the passages that
+    :func:`cloze_retrieval_dev` holds out (its last ``held_out_documents`` passages with the same ``seed`` and
+    ``sentences_per_passage``), so a query retrofit never trains on its dev queries or their documents."""
+    runs = passage_runs(seed, sentences_per_passage)
+    held_out = {sentence for run in runs[len(runs) - held_out_documents :] for sentence in run}
+    pool = [s for s in load_sentences(None, seed=seed) if s not in held_out]
+    if n is not None and n > len(pool):
+        raise ValueError(f"Asked for {n} query sentences, only {len(pool)} remain after holding out the dev passages")
+    return pool if n is None else pool[:n]
+
+
 def beir_dir(name: str) -> Path:
     """Folder of a BEIR dataset in BEIR format (``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/test.tsv``)."""
     path = data_dir() / "beir" / name

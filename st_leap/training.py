@@ -63,7 +63,8 @@ class TrainConfig:
     (:func:`~st_leap.resources.load_passages`, ``sentences_per_passage`` consecutive sentences of news and
     reviews; train them at the serving length, e.g. ``max_seq_length: 256``) or ``"mixed"`` (both, shuffled
     together, ``passage_fraction`` of them passages: short query-like texts and documents, as a search index
-    sees them); ``num_sentences`` is the number of training texts of any kind. ``group_by_length``: batches of similar-length texts
+    sees them) or ``"queries"`` (:func:`~st_leap.resources.query_sentences`: single sentences, short query-like
+    texts, without any sentence of the held-out dev passages); ``num_sentences`` is the number of training texts of any kind. ``group_by_length``: batches of similar-length texts
     (:class:`~st_leap.sampler.LengthGroupedBatchSampler`, less padding, faster steps; ``api: "trainer"`` only).
 
     Checkpoints (written under ``<output_dir>/checkpoints/checkpoint-N``, never into the saved model's own files):
@@ -80,7 +81,8 @@ class TrainConfig:
     of held-out passages (:func:`~st_leap.resources.cloze_retrieval_dev`, ``dev_queries`` queries over
     ``dev_documents`` passages, never a BEIR test set), and the cosine of queries and documents to the teacher's (or,
     without a teacher, the starting model's) embeddings (:class:`~st_leap.evaluation.TeacherAgreementEvaluator`).
-    See :func:`dev_evaluator`.
+    ``dev_depths`` (a list of layers) switches the dev signal to queries cut at each of those depths against the
+    reference's own document embeddings (a query encoder for an index that stays). See :func:`dev_evaluator`.
     """
 
     model: str = "minilm"
@@ -117,6 +119,7 @@ class TrainConfig:
     eval_steps: int | None = None
     dev_queries: int = 200
     dev_documents: int = 1000
+    dev_depths: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.loss_version not in (1, 2):
@@ -126,8 +129,16 @@ class TrainConfig:
             self.loss_version = 2
         if self.teacher_mode not in ("live", "precomputed"):
             raise ValueError(f"teacher_mode must be 'live' or 'precomputed', got {self.teacher_mode!r}")
-        if self.data not in ("sentences", "passages", "mixed"):
-            raise ValueError(f"data must be 'sentences', 'passages' or 'mixed', got {self.data!r}")
+        if self.data not in ("sentences", "passages", "mixed", "queries"):
+            raise ValueError(f"data must be 'sentences', 'passages', 'mixed' or 'queries', got {self.data!r}")
+        if self.dev_depths is not None:
+            depths = self.dev_depths
+            if (
+                not isinstance(depths, (list, tuple)) or not depths
+                or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in depths)
+            ):
+                raise ValueError(f"dev_depths must be null or a non-empty list of layers >= 1, got {depths!r}")
+            self.dev_depths = sorted(set(depths))
         fraction = self.passage_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
             raise ValueError(f"passage_fraction must be a number in [0, 1], got {fraction!r}")
@@ -242,6 +253,11 @@ def training_texts(config: TrainConfig) -> list[str]:
     n = config.num_sentences or config.max_steps * config.batch_size
     if config.data == "passages":
         return resources.load_passages(n, seed=config.sentence_seed, sentences_per_passage=config.sentences_per_passage)
+    if config.data == "queries":
+        return resources.query_sentences(
+            n, seed=config.sentence_seed, held_out_documents=config.dev_documents,
+            sentences_per_passage=max(2, config.sentences_per_passage),
+        )
     if config.data == "mixed":
         n_passages = round(n * config.passage_fraction)
         texts = resources.load_sentences(n - n_passages, seed=config.sentence_seed) + resources.load_passages(
@@ -377,9 +393,18 @@ def dev_evaluator(config: TrainConfig, max_seq_length: int) -> SentenceEvaluator
       queries (``task="query"``) and of as many dev documents (``task="document"``): whether an index built with
       the reference still fits. The reference is the teacher, else the starting model.
 
+    With ``dev_depths`` (a query-side retrofit) the dev signal is instead
+    :class:`~st_leap.evaluation.QueryDepthEvaluator`: the dev queries cut at each of those depths against the
+    reference's own embeddings of the dev documents (the index stays the reference's), NDCG@10 and cosine to the
+    reference's query embeddings per depth.
+
     Every evaluator runs at ``max_seq_length`` (the serving length), whatever length training truncates to.
     """
-    from st_leap.evaluation import EarlyExitInformationRetrievalEvaluator, TeacherAgreementEvaluator
+    from st_leap.evaluation import (
+        EarlyExitInformationRetrievalEvaluator,
+        QueryDepthEvaluator,
+        TeacherAgreementEvaluator,
+    )
 
     queries, corpus, relevant = resources.cloze_retrieval_dev(
         config.dev_queries, config.dev_documents, seed=config.sentence_seed,
@@ -389,8 +414,14 @@ def dev_evaluator(config: TrainConfig, max_seq_length: int) -> SentenceEvaluator
     # embeddings are cached, and without a teacher the reference is the starting model, which training changes.
     reference = SentenceTransformer(resources.resolve_model(config.teacher or config.model))
     reference.max_seq_length = max_seq_length
-    exits = {"exit_threshold": config.exit_threshold, "exit_min_layer": config.exit_min_layer}
     common = {"batch_size": config.batch_size, "show_progress_bar": False}
+    if config.dev_depths is not None:
+        # A query encoder for an index the reference built: queries at each depth against the reference's documents.
+        depth = QueryDepthEvaluator(
+            queries, corpus, relevant, reference=reference, depths=config.dev_depths, name="depth-dev", **common
+        )
+        return _AtServingLength([depth], max_seq_length)
+    exits = {"exit_threshold": config.exit_threshold, "exit_min_layer": config.exit_min_layer}
     retrieval = EarlyExitInformationRetrievalEvaluator(
         queries, corpus, relevant, name="cloze-dev", ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1, 10],
         precision_recall_at_k=[10], map_at_k=[10], **common, **exits,
@@ -542,7 +573,8 @@ LOSS_STATE_NAME = "leap_loss.pt"
 CONFIG_NAME = "leap_config.json"
 # Keys a resumed run may change without changing what it computes.
 RESUME_FREE_KEYS = {"output_dir", "resume", "save", "save_steps", "save_minutes", "save_total_limit",
-                    "max_train_seconds", "logging_steps", "cache_dir", "eval_steps", "dev_queries", "dev_documents"}
+                    "max_train_seconds", "logging_steps", "cache_dir", "eval_steps", "dev_queries", "dev_documents",
+                    "dev_depths"}
 
 
 def checkpoint_dir(config: TrainConfig) -> Path:

@@ -8,6 +8,8 @@
   adapter, NDCG@1,3,5,10 on any BEIR-format folder.
 - :class:`TeacherAgreementEvaluator` (:mod:`st_leap.evaluation.agreement`): a retrieval-free dev signal, the cosine
   to a reference model's embeddings (the model that built your index) at the model's exit setting.
+- :class:`QueryDepthEvaluator` (:mod:`st_leap.evaluation.depth`): queries cut at each depth against documents
+  embedded once by a reference model (keep your index, make queries shallower).
 - :func:`nn_consistency` (:mod:`st_leap.evaluation.consistency`): NN@k of exited vs full-depth embeddings.
 - :func:`sweep`, :func:`calibrate`, :func:`measure` (:mod:`st_leap.evaluation.sweep`): Pareto and decision tables,
   calibration, the per-layer measurement of the training benchmarks.
@@ -20,6 +22,7 @@ from __future__ import annotations
 from st_leap.evaluation.agreement import TeacherAgreementEvaluator
 from st_leap.evaluation.beir import BEIRModel, evaluate_beir, load_beir_folder
 from st_leap.evaluation.consistency import nn_consistency
+from st_leap.evaluation.depth import QueryDepthEvaluator
 from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator, EarlyExitInformationRetrievalEvaluator
 from st_leap.evaluation.mteb import run_mteb
 from st_leap.evaluation.sweep import PAPER_THRESHOLDS, calibrate, choose_threshold, measure, sweep
@@ -30,6 +33,7 @@ __all__ = [
     "EarlyExitEmbeddingSimilarityEvaluator",
     "EarlyExitInformationRetrievalEvaluator",
     "TeacherAgreementEvaluator",
+    "QueryDepthEvaluator",
     "run_mteb",
     "BEIRModel",
     "evaluate_beir",
