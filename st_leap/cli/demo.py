@@ -84,4 +84,14 @@ def run(args: argparse.Namespace) -> int:
     print(reporting.operating_points_table(report["table"]))
     reporting.write_json(report, out / "demo.json")
     print(f"\nwrote {out}/demo.json, the diagnose plots" + (f" and the LEAP model in {out}/leap-model" if args.train_steps else ""))
+    print(NEXT_STEPS.format(model=f"{out}/leap-model" if args.train_steps else model_path))
     return 0
+
+
+NEXT_STEPS = """
+Next, on your own data (MODEL: {model}, or your own model folder or Hub id):
+  st-leap calibrate MODEL --texts your_texts.txt --max-quality-drop 1         # pick exit or static depth on your texts
+  st-leap calibrate MODEL --beir your_beir_folder --max-quality-drop 1        # the same, judged by retrieval
+  st-leap fit-maps MODEL --texts your_texts.txt --out DIR                     # fit exit maps on your texts
+  st-leap export MODEL --backend onnx --quantize int8                         # the fastest full-depth CPU path
+What to use for your case, and what each option measured: README.md, "What to use for your case"."""
