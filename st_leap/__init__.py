@@ -31,6 +31,7 @@ _EXPORTS = {
     "encode_with_exits": "st_leap.model",
     "ExitEncoding": "st_leap.model",
     "diagnose": "st_leap.diagnostics",
+    "calibrate": "st_leap.evaluation.calibration",
 }
 
 __all__ = [
