@@ -25,7 +25,7 @@ from st_leap.exit_policy import PAPER_THRESHOLDS, ExitStats, ROLES
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["calibrate", "save_calibrated", "calibration_markdown", "has_exit_maps", "ndcg_at_k"]
+__all__ = ["calibrate", "save_calibrated", "calibration_markdown", "has_exit_maps", "ndcg_at_k", "measured_speedup"]
 
 _TASKS = {"query": "query", "document": "document", "default": None, "all": None}
 
@@ -408,6 +408,34 @@ def _time_rows(
     return info
 
 
+def measured_speedup(
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    row: dict[str, Any],
+    *,
+    role: str = "default",
+    batch_size: int = 32,
+    time_sample: int = 256,
+    repeats: int = 3,
+    **exit_settings: Any,
+) -> dict[str, Any]:
+    """Time one operating point (a row with ``theta`` and ``truncate_layers``, as :func:`calibrate` and
+    :func:`st_leap.evaluation.sweep.calibrate` return them) against full depth on up to ``time_sample`` of ``texts``
+    with :func:`st_leap.diagnostics.time_encode`: ``{"measured_speedup", "speedup_band", "num_texts", "repeats"}``
+    (1.0 for full depth, which is not timed)."""
+    if row.get("theta") is None and row.get("truncate_layers") is None and row.get("exit_maps") is not False:
+        return {"measured_speedup": 1.0, "speedup_band": [1.0, 1.0], "num_texts": 0, "repeats": 0}
+    timed = {**row, "label": row.get("label") or _label(row)}
+    full = {"theta": None, "truncate_layers": None, "exit_maps": row.get("exit_maps"), "label": "full"}
+    info = _time_rows(model, list(texts), role, full, [timed], dict(exit_settings), batch_size, time_sample, repeats)
+    return {
+        "measured_speedup": timed["measured_speedup"],
+        "speedup_band": timed["speedup_band"],
+        "num_texts": info["num_texts"],
+        "repeats": repeats,
+    }
+
+
 def _combined(model: SentenceTransformer, data: RetrievalData, per_role: dict[str, Any], encode: Any) -> dict[str, Any]:
     """NDCG@10 with both roles at their picks (the drops of the two roles can add up)."""
     query_ids, doc_ids = list(data.queries), list(data.corpus)
@@ -517,7 +545,7 @@ def calibration_markdown(result: dict[str, Any]) -> str:
         ]
         for row in [entry["full"], *entry["rows"]]:
             lines.append(
-                f"| {row['label']} | {row['quality']:.2f} | {-row['delta']:.2f} | {row['expected_layers']:.2f} | "
+                f"| {row['label']} | {row['quality']:.2f} | {0.0 - row['delta'] + 0.0:.2f} | {row['expected_layers']:.2f} | "
                 f"{row['layer_reduction']:.2f}x | {row['exit_rate']:.2f} | "
                 f"{_fmt(row['measured_speedup'])}{'x' if row['measured_speedup'] is not None else ''} |"
             )

@@ -198,3 +198,38 @@ def test_malformed_data_fails_before_the_model_loads(case, no_model_loads, tmp_p
     kind, where = flags[0].lstrip("-"), flags[1]
     with pytest.raises(ValueError, match=line):
         st_leap.calibrate("some-model", {kind: where}, 1)
+
+
+def test_models_with_exit_maps_are_swept_with_and_without_them(eval_model, tmp_path):
+    """With an ExitMaps module every point is measured with and without the maps; a pick without them is saved by
+    removing the maps (every role picked that way)."""
+    exit_maps = pytest.importorskip("st_leap.exit_maps")
+    exit_maps.fit_exit_maps(eval_model, random_sentences(40, seed=5), show_progress_bar=False)
+    from st_leap.evaluation.calibration import has_exit_maps, save_calibrated
+
+    assert has_exit_maps(eval_model)
+    result = st_leap.calibrate(eval_model, random_sentences(20, seed=6), 100, thresholds=[0.9], static_depths=[1],
+                               time_sample=6, repeats=1, timed_candidates=2, show_progress_bar=False)
+    rows = result["roles"]["all"]["rows"]
+    assert result["exit_maps"] is True
+    assert sorted((row["kind"], row["exit_maps"]) for row in rows) == [
+        ("adaptive", False), ("adaptive", True), ("static", False), ("static", True)
+    ]
+    assert len({row["label"] for row in rows}) == 4
+    without = next(row for row in rows if row["kind"] == "static" and row["exit_maps"] is False)
+    result["roles"]["all"]["picked"] = {**without, "measured_speedup": 1.5}
+    saved = save_calibrated(eval_model, result, tmp_path / "saved")
+    assert saved["notes"] and not has_exit_maps(st_leap.load(str(tmp_path / "saved")))
+
+
+def test_cli_calibrate_stsb_reports_the_measured_speedup_of_its_pick(monkeypatch, tiny_data_dir, eval_model_dir, tmp_path,
+                                                                     capsys):
+    """The STS-B default keeps its layer-reduction pick and now also times it against full depth."""
+    monkeypatch.setenv("ST_LEAP_DATA", str(tiny_data_dir))
+    out = tmp_path / "cal"
+    code = main(["calibrate", eval_model_dir, "--max-quality-drop", "100", *FAST, "--out", str(out)])
+    assert code == 0
+    result = json.loads((out / "calibrate.json").read_text())
+    assert isinstance(result["picked"]["measured_speedup"], float)
+    assert result["timing"]["num_texts"] == 8 and result["timing"]["repeats"] == 1
+    assert "measured speed-up of the pick" in capsys.readouterr().out
