@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sentence_transformers.base.modules import InputModule
 from torch import Tensor, nn
 
 BACKENDS = ("torch", "onnx", "openvino")
@@ -184,10 +185,16 @@ def export_segments(module: Any, folder: str | Path, backend: str, quantize: str
         for name in files:
             suffix = ".onnx" if backend == "onnx" else ".xml"
             convert_onnx(onnx_dir / f"{name}.onnx", folder / f"{name}{suffix}", backend, quantize)
-    from st_leap.reporting import write_json
-
-    write_json(meta, meta_path)  # last: a folder without it is rebuilt
+    _write_json(meta, meta_path)  # last: a folder without it is rebuilt
     return folder
+
+
+def _write_json(data: dict[str, Any], path: Path) -> None:
+    """A small JSON file, written to a temporary name and renamed into place (the layer loop's side of st_leap
+    writes its own metadata: the report writers of :mod:`st_leap.reporting` stay out of it)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 class _OnnxRunner:
@@ -276,3 +283,315 @@ class _SegmentLayer:
 
     def __call__(self, hidden: Tensor, mask: Tensor) -> Tensor:
         return torch.from_numpy(self.runner(_array(hidden), _array(mask).astype(np.int64)))
+
+
+# ------------------------------------------------------------------------------------------ export of the pick
+EXPORT_FILE = "st_leap_export.json"  # the exported folder's metadata (and the ExportedEncoder's config)
+ROLE_TASKS = {"query": "query", "document": "document", "default": None}
+
+
+class _StaticGraph(nn.Module):
+    """Embeddings, the first ``depth`` layers and the post-transformer pipeline (pooling, dense, normalize, the
+    exit map of layer ``depth``) as one module: ``(input_ids, attention_mask, token_type_ids) -> embedding``."""
+
+    def __init__(self, embeddings: nn.Module, layers: list[nn.Module], post: list[nn.Module], depth: int) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+        self.layers = nn.ModuleList(_LayerSegment(layer) for layer in layers)
+        self.post = nn.ModuleList(post)
+        self.depth = depth
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask)
+        features: dict[str, Any] = {"token_embeddings": hidden, "attention_mask": attention_mask}
+        for module in self.post:
+            if _is_exit_maps(module):
+                features["sentence_embedding"] = module.map(features["sentence_embedding"], self.depth)
+            else:
+                features = module(features)
+        return features["sentence_embedding"]
+
+
+def _is_exit_maps(module: nn.Module) -> bool:
+    """An :class:`st_leap.exit_maps.ExitMaps` (told by its interface: no import of the module)."""
+    return type(module).__name__ == "ExitMaps" and hasattr(module, "map") and hasattr(module, "num_layers")
+
+
+def _static_depth(module: Any, role: str | None, depth: int | None) -> int | None:
+    """The static depth to export as one graph (``None``: per-sample exit, exported as segments)."""
+    if depth is not None:
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= module.num_layers:
+            raise ValueError(f"depth must be an int in [1, {module.num_layers}], got {depth!r}")
+        return depth
+    settings = module.exit_settings_for(ROLE_TASKS[role or "default"])
+    if settings["exit_threshold"] is not None:
+        return None
+    return int(settings["truncate_layers"] or module.num_layers)
+
+
+def _served_roles(module: Any, role: str | None, depth: int, explicit: bool) -> list[str]:
+    """The roles whose exit setting the one graph computes."""
+    if explicit:
+        return [role] if role else list(ROLE_TASKS)
+    served = []
+    for name, task in ROLE_TASKS.items():
+        settings = module.exit_settings_for(task)
+        if settings["exit_threshold"] is None and int(settings["truncate_layers"] or module.num_layers) == depth:
+            served.append(name)
+    return served
+
+
+def export(
+    model: Any,
+    out_dir: str | Path,
+    backend: str,
+    quantize: str | None = None,
+    role: str | None = None,
+    depth: int | None = None,
+) -> Path:
+    """Export an st_leap model's operating point to ``out_dir``, a folder that ``st_leap.load(out_dir)`` serves on
+    ONNX Runtime or OpenVINO.
+
+    A static depth (the role's ``truncate_layers`` with no ``exit_threshold``, full depth when neither is set, or
+    ``depth``) is exported as **one** graph: the embeddings, the first ``depth`` layers and the post-transformer
+    pipeline (pooling, dense, normalize and, when the model holds :class:`~st_leap.exit_maps.ExitMaps`, the map of
+    layer ``depth``). The folder holds the graph, the tokenizer, ``st_leap_export.json`` and a ``README.md``;
+    ``encode`` runs tokenizer -> graph, with no torch module in between. Roles whose setting differs from the
+    exported one are refused at ``encode`` time. A per-sample exit (an ``exit_threshold``) keeps the segmented
+    export (:func:`export_segments`): the model is saved with its exit settings and its segments, and loads on
+    ``backend`` with the exit loop as usual.
+
+    Args:
+        model: An st_leap ``SentenceTransformer`` (first module an :class:`~st_leap.EarlyExitTransformer`).
+        out_dir: The folder to write (created; files of an earlier export there are replaced).
+        backend: ``"onnx"`` or ``"openvino"``.
+        quantize: ``"int8"`` or ``None``.
+        role: ``"query"``, ``"document"`` or ``"default"`` (plain ``encode``): whose exit setting to export;
+            ``None`` is ``"default"``.
+        depth: Export this static depth instead of the model's setting.
+
+    Returns:
+        ``out_dir`` as a ``Path``.
+
+    Example:
+        ::
+
+            import st_leap
+            from st_leap.backends import export
+
+            model = st_leap.from_pretrained("sentence-transformers/all-MiniLM-L6-v2", truncate_layers={"query": 3})
+            export(model, "minilm-query-l3-int8", "onnx", quantize="int8", role="query")
+            served = st_leap.load("minilm-query-l3-int8")
+            embeddings = served.encode_query(["how do exits work?"])
+    """
+    check_backend(backend, quantize)
+    if backend == "torch":
+        raise ValueError("export writes an ONNX Runtime or OpenVINO folder: backend must be 'onnx' or 'openvino'")
+    if role is not None and role not in ROLE_TASKS:
+        raise ValueError(f"role must be one of {list(ROLE_TASKS)} or None, got {role!r}")
+    module = model[0]
+    if not hasattr(module, "exit_settings_for"):
+        raise ValueError("export needs an st_leap model; load it with st_leap.from_pretrained(...)")
+    if module._backbone.model_type not in SEGMENT_MODEL_TYPES:
+        raise ValueError(f"export supports model types {list(SEGMENT_MODEL_TYPES)}, got {module._backbone.model_type!r}")
+    out = Path(out_dir)
+    static = _static_depth(module, role, depth)
+    info: dict[str, Any] = {
+        "export_version": EXPORT_VERSION,
+        "backend": backend,
+        "quantize": quantize,
+        "role": role or "default",
+        "source_num_layers": module.num_layers,
+        "fingerprint": model_fingerprint(module),
+    }
+    if static is None:
+        return _export_segmented(model, out, info)
+    return _export_static(model, out, static, _served_roles(module, role, static, depth is not None), info)
+
+
+def _export_segmented(model: Any, out: Path, info: dict[str, Any]) -> Path:
+    module = model[0]
+    backend, quantize = info["backend"], info["quantize"]
+    model.save(str(out))
+    segments = Path("st_leap_export") / (f"{backend}-{quantize}" if quantize else backend)
+    export_segments(module, out / segments, backend, quantize)
+    settings = {role: module.exit_settings_for(task) for role, task in ROLE_TASKS.items()}
+    info = {**info, "kind": "segments", "segments": segments.as_posix(), "roles": list(ROLE_TASKS), "exit_settings": settings}
+    _write_json(info, out / EXPORT_FILE)
+    card = out / "README.md"
+    text = card.read_text(encoding="utf-8") if card.exists() else ""
+    card.write_text(text.rstrip() + "\n\n" + _export_card(info), encoding="utf-8")
+    return out
+
+
+def _export_static(model: Any, out: Path, depth: int, roles: list[str], info: dict[str, Any]) -> Path:
+    import copy
+
+    module = model[0]
+    backend, quantize = info["backend"], info["quantize"]
+    post = [model[i] for i in range(1, len(model))]
+    for extra in post:
+        if type(extra).__name__ not in ("Pooling", "Dense", "Normalize", "ExitMaps"):
+            raise ValueError(f"a static-depth export runs Pooling, Dense, Normalize and ExitMaps; got {type(extra).__name__}")
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("model*.*"):  # a graph of an earlier export
+        old.unlink()
+    hf = copy.deepcopy(module.auto_model).eval().float()
+    if hasattr(hf, "set_attn_implementation"):
+        hf.set_attn_implementation("eager")
+    layers = list(module._backbone.__class__(hf).layers[:depth])
+    graph = _StaticGraph(hf.embeddings, layers, copy.deepcopy(post), depth).eval()
+    ids = torch.ones(2, 7, dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    fp32 = out / "model.onnx" if backend == "onnx" and quantize is None else out / ".model-fp32.onnx"
+    with torch.no_grad():
+        _export_onnx(
+            graph, (ids, ids.clone(), torch.zeros_like(ids)), ["input_ids", "attention_mask", "token_type_ids"], fp32,
+            {"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "hidden": {0: "batch"}},
+        )
+    name = "model.onnx" if backend == "onnx" else "model.xml"
+    if fp32.name != name:
+        convert_onnx(fp32, out / name, backend, quantize)
+        fp32.unlink()
+    module.tokenizer.save_pretrained(str(out))
+    dim = model.get_embedding_dimension()
+    info = {
+        **info,
+        "kind": "static",
+        "graph": name,
+        "depth": depth,
+        "roles": roles,
+        "exit_map": any(_is_exit_maps(m) for m in post),
+        "pipeline": [type(m).__name__ for m in post],
+        "embedding_dimension": dim,
+        "max_seq_length": module.max_seq_length,
+        "do_lower_case": bool(getattr(module, "do_lower_case", False)),
+        "prompts": dict(getattr(model, "prompts", {}) or {}),
+    }
+    _write_json(info, out / EXPORT_FILE)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": f"{ExportedEncoder.__module__}.{ExportedEncoder.__name__}"}]
+    (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
+    _write_json(
+        {"prompts": info["prompts"], "default_prompt_name": getattr(model, "default_prompt_name", None),
+         "similarity_fn_name": getattr(model, "similarity_fn_name", None) or "cosine", "model_type": "SentenceTransformer"},
+        out / "config_sentence_transformers.json",
+    )
+    (out / "README.md").write_text(_export_card(info), encoding="utf-8")
+    return out
+
+
+def _export_card(info: dict[str, Any]) -> str:
+    """The exported folder's model card: what was exported and how to load it."""
+    quant = info["quantize"] or "none (fp32)"
+    if info["kind"] == "static":
+        what = (
+            f"One {info['backend']} graph (`{info['graph']}`): embeddings, the first {info['depth']} of "
+            f"{info['source_num_layers']} layers, then {', '.join(info['pipeline']) or 'no post-processing'}"
+            f"{' (the exit map of layer ' + str(info['depth']) + ')' if info['exit_map'] else ''}."
+        )
+        roles = ", ".join(info["roles"])
+    else:
+        what = (
+            f"The encoder as {info['backend']} segments (`{info['segments']}`: embeddings and one graph per layer) "
+            "with st_leap's per-sample exit loop between them."
+        )
+        roles = "all (each with its saved exit setting)"
+    return (
+        "## st_leap export\n\n"
+        f"{what}\n\n"
+        "| field | value |\n| --- | --- |\n"
+        f"| backend | {info['backend']} |\n| quantization | {quant} |\n| exported role | {info['role']} |\n"
+        f"| roles served | {roles} |\n"
+        + (f"| depth | {info['depth']} of {info['source_num_layers']} |\n" if info["kind"] == "static" else "")
+        + f"| weights fingerprint | {info['fingerprint']} |\n\n"
+        "Load it with `st_leap.load(path)`; metadata in `st_leap_export.json`.\n"
+    )
+
+
+def read_export_info(folder: str | Path) -> dict[str, Any] | None:
+    """The ``st_leap_export.json`` of an exported folder, or ``None`` when ``folder`` is not one."""
+    path = Path(folder) / EXPORT_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class ExportedEncoder(InputModule):
+    """A static-depth export served by ONNX Runtime or OpenVINO: tokenizer, then the one graph of :func:`export`
+    (encoder layers, pooling, normalize, exit map), writing ``sentence_embedding`` directly.
+
+    The only module of an exported folder's pipeline; ``st_leap.load(folder)`` builds it. ``encode`` for a role the
+    graph does not compute (see ``roles`` in ``st_leap_export.json``) raises.
+
+    Args:
+        folder: The exported folder.
+        threads: CPU threads of the runtime (default: torch's thread count).
+        **info: The folder's ``st_leap_export.json``.
+    """
+
+    config_file_name: str = EXPORT_FILE
+    forward_kwargs: set[str] = {"task"}
+    save_in_root: bool = True
+
+    def __init__(self, folder: str | Path, threads: int | None = None, **info: Any) -> None:
+        super().__init__()
+        from transformers import AutoTokenizer
+
+        self.folder = Path(folder)
+        self.info = info or read_export_info(folder) or {}
+        self.config_keys = list(self.info)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+        self.max_seq_length = self.info.get("max_seq_length") or 512
+        self.runner = open_runner(self.folder / self.info["graph"], self.info["backend"], threads or torch.get_num_threads())
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return dict(self.info)
+
+    def get_embedding_dimension(self) -> int:
+        return int(self.info["embedding_dimension"])
+
+    def preprocess(self, inputs: Any, prompt: str | None = None, **kwargs: Any) -> dict[str, Tensor]:
+        texts = [str(text) for text in inputs]
+        if prompt:
+            texts = [prompt + text for text in texts]
+        if self.info.get("do_lower_case"):
+            texts = [text.lower() for text in texts]
+        return self.tokenizer(
+            texts, padding=True, truncation="longest_first", max_length=self.max_seq_length, return_tensors="pt"
+        )
+
+    def forward(self, features: dict[str, Any], task: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        role = {"query": "query", "document": "document"}.get(task or "", "default")
+        if role not in self.info["roles"]:
+            raise ValueError(
+                f"This export computes the {'/'.join(self.info['roles'])} role(s) at depth {self.info['depth']}, not "
+                f"{role!r}; export the model again with role={role!r} for it"
+            )
+        ids = features["input_ids"]
+        types = features.get("token_type_ids")
+        types = torch.zeros_like(ids) if types is None else types
+        arrays = [_array(ids).astype(np.int64), _array(features["attention_mask"]).astype(np.int64), _array(types).astype(np.int64)]
+        features["sentence_embedding"] = torch.from_numpy(self.runner(*arrays))
+        return features
+
+    def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
+        import shutil
+
+        target = Path(output_path)
+        if target.resolve() == self.folder.resolve():
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        for path in self.folder.glob("model.*"):
+            shutil.copy2(path, target / path.name)
+        self.tokenizer.save_pretrained(str(target))
+        _write_json(self.info, target / EXPORT_FILE)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs: Any) -> ExportedEncoder:
+        folder = Path(model_name_or_path) / subfolder
+        info = read_export_info(folder)
+        if info is None:
+            raise FileNotFoundError(f"{folder / EXPORT_FILE} is missing: not an st_leap export")
+        return cls(folder, **info)

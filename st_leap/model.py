@@ -8,7 +8,7 @@ the model's saved default applies.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from sentence_transformers.base.modules import Transformer
 from st_leap.exit_policy import ROLES, ExitStats, role_of
 from st_leap.model_card import install_card_data
 from st_leap.modules import EarlyExitTransformer
-from st_leap.resources import known_local_models
 
 
 class _ModelDefault:
@@ -283,7 +282,7 @@ def _check_local_folder(model_name_or_path: str) -> Path | None:
     return folder
 
 
-def _load(model_name_or_path: str, **kwargs: Any) -> SentenceTransformer:
+def _load(model_name_or_path: str, module_classes: dict[str, type] | None = None, **kwargs: Any) -> SentenceTransformer:
     """Load a SentenceTransformer, resolving st_leap's own module type without ``trust_remote_code``.
 
     A saved st_leap model names ``st_leap.modules.EarlyExitTransformer`` in ``modules.json``. That class is the
@@ -297,7 +296,8 @@ def _load(model_name_or_path: str, **kwargs: Any) -> SentenceTransformer:
         if loader is None:
             kwargs.setdefault("trust_remote_code", True)
             return SentenceTransformer(model_name_or_path, **kwargs)
-        return loader(model_name_or_path, {MODULE_TYPE: EarlyExitTransformer}, **kwargs)
+        classes = {MODULE_TYPE: EarlyExitTransformer, **(module_classes or {})}
+        return loader(model_name_or_path, classes, **kwargs)
     except ValueError as error:
         if folder is None or not str(error).startswith(EXIT_KEYS):
             raise
@@ -314,11 +314,13 @@ def from_pretrained(
     exit_patience: int | Any = MODEL_DEFAULT,
     exit_min_layer: int | None | Any = MODEL_DEFAULT,
     truncate_layers: int | None | Any = MODEL_DEFAULT,
-    backend: str = "torch",
+    backend: str | None = None,
     quantize: str | None = None,
+    base_model: str | None = None,
     **kwargs: Any,
 ) -> SentenceTransformer:
-    """Load any sentence-transformers model (Hub id or local folder) with early exit.
+    """Load any sentence-transformers model (Hub id or local folder) with early exit, or a folder written by
+    :func:`st_leap.backends.export`.
 
     Args:
         model_name_or_path: Hub id (needs internet) or local folder, e.g. ``st_leap.resources.minilm_path()``.
@@ -332,16 +334,36 @@ def from_pretrained(
             default or ``None`` (the whole encoder).
         backend: ``"torch"`` (default), or ``"onnx"`` (ONNX Runtime) / ``"openvino"``: the encoder exported as
             segments, one per layer, with the exit loop between them (:mod:`st_leap.backends`); exported on first
-            use and cached beside the model. BERT-family encoders.
+            use and cached beside the model. BERT-family encoders. Left out for an exported folder: the backend it
+            was exported for.
         quantize: ``"int8"`` with ``backend="onnx"`` / ``"openvino"``.
+        base_model: The Hub id a local folder is a copy of, named by the model card of a converted model (a Hub
+            id names itself).
         **kwargs: Passed to ``SentenceTransformer`` (``device``, ``model_kwargs``, ``local_files_only``...).
 
     Returns:
-        A ``SentenceTransformer`` whose first module is an :class:`EarlyExitTransformer`.
+        A ``SentenceTransformer`` whose first module is an :class:`EarlyExitTransformer`; for a static-depth
+        export, one whose only module is :class:`st_leap.backends.ExportedEncoder` (the graph runs the whole
+        pipeline, exit settings do not apply).
     """
-    from st_leap.backends import check_backend
+    from st_leap import backends
 
-    check_backend(backend, quantize)  # before any model loads
+    backends.check_backend(backend or "torch", quantize)  # before any model loads
+    folder = Path(model_name_or_path).expanduser()
+    info = backends.read_export_info(folder) if folder.is_dir() else None
+    export_dir = None
+    if info is not None and info.get("kind") == "static":
+        given = exit_kwargs(exit_threshold, exit_patience, exit_min_layer, truncate_layers)
+        if given or (backend or info["backend"]) != info["backend"] or (quantize or info["quantize"]) != info["quantize"]:
+            raise ValueError(
+                f"{folder} is a {info['backend']} export at depth {info['depth']}: it runs that setting only "
+                "(export the source model again for other exit settings or backends)"
+            )
+        encoder = backends.ExportedEncoder
+        return _load(str(folder), {f"{encoder.__module__}.{encoder.__name__}": encoder}, **kwargs)
+    if info is not None and info.get("kind") == "segments" and backend is None:
+        backend, quantize, export_dir = info["backend"], info["quantize"], str(folder / info["segments"])
+    backend = backend or "torch"
     model = _load(model_name_or_path, **kwargs)
     converted = early_exit_module(model) is None
     as_early_exit(
@@ -353,16 +375,10 @@ def from_pretrained(
     )
     card = model.model_card_data
     if converted and not card.base_model:  # the card names the model this one was converted from
-        card.base_model = known_local_models().get(_resolved(model_name_or_path), None) or (
-            None if Path(model_name_or_path).exists() else model_name_or_path
-        )
+        card.base_model = base_model or (None if Path(model_name_or_path).exists() else model_name_or_path)
     if backend != "torch":
-        model[0].use_backend(backend, quantize, model_path=model_name_or_path)
+        model[0].use_backend(backend, quantize, export_dir=export_dir, model_path=model_name_or_path)
     return model
-
-
-def _resolved(path: str) -> str:
-    return str(Path(path).resolve()) if Path(path).exists() else path
 
 
 def load(path: str, **kwargs: Any) -> SentenceTransformer:
@@ -381,14 +397,16 @@ def load_model(model: str | SentenceTransformer, **kwargs: Any) -> SentenceTrans
     return from_pretrained(str(model), **kwargs)
 
 
-def model_name(model: SentenceTransformer, fallback: str | None = None) -> str:
-    """A readable name: the Hub id of a packaged local copy, else the model card name, else the folder name of
-    ``fallback``, else ``"unnamed"``."""
-    if fallback:
-        resolved = str(Path(str(fallback)).resolve()) if Path(str(fallback)).exists() else None
-        known = known_local_models()
-        if resolved in known:
-            return known[resolved]
+def model_name(
+    model: SentenceTransformer, fallback: str | None = None, names: Mapping[str, str] | None = None
+) -> str:
+    """A readable name: ``names[fallback]`` (a mapping from resolved local folder to Hub id, e.g.
+    ``st_leap.resources.known_local_models()``, given by the caller), else the model card name, else the folder
+    name of ``fallback``, else ``"unnamed"``."""
+    if fallback and names:
+        resolved = str(Path(str(fallback)).resolve()) if Path(str(fallback)).exists() else str(fallback)
+        if resolved in names:
+            return names[resolved]
     card = getattr(model, "model_card_data", None)
     name = getattr(card, "model_name", None) or getattr(card, "base_model", None)
     if name:

@@ -85,3 +85,83 @@ def test_segments_do_not_spin_but_a_single_graph_may(saved_leap):
     hidden, mask = torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.long)
     torch.testing.assert_close(spin_on.layers[0](hidden, mask), backbone.layers[0](hidden, mask))
     assert model.encode(SENTENCES).shape[0] == len(SENTENCES)
+
+
+# ------------------------------------------------------------------------------------------ export of the pick
+def _graph_files(folder):
+    return sorted(p.name for p in __import__("pathlib").Path(folder).rglob("*") if p.suffix in (".onnx", ".xml"))
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_static_depth_exports_one_graph_that_matches_torch(tiny_bert_dir, tmp_path, backend):
+    pytest.importorskip("onnxruntime" if backend == "onnx" else "openvino")
+    from st_leap.backends import export, read_export_info
+
+    model = st_leap.from_pretrained(tiny_bert_dir, truncate_layers=2)
+    model.append(__import__("sentence_transformers").base.modules.Normalize())
+    out = export(model, tmp_path / "exported", backend)
+    assert _graph_files(out) == [f"model.{'onnx' if backend == 'onnx' else 'xml'}"]
+    info = read_export_info(out)
+    assert info["kind"] == "static" and info["depth"] == 2 and info["roles"] == ["query", "document", "default"]
+    assert "depth | 2 of 4" in (out / "README.md").read_text()
+    served = st_leap.load(str(out))
+    assert type(served[0]).__name__ == "ExportedEncoder" and len(served) == 1
+    want = model.encode(SENTENCES, batch_size=4)
+    for encode in (served.encode, served.encode_query, served.encode_document):
+        np.testing.assert_allclose(encode(SENTENCES, batch_size=4), want, atol=2e-3)
+
+
+def test_static_export_applies_the_exit_map_of_its_depth(tiny_bert_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    exit_maps = pytest.importorskip("st_leap.exit_maps")
+    from st_leap.backends import export, read_export_info
+
+    model = st_leap.from_pretrained(tiny_bert_dir, truncate_layers={"query": 3, "document": None, "default": None})
+    model.append(__import__("sentence_transformers").base.modules.Normalize())
+    maps = exit_maps.ExitMaps(num_layers=4, in_features=model.get_embedding_dimension(), normalize=True)
+    torch.manual_seed(0)
+    maps.set_map(3, torch.randn(maps.in_features, maps.in_features), torch.randn(maps.in_features))
+    model.append(maps)
+    out = export(model, tmp_path / "query", "onnx", role="query")
+    info = read_export_info(out)
+    assert info["exit_map"] and info["depth"] == 3 and info["roles"] == ["query"]
+    served = st_leap.load(str(out))
+    np.testing.assert_allclose(
+        served.encode_query(SENTENCES, batch_size=4), model.encode_query(SENTENCES, batch_size=4), atol=2e-3
+    )
+    with pytest.raises(ValueError, match="role='document'"):
+        served.encode_document(SENTENCES)
+    with pytest.raises(ValueError, match="depth 3"):
+        st_leap.load(str(out), truncate_layers=2)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_int8_static_export_runs_for_every_role(tiny_bert_dir, tmp_path, backend):
+    pytest.importorskip("onnxruntime" if backend == "onnx" else "nncf")
+    from st_leap.backends import export
+
+    model = st_leap.from_pretrained(tiny_bert_dir)
+    out = export(model, tmp_path / "int8", backend, quantize="int8", depth=1)
+    assert len(_graph_files(out)) == 1
+    served = st_leap.load(str(out))
+    for encode in (served.encode, served.encode_query, served.encode_document):
+        assert encode(SENTENCES[:3]).shape == (3, model.get_embedding_dimension())
+
+
+def test_a_threshold_still_exports_segments(saved_leap, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from st_leap.backends import export, read_export_info
+
+    reference = st_leap.load(saved_leap)
+    theta = mixed_threshold(reference, SENTENCES, min_layer=2)
+    model = st_leap.load(saved_leap, exit_threshold=theta)
+    out = export(model, tmp_path / "segments", "onnx")
+    info = read_export_info(out)
+    assert info["kind"] == "segments"
+    assert _graph_files(out) == ["embeddings.onnx", *(f"layer_{i:02d}.onnx" for i in range(model[0].num_layers))]
+    served = st_leap.load(str(out))
+    assert served[0].exit_backend == "onnx" and served[0].exit_threshold == theta
+    want_layers, want = _outputs(model, theta)
+    got_layers, got = _outputs(served, theta)
+    assert got_layers == want_layers
+    np.testing.assert_allclose(got, want, atol=1e-4)

@@ -80,3 +80,28 @@ def test_cli_validates_arguments_before_loading_a_model(tmp_path, capsys):
             main(argv)
         assert error.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_cli_export_writes_one_graph_for_a_static_depth(tiny_bert_dir, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    import st_leap
+
+    out = tmp_path / "exported"
+    code = main(["export", tiny_bert_dir, "--backend", "onnx", "--depth", "2", "--role", "query", "--out", str(out)])
+    assert code == 0
+    assert "depth 2" in capsys.readouterr().out
+    info = json.loads((out / "st_leap_export.json").read_text())
+    assert (info["kind"], info["depth"], info["roles"], info["quantize"]) == ("static", 2, ["query"], None)
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]
+    served = st_leap.load(str(out))
+    want = st_leap.from_pretrained(tiny_bert_dir).encode_query(SENTENCES, truncate_layers=2)
+    np.testing.assert_allclose(served.encode_query(SENTENCES), want, atol=2e-3)
+
+
+def test_cli_export_help_names_the_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = capsys.readouterr().out
+    assert "--backend" in text and "--depth" in text and "ONE graph" in text

@@ -113,3 +113,14 @@ def plot_if_possible(plot: Any, *args: Any, **kwargs: Any) -> bool:
         print(f"(no plot: {error})", file=sys.stderr)
         return False
     return True
+
+
+def hub_id_of(model_path: str) -> str | None:
+    """The Hub id of a packaged local copy (``None`` for anything else): the CLI names models, the library takes
+    paths and ids (``st_leap.from_pretrained(path, base_model=...)``, ``model_name(..., names=...)``)."""
+    from pathlib import Path
+
+    from st_leap.resources import known_local_models
+
+    path = Path(model_path)
+    return known_local_models().get(str(path.resolve())) if path.exists() else None

@@ -8,6 +8,7 @@ from pathlib import Path
 from st_leap.cli.common import (
     add_exit_arguments,
     add_model_argument,
+    hub_id_of,
     plot_if_possible,
     positive_int,
     read_lines,
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     grid = [t for t in (args.thresholds or PAPER_THRESHOLDS) if t is not None]
     sentences = read_lines(args.sentences, args.max_sentences) or resources.stsb_sentences("test")[: args.max_sentences]
     model_path = resources.resolve_model(args.model)
-    model = from_pretrained(model_path)
+    model = from_pretrained(model_path, base_model=hub_id_of(model_path))
     result = diagnose(
         model,
         sentences,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from st_leap.cli.common import TASK_NAMES, add_sweep_arguments, command_line, exit_overrides, task_list
+from st_leap.cli.common import TASK_NAMES, add_sweep_arguments, command_line, exit_overrides, hub_id_of, task_list
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     thresholds_ = args.thresholds if args.thresholds is not None else list(PAPER_THRESHOLDS)
     settings = ([] if args.no_full_depth else [None]) + [t for t in thresholds_ if t is not None]
     model_path = resources.resolve_model(args.model)
-    model = load_model(model_path)
-    name = model_name(model, model_path)
+    model = load_model(model_path, base_model=hub_id_of(model_path))
+    name = model_name(model, model_path, names=resources.known_local_models())
     out = Path(args.out)
     extra = exit_overrides(args)
     runs = []
