@@ -44,9 +44,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="Held-out STS-B split (default: dev), or the qrels split of --beir (default: test)",
     )
     parser.add_argument(
-        "--time-sample", type=positive_int, default=256, help="Texts timed per role with your data (default: %(default)s)"
+        "--time-sample",
+        type=positive_int,
+        default=256,
+        help="Texts timed per role with your data (default: %(default)s)",
     )
-    parser.add_argument("--repeats", type=positive_int, default=3, help="Timed rounds with your data (default: %(default)s)")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="Timed rounds with your data (default: %(default)s)"
+    )
     parser.add_argument(
         "--timed-candidates",
         type=positive_int,
@@ -55,7 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--no-static", action="store_true", help="Compare exit thresholds only, no static depths")
     parser.add_argument("--out", default="st_leap_calibrate", help="Output folder (default: %(default)s)")
-    parser.add_argument("--save-model", default=None, help="Save the model with the picked operating point as its default")
+    parser.add_argument(
+        "--save-model", default=None, help="Save the model with the picked operating point as its default"
+    )
     parser.add_argument(
         "--role",
         choices=["all", "query", "document", "default"],
@@ -112,7 +119,9 @@ def run_user_data(args: argparse.Namespace, spec: dict[str, str]) -> int:
     print(md_path.read_text(encoding="utf-8"))
     for role, entry in result["roles"].items():
         picked = entry["picked"]
-        print(f"picked for {where_text(role)}: {entry['reason'] if picked['kind'] != 'full' else 'full, ' + entry['reason']}")
+        print(
+            f"picked for {where_text(role)}: {entry['reason'] if picked['kind'] != 'full' else 'full, ' + entry['reason']}"
+        )
     if "saved" in result:
         for note in result["saved"]["notes"]:
             print(f"note: {note}")
@@ -186,7 +195,11 @@ def run(args: argparse.Namespace) -> int:
             "E[layers] (of the encoder's)": f"{picked['expected_layers']:.2f} of {module.num_layers}",
             "layer reduction L / E[layers]": f"{picked['layer_reduction']:.2f}x (layers)",
             "measured speed-up (wall-clock vs full depth)": f"{picked['measured_speedup']:.2f}x"
-            + (f" on {timing['num_texts']} STS-B {result['split']} sentences" if timing["num_texts"] else " (full depth)"),
+            + (
+                f" on {timing['num_texts']} STS-B {result['split']} sentences"
+                if timing["num_texts"]
+                else " (full depth)"
+            ),
             "quality budget": f"{args.max_quality_drop} points of Spearman x 100",
         }
         reporting.save_model(model, args.save_model)  # written aside, then renamed into place

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from st_leap.evaluation.user_data import RetrievalData, ScoredPairs, Texts, as_user_data
-from st_leap.exit_policy import PAPER_THRESHOLDS, ExitStats, ROLES
+from st_leap.exit_policy import PAPER_THRESHOLDS, ROLES, ExitStats
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -64,7 +64,11 @@ def ndcg_at_k(
 
 def _label(row: dict[str, Any]) -> str:
     truncate, theta = row.get("truncate_layers"), row.get("theta")
-    label = "full" if theta is None and truncate is None else (f"static L{truncate}" if theta is None else f"theta={theta:g}")
+    label = (
+        "full"
+        if theta is None and truncate is None
+        else (f"static L{truncate}" if theta is None else f"theta={theta:g}")
+    )
     if theta is not None and truncate is not None:
         label += f" <= L{truncate}"
     if row.get("exit_maps") is False:
@@ -104,7 +108,9 @@ class _RoleMeasure:
         from st_leap.evaluation.sweep import pairs_spearman
 
         if isinstance(self.data, ScoredPairs):
-            value = pairs_spearman(embeddings, self.index, self.data.sentences1, self.data.sentences2, self.data.scores)
+            value = pairs_spearman(
+                embeddings, self.index, self.data.sentences1, self.data.sentences2, self.data.scores
+            )
             return {"quality": value, "spearman": value}
         if isinstance(self.data, Texts):
             if self.full is None:
@@ -217,14 +223,27 @@ def calibrate(
         )
     if isinstance(parsed, RetrievalData):
         if role == "default":
-            raise ValueError("a BEIR folder calibrates the 'query' and 'document' roles (role 'all', 'query' or 'document')")
+            raise ValueError(
+                "a BEIR folder calibrates the 'query' and 'document' roles (role 'all', 'query' or 'document')"
+            )
         roles = ["query", "document"] if role == "all" else [role]
     else:
         roles = [role]
     st_model = load_model(model)
     result = _calibrate_roles(
-        st_model, parsed, roles, max_quality_drop, thresholds, static_depths, overrides, batch_size, nn_k,
-        time_sample, repeats, timed_candidates, show_progress_bar,
+        st_model,
+        parsed,
+        roles,
+        max_quality_drop,
+        thresholds,
+        static_depths,
+        overrides,
+        batch_size,
+        nn_k,
+        time_sample,
+        repeats,
+        timed_candidates,
+        show_progress_bar,
     )
     result["model"] = _model_name(st_model, model)
     if save_model is not None:
@@ -268,11 +287,13 @@ def _calibrate_roles(
 
     def encode(texts: list[str], role: str, setting: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         kwargs = {"exit_threshold": None, "truncate_layers": None, **base, **setting}
-        out = encode_with_exits(model, texts, task=_TASKS[role], batch_size=batch_size, show_progress_bar=False, **kwargs)
+        out = encode_with_exits(
+            model, texts, task=_TASKS[role], batch_size=batch_size, show_progress_bar=False, **kwargs
+        )
         return out.embeddings, out.exit_layers
 
     points: list[dict[str, Any]] = []
-    for use_maps in ([True, False] if maps else [None]):
+    for use_maps in [True, False] if maps else [None]:
         extra = {} if use_maps is None else {"exit_maps": use_maps}
         points += [{"exit_threshold": t, **extra} for t in dict.fromkeys(float(t) for t in thresholds)]
         points += [{"truncate_layers": int(n), **extra} for n in depths]
@@ -282,7 +303,9 @@ def _calibrate_roles(
         measure = _RoleMeasure(model, data, role, encode)
         progress = tqdm(total=len(points) + 1, desc=f"calibrating the {role} role", disable=not show_progress_bar)
 
-        def row_for(setting: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+        def row_for(
+            setting: dict[str, Any], measure: _RoleMeasure = measure, role: str = role, progress: Any = progress
+        ) -> tuple[dict[str, Any], np.ndarray]:
             emb, layers = encode(measure.texts, role, setting)
             stats = ExitStats.from_exit_layers(layers, depth).to_dict()
             theta, truncate = setting.get("exit_threshold"), setting.get("truncate_layers")
@@ -330,7 +353,9 @@ def _calibrate_roles(
             )
         elif timed:
             picked = full
-            reason = f"full depth: no point within {max_quality_drop:g} points was measured faster than full depth{why_not}"
+            reason = (
+                f"full depth: no point within {max_quality_drop:g} points was measured faster than full depth{why_not}"
+            )
         else:
             picked = full
             reason = f"full depth: no point saving layers loses at most {max_quality_drop:g} points{why_not}"
@@ -393,7 +418,12 @@ def _time_rows(
         call["task"] = task
         if task in getattr(model, "prompts", {}):
             call["prompt_name"] = task
-    info = {"num_texts": len(sample), "repeats": repeats, "batch_size": batch_size, "timed": [r["label"] for r in rows]}
+    info = {
+        "num_texts": len(sample),
+        "repeats": repeats,
+        "batch_size": batch_size,
+        "timed": [r["label"] for r in rows],
+    }
     if not rows:
         return info
     settings = {"full": {**call, **_setting(full)}}
@@ -436,7 +466,9 @@ def measured_speedup(
     }
 
 
-def _combined(model: SentenceTransformer, data: RetrievalData, per_role: dict[str, Any], encode: Any) -> dict[str, Any]:
+def _combined(
+    model: SentenceTransformer, data: RetrievalData, per_role: dict[str, Any], encode: Any
+) -> dict[str, Any]:
     """NDCG@10 with both roles at their picks (the drops of the two roles can add up)."""
     query_ids, doc_ids = list(data.queries), list(data.corpus)
     q, _ = encode([data.queries[i] for i in query_ids], "query", _setting(per_role["query"]["picked"]))
@@ -488,7 +520,9 @@ def save_calibrated(model: SentenceTransformer, result: dict[str, Any], path: st
         truncate = with_role(truncate, role, picked["truncate_layers"])
         patience = with_role(patience, role, entry["exit_patience"])
         min_layer = with_role(min_layer, role, entry["exit_min_layer"])
-    as_early_exit(model, exit_threshold=threshold, truncate_layers=truncate, exit_patience=patience, exit_min_layer=min_layer)
+    as_early_exit(
+        model, exit_threshold=threshold, truncate_layers=truncate, exit_patience=patience, exit_min_layer=min_layer
+    )
     notes = []
     without_maps = [role for role, entry in result["roles"].items() if entry["picked"].get("exit_maps") is False]
     if without_maps and len(without_maps) == len(result["roles"]):
@@ -505,7 +539,9 @@ def save_calibrated(model: SentenceTransformer, result: dict[str, Any], path: st
         picked, full = entry["picked"], entry["full"]
         where = "every role" if role == "all" else f"the {role!r} role"
         measurements[f"calibrated operating point ({where})"] = picked["label"]
-        measurements[f"{entry['metric']} on {result['data']['source']} ({where}), full depth"] = f"{full['quality']:.2f}"
+        measurements[f"{entry['metric']} on {result['data']['source']} ({where}), full depth"] = (
+            f"{full['quality']:.2f}"
+        )
         measurements[f"{entry['metric']} ({where}), at the operating point"] = f"{picked['quality']:.2f}"
         measurements[f"measured speed-up ({where})"] = (
             f"{picked['measured_speedup']:.2f}x wall-clock vs full depth on {entry['timing']['num_texts']} of the texts"
@@ -514,7 +550,11 @@ def save_calibrated(model: SentenceTransformer, result: dict[str, Any], path: st
     measurements["quality budget"] = f"{result['max_quality_drop']:g} points (x100)"
     model.model_card_data.leap_measurements = measurements
     reporting.save_model(model, path)
-    return {"path": str(path), "roles": {role: e["picked"]["label"] for role, e in result["roles"].items()}, "notes": notes}
+    return {
+        "path": str(path),
+        "roles": {role: e["picked"]["label"] for role, e in result["roles"].items()},
+        "notes": notes,
+    }
 
 
 def _fmt(value: Any, spec: str = ".2f") -> str:

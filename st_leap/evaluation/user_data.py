@@ -168,7 +168,9 @@ def read_pairs(path: str | Path) -> ScoredPairs:
         for number, obj in _json_lines(path):
             missing = [c for c in PAIR_COLUMNS if c not in obj]
             if missing:
-                raise ValueError(f"{_where(path, number)}: missing {', '.join(missing)} (need {', '.join(PAIR_COLUMNS)})")
+                raise ValueError(
+                    f"{_where(path, number)}: missing {', '.join(missing)} (need {', '.join(PAIR_COLUMNS)})"
+                )
             s1.append(_text(obj["sentence1"], "sentence1", path, number))
             s2.append(_text(obj["sentence2"], "sentence2", path, number))
             scores.append(_score(obj["score"], path, number))
@@ -176,7 +178,9 @@ def read_pairs(path: str | Path) -> ScoredPairs:
         delimiter = "," if path.suffix == ".csv" else "\t"
         try:
             with _open_text(path) as f:
-                reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
+                reader = csv.reader(
+                    f, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+                )
                 header = next(reader, None)
                 if header is None or not any(cell.strip() for cell in header):
                     raise ValueError(f"{_where(path, 1)}: no header row (need {', '.join(PAIR_COLUMNS)})")
@@ -266,7 +270,9 @@ def read_beir(folder: str | Path, split: str = "test") -> RetrievalData:
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) < 3:
-                raise ValueError(f"{_where(qrels_path, number)}: {len(row)} column(s), need query-id, corpus-id, score")
+                raise ValueError(
+                    f"{_where(qrels_path, number)}: {len(row)} column(s), need query-id, corpus-id, score"
+                )
             query_id, doc_id, value = row[0].strip(), row[1].strip(), row[2].strip()
             if query_id not in all_queries:
                 raise ValueError(f"{_where(qrels_path, number)}: query id {query_id!r} is not in {queries_path.name}")
