@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from st_leap.cli.common import add_sweep_arguments, command_line, exit_overrides, positive_int, quality_drop
+from st_leap.cli.common import (
+    add_sweep_arguments,
+    command_line,
+    exit_overrides,
+    hub_id_of,
+    positive_int,
+    quality_drop,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -111,6 +118,7 @@ def run_user_data(args: argparse.Namespace, spec: dict[str, str]) -> int:
         timed_candidates=args.timed_candidates,
         save_model=args.save_model,
     )
+    result["model"] = hub_id_of(model_path) or result["model"]
     result["model_path"] = model_path
     result["run_info"]["command"] = command_line()
     out = Path(args.out)
