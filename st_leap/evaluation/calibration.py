@@ -153,8 +153,9 @@ def calibrate(
     The data is read and checked before the model loads, so a malformed file fails at once with its file and line.
     What is measured depends on the data:
 
-    - STS-B (``data=None`` or ``"stsb"``, split ``dev`` by default): the existing STS-B calibration,
-      :func:`st_leap.evaluation.sweep.calibrate` (layer reduction, no timing).
+    - STS-B (``data=None`` or ``"stsb"``, split ``dev`` by default): :func:`st_leap.evaluation.sweep.calibrate`
+      (the largest layer reduction within the budget; the pick is then timed against full depth on STS-B
+      sentences and saved for ``role``).
     - :class:`~st_leap.evaluation.user_data.ScoredPairs` (``{"pairs": path}``): cosine Spearman x100 of the pairs.
     - :class:`~st_leap.evaluation.user_data.RetrievalData` (``{"beir": folder, "split": "test"}``): NDCG@10 x100,
       per role: queries through ``encode_query`` against the documents at full depth, and documents through
@@ -211,8 +212,9 @@ def calibrate(
     if parsed is None:
         from st_leap.evaluation.sweep import calibrate as calibrate_stsb
 
-        return calibrate_stsb(
-            model,
+        st_model = load_model(model)
+        result = calibrate_stsb(
+            st_model,
             max_quality_drop,
             thresholds=thresholds,
             split=split or "dev",
@@ -221,6 +223,10 @@ def calibrate(
             static_depths=static_depths,
             **overrides,
         )
+        _time_stsb_pick(st_model, result, role, batch_size, time_sample, repeats)
+        if save_model is not None:
+            result["saved"] = save_calibrated(st_model, _stsb_as_roles(result, role), save_model)
+        return result
     if isinstance(parsed, RetrievalData):
         if role == "default":
             raise ValueError(
@@ -249,6 +255,48 @@ def calibrate(
     if save_model is not None:
         result["saved"] = save_calibrated(st_model, result, save_model)
     return result
+
+
+def _time_stsb_pick(
+    model: SentenceTransformer, result: dict[str, Any], role: str, batch_size: int, time_sample: int, repeats: int
+) -> None:
+    """Add the measured speed-up of an STS-B calibration's pick (timed on the split's sentences)."""
+    from st_leap import resources
+
+    picked = result["picked"]
+    picked["label"] = _label(picked)
+    timing = measured_speedup(
+        model,
+        resources.stsb_sentences(result["split"]),
+        picked,
+        role=role if role != "all" else "default",
+        batch_size=batch_size,
+        time_sample=time_sample,
+        repeats=repeats,
+        exit_patience=result["exit_patience"],
+        exit_min_layer=result["exit_min_layer"],
+    )
+    picked.update(measured_speedup=timing["measured_speedup"], speedup_band=timing["speedup_band"])
+    result["timing"] = timing
+
+
+def _stsb_as_roles(result: dict[str, Any], role: str) -> dict[str, Any]:
+    """An STS-B calibration result in the per-role form :func:`save_calibrated` reads."""
+    full = {**result["full"], "quality": result["full"]["stsb"]}
+    return {
+        "data": {"kind": "stsb", "source": f"STS-B {result['split']}"},
+        "max_quality_drop": result["max_quality_drop"],
+        "roles": {
+            role: {
+                "metric": "Spearman",
+                "full": full,
+                "picked": {**result["picked"], "quality": result["picked"]["stsb"]},
+                "exit_patience": result["exit_patience"],
+                "exit_min_layer": result["exit_min_layer"],
+                "timing": result["timing"],
+            }
+        },
+    }
 
 
 def _model_name(model: SentenceTransformer, given: Any) -> str:
@@ -544,7 +592,10 @@ def save_calibrated(model: SentenceTransformer, result: dict[str, Any], path: st
         )
         measurements[f"{entry['metric']} ({where}), at the operating point"] = f"{picked['quality']:.2f}"
         measurements[f"measured speed-up ({where})"] = (
-            f"{picked['measured_speedup']:.2f}x wall-clock vs full depth on {entry['timing']['num_texts']} of the texts"
+            "1.00x (full depth)"
+            if picked.get("kind") == "full"
+            else f"{picked['measured_speedup']:.2f}x wall-clock vs full depth on {entry['timing']['num_texts']} "
+            f"of the texts"
         )
         measurements[f"layer reduction L / E[layers] ({where})"] = f"{picked['layer_reduction']:.2f}x"
     measurements["quality budget"] = f"{result['max_quality_drop']:g} points (x100)"

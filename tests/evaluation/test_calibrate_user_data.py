@@ -233,3 +233,15 @@ def test_cli_calibrate_stsb_reports_the_measured_speedup_of_its_pick(monkeypatch
     assert isinstance(result["picked"]["measured_speedup"], float)
     assert result["timing"]["num_texts"] == 8 and result["timing"]["repeats"] == 1
     assert "measured speed-up of the pick" in capsys.readouterr().out
+
+
+def test_python_calibrate_on_stsb_times_and_saves_its_pick(monkeypatch, tiny_data_dir, eval_model, tmp_path):
+    """st_leap.calibrate(model) without data is the STS-B calibration, with the pick timed and saved for a role."""
+    monkeypatch.setenv("ST_LEAP_DATA", str(tiny_data_dir))
+    result = st_leap.calibrate(eval_model, None, 100, thresholds=[0.9], static_depths=[1], role="document",
+                               time_sample=6, repeats=1, save_model=tmp_path / "saved", show_progress_bar=False)
+    assert result["split"] == "dev" and isinstance(result["picked"]["measured_speedup"], float)
+    reloaded = st_leap.load(str(tmp_path / "saved"))
+    assert saved_default(reloaded[0].exit_threshold, "document") == result["picked"]["theta"]
+    assert saved_default(reloaded[0].truncate_layers, "document") == result["picked"]["truncate_layers"]
+    assert saved_default(reloaded[0].truncate_layers, "query") is None
