@@ -397,6 +397,8 @@ def export(
     if module._backbone.model_type not in SEGMENT_MODEL_TYPES:
         raise ValueError(f"export supports model types {list(SEGMENT_MODEL_TYPES)}, got {module._backbone.model_type!r}")
     out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and read_export_info(out) is None:
+        raise ValueError(f"{out} is not empty and holds no st_leap export: export into a new folder")
     static = _static_depth(module, role, depth)
     info: dict[str, Any] = {
         "export_version": EXPORT_VERSION,
@@ -541,7 +543,6 @@ class ExportedEncoder(InputModule):
 
         self.folder = Path(folder)
         self.info = info or read_export_info(folder) or {}
-        self.config_keys = list(self.info)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
         self.max_seq_length = self.info.get("max_seq_length") or 512
         self.runner = open_runner(self.folder / self.info["graph"], self.info["backend"], threads or torch.get_num_threads())
@@ -553,13 +554,14 @@ class ExportedEncoder(InputModule):
         return int(self.info["embedding_dimension"])
 
     def preprocess(self, inputs: Any, prompt: str | None = None, **kwargs: Any) -> dict[str, Tensor]:
-        texts = [str(text) for text in inputs]
+        pairs = [item if isinstance(item, (tuple, list)) else (item,) for item in inputs]
+        columns = [[str(pair[i]) for pair in pairs] for i in range(len(pairs[0]) if pairs else 1)]
         if prompt:
-            texts = [prompt + text for text in texts]
+            columns[0] = [prompt + text for text in columns[0]]
         if self.info.get("do_lower_case"):
-            texts = [text.lower() for text in texts]
+            columns = [[text.lower() for text in column] for column in columns]
         return self.tokenizer(
-            texts, padding=True, truncation="longest_first", max_length=self.max_seq_length, return_tensors="pt"
+            *columns, padding=True, truncation="longest_first", max_length=self.max_seq_length, return_tensors="pt"
         )
 
     def forward(self, features: dict[str, Any], task: str | None = None, **kwargs: Any) -> dict[str, Any]:

@@ -165,3 +165,11 @@ def test_a_threshold_still_exports_segments(saved_leap, tmp_path):
     got_layers, got = _outputs(served, theta)
     assert got_layers == want_layers
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_export_refuses_a_folder_that_holds_something_else(tiny_bert_dir, tmp_path):
+    from st_leap.backends import export
+
+    (tmp_path / "modules.json").write_text("[]")
+    with pytest.raises(ValueError, match="not empty"):
+        export(st_leap.from_pretrained(tiny_bert_dir), tmp_path, "onnx")
