@@ -54,11 +54,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--time-sample",
         type=positive_int,
         default=256,
-        help="Texts timed per role with your data (default: %(default)s)",
+        help="Texts timed per role (default: %(default)s)",
     )
-    parser.add_argument(
-        "--repeats", type=positive_int, default=3, help="Timed rounds with your data (default: %(default)s)"
-    )
+    parser.add_argument("--repeats", type=positive_int, default=3, help="Timed rounds (default: %(default)s)")
     parser.add_argument(
         "--timed-candidates",
         type=positive_int,

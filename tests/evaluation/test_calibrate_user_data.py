@@ -245,3 +245,18 @@ def test_python_calibrate_on_stsb_times_and_saves_its_pick(monkeypatch, tiny_dat
     assert saved_default(reloaded[0].exit_threshold, "document") == result["picked"]["theta"]
     assert saved_default(reloaded[0].truncate_layers, "document") == result["picked"]["truncate_layers"]
     assert saved_default(reloaded[0].truncate_layers, "query") is None
+
+
+def test_cli_calibrate_pairs(eval_model_dir, sts_pairs, tmp_path):
+    """--pairs FILE (CSV) is scored with cosine Spearman in the plain encode role."""
+    s1, s2, scores = sts_pairs
+    path = tmp_path / "pairs.csv"
+    path.write_text("sentence1,sentence2,score\n" + "".join(f"{a},{b},{s}\n" for a, b, s in zip(s1, s2, scores)))
+    out = tmp_path / "cal"
+    assert main(["calibrate", eval_model_dir, "--pairs", str(path), "--max-quality-drop", "100", *FAST,
+                 "--no-static", "--out", str(out)]) == 0
+    result = json.loads((out / "calibrate.json").read_text())
+    assert result["data"]["kind"] == "pairs" and result["data"]["num_pairs"] == len(scores)
+    entry = result["roles"]["all"]
+    assert entry["metric"] == "spearman" and {row["kind"] for row in entry["rows"]} == {"adaptive"}
+    assert isinstance(entry["picked"]["measured_speedup"], float)
