@@ -342,7 +342,7 @@ def as_user_data(data: Any, split: str = "test") -> UserData | None:
             raise ValueError(f"data must name one of 'pairs', 'beir', 'texts' (and optionally 'split'), got {data!r}")
         kind, path = next(iter(spec.items()))
         return read_user_data(kind, path, split)
-    if isinstance(data, tuple) and len(data) == 3:
+    if isinstance(data, tuple) and len(data) == 3 and not any(isinstance(part, str) for part in data):
         return ScoredPairs(list(data[0]), list(data[1]), [float(s) for s in data[2]], source="the given pairs")
     if isinstance(data, Sequence) and not isinstance(data, str):
         return Texts([str(t) for t in data if str(t).strip()], source="the given texts")
