@@ -18,6 +18,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 
+from st_leap.exit_maps import ExitMaps
 from st_leap.exit_policy import ROLES, ExitStats, role_of
 from st_leap.model_card import install_card_data
 from st_leap.modules import EarlyExitTransformer
@@ -246,6 +247,7 @@ def as_early_exit(
 
 
 MODULE_TYPE = f"{EarlyExitTransformer.__module__}.{EarlyExitTransformer.__name__}"  # persisted in modules.json
+EXIT_MAPS_TYPE = f"{ExitMaps.__module__}.{ExitMaps.__name__}"
 
 
 def _check_local_folder(model_name_or_path: str) -> Path | None:
@@ -296,7 +298,7 @@ def _load(model_name_or_path: str, module_classes: dict[str, type] | None = None
         if loader is None:
             kwargs.setdefault("trust_remote_code", True)
             return SentenceTransformer(model_name_or_path, **kwargs)
-        classes = {MODULE_TYPE: EarlyExitTransformer, **(module_classes or {})}
+        classes = {MODULE_TYPE: EarlyExitTransformer, EXIT_MAPS_TYPE: ExitMaps, **(module_classes or {})}
         return loader(model_name_or_path, classes, **kwargs)
     except ValueError as error:
         if folder is None or not str(error).startswith(EXIT_KEYS):
