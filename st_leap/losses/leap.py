@@ -71,6 +71,9 @@ class LEAPSettings:
     # ours: 1 - cos(p_{l-1}, sg p_l), the quantity the adjacent-cosine exit rule reads
     adjacent_weight: float = 6.0
     adjacent_layers: LayerSpec = "exit_and_final"
+    # ours: teacher-facing layer terms read each layer through the model's exit map (st_leap.exit_maps), which is
+    # trained with the encoder; training and inference then use the same mapped embedding
+    use_exit_maps: bool = False
 
     def __post_init__(self) -> None:
         for name in ("final", "intermediate", "exit", "contrastive", "late", "redundancy", "anchor", "adjacent"):
@@ -307,6 +310,11 @@ class LEAPLoss(nn.Module):
         - ``adjacent``: mean over ``adjacent_layers`` of ``1 - cos(e_{l-1}, sg e_l)``: it pulls each layer toward
           the next, the quantity the adjacent-cosine exit rule reads (the opposite force of ``redundancy``).
 
+        With ``use_exit_maps=True`` (ours) the model carries exit maps (:mod:`st_leap.exit_maps`, fitted in closed
+        form first): the exit, anchor and contrastive terms read each layer below ``L`` through its map, and the maps
+        are trained with the encoder (they are model parameters), so training and inference use the same mapped
+        embedding.
+
         Every term whose weight is 0 is skipped. ``forward`` returns the weighted terms as a dict, so the Trainer
         logs each one and sums them.
 
@@ -321,8 +329,9 @@ class LEAPLoss(nn.Module):
             preset: ``"recipe"`` (our CPU-scale recipe, the :class:`LEAPSettings` defaults) or ``"paper"``
                 (:meth:`LEAPSettings.paper`, Table 14 and eqs. 3-9 as printed).
             exit_min_layer: The exit rule's l_min, used by the named layer ranges.
-            total_steps: Number of training steps; needed by ``student_weight_ramp`` (fractions of training).
-                ``st-leap train`` sets it from ``max_steps``.
+            total_steps: Number of training steps, for ``student_weight_ramp`` (fractions of training). Left out,
+                it is read from the running ``SentenceTransformerTrainer`` (or ``model.fit``) when training starts,
+                so ``LEAPLoss(model, preset="paper")`` works as written; an explicit value wins.
             num_teacher_layers: Depth of the teacher when embeddings come as labels (for the layer map);
                 read from the live teacher otherwise.
             teacher_dim: Width of the teacher embeddings when they come as labels (creates the projection);
@@ -367,7 +376,7 @@ class LEAPLoss(nn.Module):
                 model = SentenceTransformer("all-MiniLM-L6-v2")
                 teacher = SentenceTransformer("all-MiniLM-L6-v2")
                 train_dataset = Dataset.from_dict({"sentence": ["It's nice weather outside today.", "He drove to work."]})
-                loss = losses.LEAPLoss(model, teacher=teacher)  # or preset="paper", total_steps=...
+                loss = losses.LEAPLoss(model, teacher=teacher)  # or LEAPLoss(model, preset="paper")
                 args = SentenceTransformerTrainingArguments(output_dir="out", learning_rate=1e-4, warmup_steps=24)
                 trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss)
                 trainer.train()
@@ -400,12 +409,10 @@ class LEAPLoss(nn.Module):
         if not (isinstance(exit_min_layer, int) and not isinstance(exit_min_layer, bool) and 1 <= exit_min_layer <= L):
             raise ValueError(f"exit_min_layer must be an int in 1..{L}, got {exit_min_layer!r}")
         self.exit_min_layer = exit_min_layer
-        if settings.student_weight_ramp is not None and not (isinstance(total_steps, int) and total_steps >= 1):
-            raise ValueError(
-                f"student_weight_ramp={settings.student_weight_ramp} is given in fractions of training: pass "
-                f"total_steps (the number of training steps), got total_steps={total_steps!r}"
-            )
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1):
+            raise ValueError(f"total_steps must be None (taken from the Trainer) or an int >= 1, got {total_steps!r}")
         self.total_steps = total_steps
+        self._total_steps_from_trainer = False
 
         def layers(name: str, lo: int = 1) -> list[int]:
             return resolve_layers(f"{name}_layers", getattr(settings, f"{name}_layers"), L, exit_min_layer, lo)
@@ -448,6 +455,20 @@ class LEAPLoss(nn.Module):
             nn.Linear(self.hidden_dim, self.teacher_dim) if self.teacher_dim != self.hidden_dim else None
         )
         self.register_buffer("_steps", torch.zeros((), dtype=torch.long), persistent=False)
+        if settings.use_exit_maps:
+            from st_leap.exit_maps import exit_maps_module
+
+            maps = exit_maps_module(model)
+            if maps is None:
+                raise ValueError(
+                    "use_exit_maps=True needs a model with exit maps: fit them first (st_leap.exit_maps.fit_exit_maps "
+                    "or st-leap fit-maps), which also gives the maps their closed-form starting point"
+                )
+            if maps.out_features != self.teacher_dim:
+                raise ValueError(
+                    f"The exit maps map into {maps.out_features} dimensions, the teacher embeds into {self.teacher_dim}: "
+                    "fit the maps with target=<the teacher>"
+                )
 
     def __getattr__(self, name: str) -> Any:
         # Hyperparameters read as attributes (loss.exit_weight), from the one settings object.
@@ -477,9 +498,25 @@ class LEAPLoss(nn.Module):
         ramp = self.settings.student_weight_ramp
         if ramp is None:
             return self.settings.student_weight
-        progress = float(self._steps.item()) / self.total_steps
+        progress = float(self._steps.item()) / self.resolved_total_steps()
         start, end = ramp
         return self.settings.student_weight * min(1.0, max(0.0, (progress - start) / (end - start)))
+
+    def resolved_total_steps(self) -> int:
+        """``total_steps`` as given, else the number of training forwards of the running ``SentenceTransformerTrainer``
+        (also the one ``model.fit`` builds): its ``state.max_steps`` times the gradient accumulation steps, read once
+        when training starts. Outside a Trainer an explicit ``total_steps`` is needed."""
+        if self.total_steps is None:
+            trainer = _running_trainer()
+            if trainer is None or not getattr(trainer.state, "max_steps", 0):
+                raise ValueError(
+                    f"student_weight_ramp={self.settings.student_weight_ramp} is given in fractions of training and "
+                    "no running SentenceTransformerTrainer / model.fit was found to read the number of steps from: "
+                    "pass total_steps"
+                )
+            self.total_steps = int(trainer.state.max_steps) * int(trainer.args.gradient_accumulation_steps)
+            self._total_steps_from_trainer = True
+        return self.total_steps
 
     def teacher_layers(self) -> list[int]:
         """Teacher layers (1-based) whose pooled states the intermediate term needs, in label order."""
@@ -500,10 +537,21 @@ class LEAPLoss(nn.Module):
         pooled = {layer: mean_pool(hidden_states[layer], mask) for layer in range(1, self.num_layers + 1)}
         student_embedding = output["sentence_embedding"]
 
+        mapped = None
+        if self.settings.use_exit_maps:
+            from st_leap.exit_maps import embed_layer, exit_maps_module, post_modules
+
+            maps, modules = exit_maps_module(self.model), post_modules(self.model)
+            mapped = {
+                layer: maps.map(embed_layer(modules, hidden_states[layer], mask), layer)
+                for layer in range(1, self.num_layers)
+            }
         teacher_embedding, teacher_pooled = self._teacher_targets(features, labels, student_embedding.device)
         if self.training:
             self._steps += 1
-        return LEAPTerms(self.compute_loss_from_embeddings(student_embedding, pooled, teacher_embedding, teacher_pooled))
+        return LEAPTerms(
+            self.compute_loss_from_embeddings(student_embedding, pooled, teacher_embedding, teacher_pooled, mapped)
+        )
 
     @torch.no_grad()
     def _teacher_targets(
@@ -557,6 +605,7 @@ class LEAPLoss(nn.Module):
         pooled: dict[int, Tensor],
         teacher_embedding: Tensor | None,
         teacher_pooled: dict[int, Tensor] | None = None,
+        mapped: dict[int, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """The LEAP terms from embeddings only (testable without a model).
 
@@ -566,6 +615,9 @@ class LEAPLoss(nn.Module):
             teacher_embedding: The teacher's sentence embedding ``(B, D_t)``, or None (self-distillation:
                 the stop-gradient student final embedding stands in).
             teacher_pooled: ``{student layer: (B, D_t)}`` pooled teacher layers for the intermediate term.
+            mapped: ``{layer: (B, D_t)}`` each layer below ``L`` through its exit map (``use_exit_maps``): the exit,
+                anchor and contrastive terms then compare the mapped embedding to the teacher instead of the
+                (projected) pooled state.
 
         Returns:
             The weighted terms whose weight is > 0, by name; their sum is the loss.
@@ -580,6 +632,12 @@ class LEAPLoss(nn.Module):
             project = self.projection if self.projection is not None else _identity
             project_hidden = self.hidden_projection if self.hidden_projection is not None else _identity
         a = self.current_student_weight()
+
+        def to_teacher_space(layer: int) -> Tensor:
+            if mapped is not None and layer in mapped:
+                return mapped[layer]
+            return project_hidden(pooled[layer])
+
         out: dict[str, Tensor] = {}
         if s.final_weight > 0:
             out["final"] = s.final_weight * (1 - _cos(project(student_embedding), teacher_embedding)).mean()
@@ -597,7 +655,7 @@ class LEAPLoss(nn.Module):
             weights = dict(zip(self.exit_layers, self.exit_layer_weights, strict=True))
             to_teacher = torch.stack(
                 [
-                    weights[layer] * soft_margin(_cos(project_hidden(pooled[layer]), teacher_embedding), s.exit_tau, s.exit_slope)
+                    weights[layer] * soft_margin(_cos(to_teacher_space(layer), teacher_embedding), s.exit_tau, s.exit_slope)
                     for layer in self.exit_layers
                 ]
             ).mean()
@@ -617,7 +675,7 @@ class LEAPLoss(nn.Module):
 
             terms = [kl(student_embedding)]
             if s.contrastive_layers == "exit":
-                terms += [kl(pooled[layer]) for layer in self.exit_layers]
+                terms += [kl(mapped[layer] if mapped and layer in mapped else pooled[layer]) for layer in self.exit_layers]
             out["contrastive"] = s.contrastive_weight * torch.stack(terms).mean()
         if s.late_weight > 0 and self.late_layers:
             terms = [late_distance(pooled[layer], pooled[L]) for layer in self.late_layers]
@@ -627,7 +685,7 @@ class LEAPLoss(nn.Module):
             out["redundancy"] = -s.redundancy_weight * torch.stack(terms).mean()
         if s.anchor_weight > 0 and self.anchor_layers:
             terms = [
-                (1 - a) * (1 - _cos(project_hidden(pooled[layer]), teacher_embedding)).mean()
+                (1 - a) * (1 - _cos(to_teacher_space(layer), teacher_embedding)).mean()
                 + a * (1 - _cos(pooled[layer], final_state)).mean()
                 for layer in self.anchor_layers
             ]
@@ -684,6 +742,25 @@ class LEAPTerms(dict):
         raise TypeError(self._WHY)
 
     __mul__ = __rmul__ = __add__ = __radd__ = __truediv__ = __sub__ = __rsub__ = _refuse
+
+
+def _running_trainer() -> Any:
+    """The ``transformers.Trainer`` whose training step is calling this loss, found on the call stack (the
+    ``self`` of its ``compute_loss``), or None."""
+    import inspect
+
+    from transformers import Trainer
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, Trainer):
+                return candidate
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
 
 
 def _identity(x: Tensor) -> Tensor:

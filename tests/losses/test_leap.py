@@ -166,8 +166,55 @@ def test_LEAPLoss_progressive_student_weight():
     assert loss.current_student_weight() == pytest.approx(0.35)
     loss._steps += 40
     assert loss.current_student_weight() == pytest.approx(0.7)
+    # Without total_steps and outside a Trainer, the ramp cannot know where training stands: a clear error.
+    unscheduled = LEAPLoss(model, student_weight_ramp=(0.1, 0.6), exit_min_layer=2)
     with pytest.raises(ValueError, match="pass total_steps"):
-        LEAPLoss(model, student_weight_ramp=(0.1, 0.6), exit_min_layer=2)
+        unscheduled.current_student_weight()
+
+
+def test_LEAPLoss_paper_preset_takes_total_steps_from_fit(leap_student, leap_sentences):
+    """LEAPLoss(model, preset="paper") trains in model.fit without total_steps: the number of steps comes from the
+    Trainer that fit builds (an explicit value still wins)."""
+    from sentence_transformers.sentence_transformer.readers import InputExample
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader([InputExample(texts=[s]) for s in leap_sentences[:24]], batch_size=8, shuffle=False)
+    import copy
+
+    teacher = copy.deepcopy(leap_student)
+    loss = LEAPLoss(leap_student, teacher=teacher, preset="paper", exit_min_layer=2)
+    assert loss.total_steps is None
+    leap_student.fit(train_objectives=[(loader, loss)], epochs=2, warmup_steps=0, show_progress_bar=False)
+    assert loss.total_steps == 6 and loss.step == 6
+    assert loss.current_student_weight() == pytest.approx(0.7)  # past the end of the ramp
+    explicit = LEAPLoss(leap_student, teacher=teacher, preset="paper", exit_min_layer=2, total_steps=100)
+    leap_student.fit(train_objectives=[(loader, explicit)], epochs=1, warmup_steps=0, show_progress_bar=False)
+    assert explicit.total_steps == 100
+
+
+def test_LEAPLoss_trains_exit_maps_with_the_encoder(leap_student, leap_sentences):
+    """use_exit_maps=True: the layer terms read the fitted maps, and training moves the maps (model parameters)."""
+    import st_leap
+    from st_leap.exit_maps import exit_maps_module, fit_exit_maps
+
+    with pytest.raises(ValueError, match="fit them first"):
+        LEAPLoss(leap_student, use_exit_maps=True, exit_min_layer=2)
+    model = st_leap.from_pretrained(leap_student[0].auto_model.name_or_path, device="cpu")
+    model.max_seq_length = 16
+    fit_exit_maps(model, leap_sentences, show_progress_bar=False)
+    maps = exit_maps_module(model)
+    start = maps.weight.detach().clone()
+    loss = LEAPLoss(model, use_exit_maps=True, exit_min_layer=2)
+    plain = LEAPLoss(model, exit_min_layer=2)
+    features = model.preprocess(leap_sentences[:8])
+    mapped_terms, plain_terms = loss([dict(features)]), plain([dict(features)])
+    assert mapped_terms["anchor"].item() != pytest.approx(plain_terms["anchor"].item())
+    assert any(p is maps.weight for p in loss.parameters())  # what the Trainer collects and optimizes
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    sum(loss([dict(model.preprocess(leap_sentences[:8]))]).values()).backward()
+    optimizer.step()
+    assert not torch.equal(maps.weight.detach(), start)
 
 
 @pytest.mark.parametrize(
