@@ -73,8 +73,10 @@ class TrainConfig:
     last K checkpoints (``null``: keep all). ``resume``: ``true`` continues from the newest complete checkpoint in
     ``<output_dir>/checkpoints`` (from step 0, with a warning, if there is none), a path continues from that
     checkpoint; ``api: "trainer"`` only. A resumed run must use the same config (a warning lists the keys that
-    differ from the checkpoint's); with ``max_train_seconds`` a run stopped by its budget also checkpoints, so it
-    can be resumed.
+    differ from the checkpoint's); with ``stop_at_step`` (or ``max_train_seconds``) a stopped run also checkpoints, so
+    it can be resumed. ``stop_at_step``: stop after that many optimizer steps, the learning-rate schedule still
+    running over ``max_steps`` (a step budget: the same model on any machine). ``max_train_seconds``: a wall-clock
+    cap, for exploration only; reaching it warns, and the recorded ``steps`` say how many ran.
 
     Dev signals (``api: "trainer"`` only): with ``eval_steps: N`` the Trainer evaluates every N steps and logs, at
     the config's exit settings and the model's serving length, NDCG@10 and the exit rate on a cloze retrieval split
@@ -111,6 +113,7 @@ class TrainConfig:
     exit_min_layer: int = 3
     cache_dir: str | None = None
     max_train_seconds: float | None = None
+    stop_at_step: int | None = None
     save: bool = True
     save_steps: int | None = 500
     save_minutes: float | None = None
@@ -162,6 +165,11 @@ class TrainConfig:
             raise ValueError(f"dev_queries ({self.dev_queries}) must not exceed dev_documents ({self.dev_documents})")
         if self.eval_steps is not None and self.api != "trainer":
             raise ValueError("eval_steps needs api='trainer' (the Trainer runs the dev evaluation)")
+        stop = self.stop_at_step
+        if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= self.max_steps):
+            raise ValueError(f"stop_at_step must be null or an int in 1..max_steps ({self.max_steps}), got {stop!r}")
+        if stop is not None and self.api != "trainer":
+            raise ValueError("stop_at_step needs api='trainer' (a Trainer callback stops the run)")
         for name in ("save_steps", "save_total_limit", "eval_steps"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -479,6 +487,8 @@ def _train_with_trainer(
     callbacks: list[TrainerCallback] = [LossStepSync(loss)]
     if config.save_minutes is not None:
         callbacks.append(SaveEveryMinutes(config.save_minutes))
+    if config.stop_at_step is not None:
+        callbacks.append(StopAtStep(config.stop_at_step, checkpoint=checkpointing))
     if config.max_train_seconds:
         callbacks.append(TimeBudget(config.max_train_seconds, checkpoint=checkpointing))
     callbacks.extend(extra_callbacks)
@@ -545,9 +555,28 @@ def _train_with_fit(
     return steps_per_epoch * epochs
 
 
+class StopAtStep(TrainerCallback):
+    """Stops training after optimizer step ``step`` while the learning-rate schedule runs over ``max_steps``: a
+    step budget, so the same config trains the same model on any machine. With ``checkpoint`` it also saves a
+    checkpoint there."""
+
+    def __init__(self, step: int, checkpoint: bool = False) -> None:
+        self.step = step
+        self.checkpoint = checkpoint
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            logger.info("stop_at_step %d reached: stopping", self.step)
+            control.should_training_stop = True
+            control.should_save = control.should_save or self.checkpoint
+        return control
+
+
 class TimeBudget(TrainerCallback):
     """Stops training after ``seconds`` of wall-clock time (checked after each step); with ``checkpoint`` it also
-    saves a checkpoint there, so the run can be resumed."""
+    saves a checkpoint there, so the run can be resumed. A wall-clock cap makes the trained model depend on the
+    machine, so reaching it warns (the recorded result says how many steps ran); committed recipes use
+    ``max_steps`` / ``stop_at_step`` instead."""
 
     def __init__(self, seconds: float, checkpoint: bool = False) -> None:
         self.seconds = seconds
@@ -559,7 +588,13 @@ class TimeBudget(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if time.perf_counter() - self.start > self.seconds:
-            logger.warning("Time budget of %.0f s reached at step %d: stopping", self.seconds, state.global_step)
+            message = (
+                f"max_train_seconds={self.seconds:.0f} reached at step {state.global_step} of {state.max_steps}: "
+                "stopping. Another machine would stop at another step and train another model; for a reproducible "
+                f"run set stop_at_step: {state.global_step} instead"
+            )
+            logger.warning(message)
+            warnings.warn(message, stacklevel=2)
             control.should_training_stop = True
             control.should_save = control.should_save or self.checkpoint
         return control

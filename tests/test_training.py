@@ -158,7 +158,8 @@ def test_ablation_experiments_are_their_recipe_without_the_exit_term(six_layer_s
         a = experiment_config(recipe).to_dict()
         b = experiment_config(ablation).to_dict()
         assert b["loss"].pop("exit_weight") == 0.0
-        assert {k for k in a if a[k] != b[k]} == {"output_dir"}
+        # no_exit's recorded run stopped at step 1972 of its 2000-step schedule: its config says so (stop_at_step).
+        assert {k for k in a if a[k] != b[k]} <= {"output_dir", "stop_at_step"}
         terms = build_loss(six_layer_student, experiment_config(ablation), teacher=None)
         assert terms.exit_weight == 0.0 and terms.anchor_weight > 0 and terms.adjacent_weight > 0
 
@@ -359,10 +360,30 @@ def test_train_writes_checkpoints_and_keeps_the_last_k(tiny_dir, wide_teacher_di
 
     # A run stopped by its time budget checkpoints where it stopped, so it can be resumed.
     out3 = tmp_path / "budget"
-    stopped = train(TrainConfig(**_resume_config(tiny_dir, wide_teacher_dir, out3, max_train_seconds=1e-9)),
-                    RESUME_SENTENCES)
+    with pytest.warns(UserWarning, match="set stop_at_step: 1 instead"):
+        stopped = train(TrainConfig(**_resume_config(tiny_dir, wide_teacher_dir, out3, max_train_seconds=1e-9)),
+                        RESUME_SENTENCES)
     assert stopped.steps == 1
     assert sorted(p.name for p in (out3 / "checkpoints").iterdir()) == ["checkpoint-1"]
+    assert json.loads((out3 / "leap_training.json").read_text())["steps"] == 1
+
+    # A step budget: stop_at_step=3 of a schedule over 8 steps stops at 3, with the schedule of the 8-step run.
+    out4 = tmp_path / "stop_at"
+    early = train(TrainConfig(**_resume_config(tiny_dir, wide_teacher_dir, out4, stop_at_step=3)), RESUME_SENTENCES)
+    assert early.steps == 3 and early.loss_step == 3
+    state = json.loads((out4 / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["max_steps"] == 8
+    with pytest.raises(ValueError, match="stop_at_step must be"):
+        TrainConfig(**_resume_config(tiny_dir, wide_teacher_dir, out4, stop_at_step=9))
+
+
+def test_no_committed_config_stops_on_wall_clock_time():
+    """Recipes are step budgets: no committed training config carries a wall-clock cap."""
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    configs = [p for p in root.rglob("*.json") if "results" not in p.parts]
+    assert configs
+    capped = [str(p) for p in configs if json.loads(p.read_text()).get("max_train_seconds") is not None]
+    assert capped == []
 
 
 KILLED_RUN = """
