@@ -29,7 +29,7 @@ import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from sentence_transformers.base.sampler import BatchSamplers
-from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator, SequentialEvaluator
+from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
@@ -84,7 +84,8 @@ class TrainConfig:
     ``dev_documents`` passages, never a BEIR test set), and the cosine of queries and documents to the teacher's (or,
     without a teacher, the starting model's) embeddings (:class:`~st_leap.evaluation.TeacherAgreementEvaluator`).
     ``dev_depths`` (a list of layers) switches the dev signal to queries cut at each of those depths against the
-    reference's own document embeddings (a query encoder for an index that stays). See :func:`dev_evaluator`.
+    reference's own document embeddings (a query encoder for an index that stays). The evaluator itself is built by
+    :func:`st_leap.evaluation.dev.dev_evaluator` and passed to :func:`train`.
     """
 
     model: str = "minilm"
@@ -318,13 +319,22 @@ def train(
     config: TrainConfig | dict[str, Any],
     sentences: Sequence[str] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    evaluator: SentenceEvaluator | None = None,
 ) -> TrainResult:
     """Run one LEAP training from a config; the model is saved to ``output_dir`` (with ``leap_training.json``)
-    if ``config.save``. ``callbacks``: extra ``TrainerCallback``s for the Trainer (``api: "trainer"`` only)."""
+    if ``config.save``. ``callbacks``: extra ``TrainerCallback``s for the Trainer (``api: "trainer"`` only).
+    ``evaluator``: the dev evaluator the Trainer runs every ``config.eval_steps`` (required with ``eval_steps``;
+    :func:`st_leap.evaluation.dev.dev_evaluator` builds the config's own, and ``st-leap train`` passes it). An
+    evaluator with ``max_seq_length = None`` gets the student's serving length."""
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     if callbacks and config.api != "trainer":
         raise ValueError("callbacks need api='trainer'")
+    if config.eval_steps is not None and evaluator is None:
+        raise ValueError(
+            "eval_steps needs an evaluator: pass evaluator=st_leap.evaluation.dev.dev_evaluator(config) (what "
+            "st-leap train does) or your own SentenceEvaluator"
+        )
     resume_from = resume_checkpoint(config)  # before any model loads: a bad path fails fast
     torch.manual_seed(config.seed)
     model = load_student(config.model)
@@ -336,7 +346,8 @@ def train(
         teacher.max_seq_length = config.max_seq_length
     sentences = list(sentences) if sentences is not None else training_texts(config)
     loss = build_loss(model, config, teacher)
-    evaluator = dev_evaluator(config, original_max_len) if config.eval_steps is not None else None
+    if evaluator is not None and getattr(evaluator, "max_seq_length", 0) is None:
+        evaluator.max_seq_length = original_max_len  # evaluate at the length the model serves at
 
     teacher_seconds = 0.0
     embeddings = None
@@ -373,76 +384,6 @@ def train(
         save_model(model, config.output_dir)  # aside, then moved in; checkpoints/ beside it are kept
         write_json(result.to_dict(config), Path(config.output_dir) / "leap_training.json")
     return result
-
-
-class _AtServingLength(SequentialEvaluator):
-    """Runs its evaluators with the model at its serving ``max_seq_length`` (training may truncate shorter)."""
-
-    def __init__(self, evaluators: Sequence[SentenceEvaluator], max_seq_length: int) -> None:
-        super().__init__(evaluators, main_score_function=lambda scores: scores[0])
-        self.max_seq_length = max_seq_length
-
-    def __call__(self, model: SentenceTransformer, *args: Any, **kwargs: Any) -> dict[str, float]:
-        training_length = model.max_seq_length
-        model.max_seq_length = self.max_seq_length
-        try:
-            return super().__call__(model, *args, **kwargs)
-        finally:
-            model.max_seq_length = training_length
-
-
-def dev_evaluator(config: TrainConfig, max_seq_length: int) -> SentenceEvaluator:
-    """The dev signals of a run with ``eval_steps`` (no test set involved), at the config's exit settings:
-
-    - ``cloze-dev``: NDCG@10, MRR@10, recall and the exit rate / E[layers] on
-      :func:`~st_leap.resources.cloze_retrieval_dev` (queries through ``encode_query``, documents through
-      ``encode_document``, so per-role exit settings apply); its NDCG@10 is the primary score;
-    - ``agreement-queries`` / ``agreement-documents``: mean cosine to the reference model's embeddings of the dev
-      queries (``task="query"``) and of as many dev documents (``task="document"``): whether an index built with
-      the reference still fits. The reference is the teacher, else the starting model.
-
-    With ``dev_depths`` (a query-side retrofit) the dev signal is instead
-    :class:`~st_leap.evaluation.QueryDepthEvaluator`: the dev queries cut at each of those depths against the
-    reference's own embeddings of the dev documents (the index stays the reference's), NDCG@10 and cosine to the
-    reference's query embeddings per depth.
-
-    Every evaluator runs at ``max_seq_length`` (the serving length), whatever length training truncates to.
-    """
-    from st_leap.evaluation import (
-        EarlyExitInformationRetrievalEvaluator,
-        QueryDepthEvaluator,
-        TeacherAgreementEvaluator,
-    )
-
-    queries, corpus, relevant = resources.cloze_retrieval_dev(
-        config.dev_queries, config.dev_documents, seed=config.sentence_seed,
-        sentences_per_passage=max(2, config.sentences_per_passage),
-    )
-    # Its own copy, on purpose: the teacher train() holds runs at the training length and is freed once its
-    # embeddings are cached, and without a teacher the reference is the starting model, which training changes.
-    reference = SentenceTransformer(resources.resolve_model(config.teacher or config.model))
-    reference.max_seq_length = max_seq_length
-    common = {"batch_size": config.batch_size, "show_progress_bar": False}
-    if config.dev_depths is not None:
-        # A query encoder for an index the reference built: queries at each depth against the reference's documents.
-        depth = QueryDepthEvaluator(
-            queries, corpus, relevant, reference=reference, depths=config.dev_depths, name="depth-dev", **common
-        )
-        return _AtServingLength([depth], max_seq_length)
-    exits = {"exit_threshold": config.exit_threshold, "exit_min_layer": config.exit_min_layer}
-    retrieval = EarlyExitInformationRetrievalEvaluator(
-        queries, corpus, relevant, name="cloze-dev", ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1, 10],
-        precision_recall_at_k=[10], map_at_k=[10], **common, **exits,
-    )
-    documents = list(corpus.values())[: config.dev_queries]
-    agreement = [
-        TeacherAgreementEvaluator(texts, reference=reference, task=task, name=name, **common, **exits)
-        for task, name, texts in (
-            ("query", "agreement-queries", list(queries.values())),
-            ("document", "agreement-documents", documents),
-        )
-    ]
-    return _AtServingLength([retrieval, *agreement], max_seq_length)
 
 
 def training_arguments(config: TrainConfig, output_dir: str | Path, **overrides: Any) -> SentenceTransformerTrainingArguments:

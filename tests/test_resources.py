@@ -110,3 +110,18 @@ def test_data_dir_names_a_wrong_ST_LEAP_DATA(tmp_path, monkeypatch):
     monkeypatch.setenv("ST_LEAP_DATA", str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="ST_LEAP_DATA=.*nope"):
         resources.data_dir()
+
+
+def test_query_sentences_hold_out_the_dev_passages():
+    """The query retrofit's texts never contain a sentence of the cloze dev passages (queries or documents)."""
+    from st_leap import resources
+
+    try:
+        queries, corpus, _ = resources.cloze_retrieval_dev(50, 300)
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    pool = set(resources.query_sentences(None, held_out_documents=300))
+    assert not pool & set(queries.values())
+    dev_sentences = {s for run in resources.passage_runs()[-300:] for s in run}
+    assert not pool & dev_sentences
+    assert len(pool) > 100_000

@@ -238,7 +238,11 @@ def test_eval_steps_log_the_dev_signals(tiny_dir, tmp_path, monkeypatch):
     config = TrainConfig(model=tiny_dir, teacher=tiny_dir, output_dir=str(tmp_path / "o"), max_steps=4, batch_size=4,
                          max_seq_length=8, warmup_steps=1, logging_steps=2, save_steps=None, eval_steps=2,
                          dev_queries=3, dev_documents=6, sentences_per_passage=4, exit_threshold=0.5, exit_min_layer=2)
-    result = train(config)
+    with pytest.raises(ValueError, match="eval_steps needs an evaluator"):
+        train(config)  # training takes its evaluator; the config layer builds it
+    from st_leap.evaluation.dev import dev_evaluator
+
+    result = train(config, evaluator=dev_evaluator(config))
     evals = [entry for entry in result.log_history if "eval_cloze-dev_cosine_ndcg@10" in entry]
     assert [entry["step"] for entry in evals] == [2, 4]
     for entry in evals:

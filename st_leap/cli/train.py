@@ -47,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
         overrides["save_steps"] = None
     # Rebuilt from its dict so the overrides are validated like the file's keys.
     config = TrainConfig.from_dict({**config.to_dict(), **overrides})
-    result = train(config)
+    evaluator = None
+    if config.eval_steps is not None:
+        from st_leap.evaluation.dev import dev_evaluator
+
+        evaluator = dev_evaluator(config)
+    result = train(config, evaluator=evaluator)
     summary = {"output_dir": config.output_dir, "steps": result.steps, "train_seconds": result.train_seconds}
     if args.measure:
         from st_leap.evaluation import measure

@@ -99,9 +99,10 @@ class QueryDepthEvaluator(SentenceEvaluator):
         common = {"batch_size": batch_size, "show_progress_bar": show_progress_bar, "convert_to_tensor": True}
         self.corpus_embeddings = reference.encode_document(self.ir.corpus, **common).cpu()
         self.reference_queries = reference.encode_query(self.ir.queries, **common).cpu()
-        self.reference_ndcg = self._ndcg(reference)
+        self.reference_ndcg = self.ndcg(reference)
 
-    def _ndcg(self, model: SentenceTransformer, **encode_kwargs: Any) -> float:
+    def ndcg(self, model: SentenceTransformer, **encode_kwargs: Any) -> float:
+        """NDCG@k of ``model``'s queries (``encode_query(**encode_kwargs)``) against the reference's documents."""
         self.ir.encode_kwargs = encode_kwargs
         try:
             scores = self.ir.compute_all_metrics(model, corpus_embeddings=self.corpus_embeddings)
@@ -121,7 +122,7 @@ class QueryDepthEvaluator(SentenceEvaluator):
         metrics: dict[str, float] = {f"reference_ndcg@{self.k}": self.reference_ndcg}
         for depth in depths:
             cut = {"truncate_layers": depth, "exit_threshold": None}
-            metrics[f"depth{depth}_ndcg@{self.k}"] = self._ndcg(model, **cut)
+            metrics[f"depth{depth}_ndcg@{self.k}"] = self.ndcg(model, **cut)
             queries = model.encode_query(
                 self.ir.queries, batch_size=self.batch_size, show_progress_bar=self.show_progress_bar,
                 convert_to_tensor=True, **cut,

@@ -1,0 +1,84 @@
+"""The dev signals of a training run, built from its :class:`~st_leap.training.TrainConfig` (the config layer builds
+evaluators; :func:`st_leap.training.train` takes them as an argument)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator, SequentialEvaluator
+
+from st_leap import resources
+
+if TYPE_CHECKING:
+    from st_leap.training import TrainConfig
+
+
+class _AtServingLength(SequentialEvaluator):
+    """Runs its evaluators with the model at its serving ``max_seq_length`` (training may truncate shorter)."""
+
+    def __init__(self, evaluators: Sequence[SentenceEvaluator], max_seq_length: int | None) -> None:
+        super().__init__(evaluators, main_score_function=lambda scores: scores[0])
+        self.max_seq_length = max_seq_length
+
+    def __call__(self, model: SentenceTransformer, *args: Any, **kwargs: Any) -> dict[str, float]:
+        training_length = model.max_seq_length
+        model.max_seq_length = self.max_seq_length or training_length
+        try:
+            return super().__call__(model, *args, **kwargs)
+        finally:
+            model.max_seq_length = training_length
+
+
+def dev_evaluator(config: TrainConfig, max_seq_length: int | None = None) -> SentenceEvaluator:
+    """The dev signals of a run with ``eval_steps`` (no test set involved), at the config's exit settings:
+
+    - ``cloze-dev``: NDCG@10, MRR@10, recall and the exit rate / E[layers] on
+      :func:`~st_leap.resources.cloze_retrieval_dev` (queries through ``encode_query``, documents through
+      ``encode_document``, so per-role exit settings apply); its NDCG@10 is the primary score;
+    - ``agreement-queries`` / ``agreement-documents``: mean cosine to the reference model's embeddings of the dev
+      queries (``task="query"``) and of as many dev documents (``task="document"``): whether an index built with
+      the reference still fits. The reference is the teacher, else the starting model.
+
+    With ``dev_depths`` (a query-side retrofit) the dev signal is instead
+    :class:`~st_leap.evaluation.QueryDepthEvaluator`: the dev queries cut at each of those depths against the
+    reference's own embeddings of the dev documents (the index stays the reference's), NDCG@10 and cosine to the
+    reference's query embeddings per depth.
+
+    Every evaluator runs at ``max_seq_length`` (the serving length), whatever length training truncates to; ``None``
+    lets :func:`st_leap.training.train` fill in the student's own.
+    """
+    from st_leap.evaluation.agreement import TeacherAgreementEvaluator
+    from st_leap.evaluation.depth import QueryDepthEvaluator
+    from st_leap.evaluation.early_exit import EarlyExitInformationRetrievalEvaluator
+
+    queries, corpus, relevant = resources.cloze_retrieval_dev(
+        config.dev_queries, config.dev_documents, seed=config.sentence_seed,
+        sentences_per_passage=max(2, config.sentences_per_passage),
+    )
+    # Its own copy, on purpose: the teacher train() holds runs at the training length and is freed once its
+    # embeddings are cached, and without a teacher the reference is the starting model, which training changes.
+    reference = SentenceTransformer(resources.resolve_model(config.teacher or config.model))
+    reference.max_seq_length = max_seq_length
+    common = {"batch_size": config.batch_size, "show_progress_bar": False}
+    if config.dev_depths is not None:
+        # A query encoder for an index the reference built: queries at each depth against the reference's documents.
+        depth = QueryDepthEvaluator(
+            queries, corpus, relevant, reference=reference, depths=config.dev_depths, name="depth-dev", **common
+        )
+        return _AtServingLength([depth], max_seq_length)
+    exits = {"exit_threshold": config.exit_threshold, "exit_min_layer": config.exit_min_layer}
+    retrieval = EarlyExitInformationRetrievalEvaluator(
+        queries, corpus, relevant, name="cloze-dev", ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1, 10],
+        precision_recall_at_k=[10], map_at_k=[10], **common, **exits,
+    )
+    documents = list(corpus.values())[: config.dev_queries]
+    agreement = [
+        TeacherAgreementEvaluator(texts, reference=reference, task=task, name=name, **common, **exits)
+        for task, name, texts in (
+            ("query", "agreement-queries", list(queries.values())),
+            ("document", "agreement-documents", documents),
+        )
+    ]
+    return _AtServingLength([retrieval, *agreement], max_seq_length)

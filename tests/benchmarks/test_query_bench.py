@@ -1,0 +1,31 @@
+"""The query benchmark reads the dev curve the Trainer logged and chooses the serving depth on dev only."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.query import curve as query_curve
+from benchmarks.query.run import choose_depth
+
+
+def test_choose_depth_is_the_shallowest_within_budget():
+    scores = {"reference_ndcg@10": 0.60, "ndcg@10": {1: 0.30, 2: 0.50, 3: 0.58, 4: 0.59, 5: 0.60}}
+    assert choose_depth(scores, budget=3.0) == 3
+    assert choose_depth(scores, budget=1.0) == 4
+    assert choose_depth(scores, budget=0.0) == 5  # nothing shallower keeps the quality: full depth
+
+
+def test_curve_reads_the_logged_dev_signals(tmp_path):
+    history = [
+        {"loss": 1.0, "step": 50},
+        {"eval_depth-dev_reference_ndcg@10": 0.3, "eval_depth-dev_depth2_ndcg@10": 0.1, "eval_depth-dev_depth2_cosine": 0.6,
+         "eval_depth-dev_depth3_ndcg@10": 0.2, "eval_depth-dev_depth3_cosine": 0.7, "step": 500},
+        {"eval_depth-dev_reference_ndcg@10": 0.3, "eval_depth-dev_depth2_ndcg@10": 0.15, "eval_depth-dev_depth2_cosine": 0.65,
+         "eval_depth-dev_depth3_ndcg@10": 0.25, "eval_depth-dev_depth3_cosine": 0.75, "step": 1000},
+    ]
+    (tmp_path / "leap_training.json").write_text(json.dumps({"log_history": history}))
+    rows = query_curve.curve(query_curve.log_history(tmp_path))
+    assert [r["step"] for r in rows] == [500, 1000]
+    assert rows[1]["ndcg@10"] == {2: 0.15, 3: 0.25} and rows[0]["cosine"][3] == 0.7
+    text = query_curve.markdown("cmd", rows)
+    assert "| 1000 | 30.00 | 15.00 (0.650) | 25.00 (0.750) |" in text
