@@ -7,6 +7,7 @@
 - :func:`encode_with_exits`: one call's embeddings with each text's exit layer and the call's counts (threads,
   multi-process pools).
 - :func:`diagnose`: is a model exit-compatible? (paper section 5.2)
+- :func:`fit_exit_maps`: exit maps (ours), one affine map per layer into the final space, fitted in closed form.
 - :mod:`st_leap.losses`: :class:`~st_leap.losses.LEAPLoss`, the training objective that creates exits.
 
 The names are imported on first use, so ``import st_leap`` (and ``st-leap --help``) does not load torch.
@@ -21,6 +22,7 @@ from st_leap.version import __version__
 
 if TYPE_CHECKING:
     from st_leap.diagnostics import diagnose
+    from st_leap.exit_maps import fit_exit_maps
     from st_leap.model import ExitEncoding, encode_with_exits, from_pretrained, load
     from st_leap.modules import EarlyExitTransformer
 
@@ -31,6 +33,7 @@ _EXPORTS = {
     "encode_with_exits": "st_leap.model",
     "ExitEncoding": "st_leap.model",
     "diagnose": "st_leap.diagnostics",
+    "fit_exit_maps": "st_leap.exit_maps",
     "calibrate": "st_leap.evaluation.calibration",
 }
 
@@ -41,6 +44,7 @@ __all__ = [
     "encode_with_exits",
     "ExitEncoding",
     "diagnose",
+    "fit_exit_maps",
     "__version__",
 ]
 

@@ -36,15 +36,21 @@ from st_leap.backends import export
 from st_leap.resources import resolve_model, stsb_sentences
 
 
-def build(model_path: str, depth: int, backend: str, threads: int, export_root: Path) -> tuple[dict, dict]:
-    """(settings name -> encode kwargs, settings name -> model) for one thread count."""
+def build(
+    model_path: str, depth: int, backend: str, threads: int, export_root: Path, original_path: str | None = None
+) -> tuple[dict, dict]:
+    """(settings name -> encode kwargs, settings name -> model) for one thread count. The full-depth references are
+    ``original_path``'s (default: the exported model itself)."""
     torch.set_num_threads(threads)  # the exported folder's runtime takes torch's thread count when it opens
+    original_path = original_path or model_path
     folder = export_root / f"{backend}-int8-depth{depth}"
     if not (folder / "st_leap_export.json").exists():
         export(st_leap.from_pretrained(model_path, device="cpu"), folder, backend, quantize="int8", depth=depth)
     models = {
-        "st torch fp32 full": stock_model(model_path),
-        f"whole-graph {backend}-int8 full": whole_graph_model(model_path, export_root / "whole_graph", backend, "int8", threads),
+        "st torch fp32 full": stock_model(original_path),
+        f"whole-graph {backend}-int8 full": whole_graph_model(
+            original_path, export_root / "whole_graph", backend, "int8", threads
+        ),
         f"export {backend}-int8 depth={depth}": st_leap.load(str(folder)),
     }
     return dict.fromkeys(models, {}), models
@@ -82,6 +88,7 @@ def markdown(command: str, cells: list[dict], quality: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="minilm", help="default: all-MiniLM-L6-v2 (st_leap.resources.minilm_path())")
+    parser.add_argument("--original", default=None, help="the full-depth references' model (default: --model)")
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--backend", choices=["onnx", "openvino"], default="onnx")
     parser.add_argument("--threads", default="1,2")
@@ -98,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     cells = []
     quality: dict = {}
     for threads in (int(t) for t in args.threads.split(",")):
-        settings, models = build(model_path, args.depth, args.backend, threads, export_root)
+        original = resolve_model(args.original) if args.original else None
+        settings, models = build(model_path, args.depth, args.backend, threads, export_root, original)
         if not quality:
             exported = models[f"export {args.backend}-int8 depth={args.depth}"]
             quality = {"depth": args.depth, **agreement(model_path, exported, args.depth, stsb_sentences("test"))}

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,16 @@ def map_texts(n: int, skip: int, seed: int = 12345) -> list[str]:
     """Query-like sentences for fitting maps: the query pool after the ``skip`` the recipe trained on (no dev text)."""
     pool = resources.query_sentences(None, seed=seed, held_out_documents=2000)
     return pool[skip : skip + n]
+
+
+def load_saved_encoders(model_path: str, original_path: str, save_dir: Path) -> tuple[dict[str, SentenceTransformer], dict]:
+    """The encoders of an earlier run whose mapped models were saved to ``save_dir`` (no refit)."""
+    encoders = {"original": st_leap.from_pretrained(original_path, device="cpu"),
+                "original + maps": st_leap.load(str(save_dir / "original_maps"), device="cpu")}
+    if model_path:
+        encoders["retrofit"] = st_leap.from_pretrained(model_path, device="cpu")
+        encoders["retrofit + maps"] = st_leap.load(str(save_dir / "retrofit_maps"), device="cpu")
+    return encoders, {}
 
 
 def build_encoders(model_path: str, original_path: str, texts: list[str]) -> tuple[dict[str, SentenceTransformer], dict]:
@@ -156,7 +167,7 @@ def markdown(result: dict[str, Any]) -> str:
                 cells.append(f"{row['speedup']:.2f}x ({row['speedup_band'][0]:.2f}-{row['speedup_band'][1]:.2f})")
             lines.append(f"| {cell['threads']} | {cell['batch_size']} | " + " | ".join(cells) + " |")
         lines.append("")
-    if "fits" in result:
+    if result.get("fits"):
         lines += ["## Exit maps fitted (held-out cosine to the target, before -> with the map)", ""]
         for name, fit in result["fits"].items():
             parts = []
@@ -199,8 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev-queries", type=int, default=500)
     parser.add_argument("--dev-documents", type=int, default=2000)
     parser.add_argument("--dev-budget", type=float, default=3.0, help="NDCG@10 points (x100) below the original")
-    parser.add_argument("--phases", default="dev,test,int8,speed")
+    parser.add_argument("--phases", default="dev,test,stsb,int8,speed")
+    parser.add_argument("--keep", action="store_true", help="keep the phases an earlier run wrote to --out")
     parser.add_argument("--save-dir", default="runs/query/encoders", help="where the mapped encoders are saved")
+    parser.add_argument("--reuse-encoders", action="store_true", help="load the mapped encoders --save-dir holds")
+    parser.add_argument("--int8-depth", type=int, default=None, help="export this depth (default: the dev choice)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=str(results_dir("query") / "query"))
     args = parser.parse_args(argv)
@@ -208,14 +222,30 @@ def main(argv: list[str] | None = None) -> int:
     phases = set(args.phases.split(","))
     torch.set_num_threads(2)
     original_path = resources.resolve_model(args.original)
-    encoders, fits = build_encoders(args.model, original_path, map_texts(args.map_texts, args.map_skip))
+    if args.reuse_encoders:
+        encoders, fits = load_saved_encoders(args.model, original_path, Path(args.save_dir))
+    else:
+        encoders, fits = build_encoders(args.model, original_path, map_texts(args.map_texts, args.map_skip))
+        for name in ("original + maps", "retrofit + maps"):
+            if name in encoders:
+                save_model(encoders[name], Path(args.save_dir) / name.replace(" + ", "_"))
     depths = list(range(1, encoders["original"][0].num_layers + 1))
-    for name in ("original + maps", "retrofit + maps"):
-        if name in encoders:
-            save_model(encoders[name], Path(args.save_dir) / name.replace(" + ", "_"))
     reference = SentenceTransformer(original_path, device="cpu")
     result: dict[str, Any] = {"model": args.model, "original": original_path, "depths": depths, "fits": fits,
                               "dev_budget": args.dev_budget, "meta_info": meta_info(command)}
+    earlier = Path(args.out).with_suffix(".json")
+    if args.keep and earlier.exists():
+        kept = json.loads(earlier.read_text())
+        result = {**kept, **{k: v for k, v in result.items() if k not in ("fits",) or v}}
+        result["commands"] = [*kept.get("commands", [kept["meta_info"]["command"]]), command]
+        for block in ("dev",):  # JSON turned the depth keys into strings
+            for scores in result.get(block, {}).get("encoders", {}).values():
+                for key in ("ndcg@10", "cosine"):
+                    scores[key] = {int(d): v for d, v in scores[key].items()}
+        for task in ("scifact", "nfcorpus"):
+            for scores in result.get("test", {}).get(task, {}).get("encoders", {}).values():
+                for key in ("ndcg@10", "cosine"):
+                    scores[key] = {int(d): v for d, v in scores[key].items()}
 
     def save() -> None:
         write_result(args.out, result, markdown(result))
@@ -234,14 +264,15 @@ def main(argv: list[str] | None = None) -> int:
             scores = {name: depth_scores(evaluator, model, depths) for name, model in encoders.items()}
             result["test"][task] = {"reference": evaluator.reference_ndcg, "encoders": scores}
             save()
-        result["test"]["stsb"] = {
+    if "stsb" in phases:
+        result.setdefault("test", {})["stsb"] = {
             name: {d: stsb_spearman(model, "test", truncate_layers=d, exit_threshold=None) for d in depths}
             for name, model in encoders.items()
         }
         save()
-    if "int8" in phases and "dev" in result:
+    if "int8" in phases and ("dev" in result or args.int8_depth):
         name = "retrofit + maps" if "retrofit + maps" in encoders else "original + maps"
-        depth = result["dev"]["chosen_depth"][name]
+        depth = args.int8_depth or result["dev"]["chosen_depth"][name]
         folder = Path(args.save_dir) / f"{name.replace(' + ', '_')}_onnx_int8_depth{depth}"
         torch.set_num_threads(1)
         exported = st_leap.load(str(export(encoders[name], folder, "onnx", quantize="int8", depth=depth)))

@@ -20,8 +20,10 @@ class _ExitAware:
     exit_settings: dict[str, Any]
     _exit_counter: ExitStats
 
-    def _init_exit(self, exit_threshold: Any, exit_patience: Any, exit_min_layer: Any) -> None:
-        self.exit_settings = exit_kwargs(exit_threshold, exit_patience, exit_min_layer)
+    def _init_exit(
+        self, exit_threshold: Any, exit_patience: Any, exit_min_layer: Any, truncate_layers: Any = MODEL_DEFAULT
+    ) -> None:
+        self.exit_settings = exit_kwargs(exit_threshold, exit_patience, exit_min_layer, truncate_layers)
         self._exit_counter = ExitStats()
 
     def embed_inputs(self, model: SentenceTransformer, sentences: Any, **kwargs: Any) -> Any:
@@ -72,6 +74,7 @@ class EarlyExitEmbeddingSimilarityEvaluator(_ExitAware, EmbeddingSimilarityEvalu
             is used.
         exit_patience: k passed to ``encode``; left out, the model's default.
         exit_min_layer: l_min passed to ``encode``; left out, the model's default.
+        truncate_layers: static depth passed to ``encode``; left out, the model's default.
         **kwargs: Every other ``EmbeddingSimilarityEvaluator`` argument (``batch_size``, ``name``,
             ``main_similarity``...).
 
@@ -97,10 +100,11 @@ class EarlyExitEmbeddingSimilarityEvaluator(_ExitAware, EmbeddingSimilarityEvalu
         exit_threshold: float | None | Any = MODEL_DEFAULT,
         exit_patience: int | Any = MODEL_DEFAULT,
         exit_min_layer: int | None | Any = MODEL_DEFAULT,
+        truncate_layers: int | None | Any = MODEL_DEFAULT,
         **kwargs: Any,
     ) -> None:
         super().__init__(sentences1, sentences2, scores, **kwargs)
-        self._init_exit(exit_threshold, exit_patience, exit_min_layer)
+        self._init_exit(exit_threshold, exit_patience, exit_min_layer, truncate_layers)
 
     def __call__(
         self, model: SentenceTransformer, output_path: str | None = None, epoch: int = -1, steps: int = -1
@@ -121,6 +125,7 @@ class EarlyExitInformationRetrievalEvaluator(_ExitAware, InformationRetrievalEva
         exit_threshold: theta passed to ``encode``; ``None`` runs full depth. Left out, the model's saved default.
         exit_patience: k passed to ``encode``; left out, the model's default.
         exit_min_layer: l_min passed to ``encode``; left out, the model's default.
+        truncate_layers: static depth passed to ``encode``; left out, the model's default.
         **kwargs: Every other ``InformationRetrievalEvaluator`` argument (``ndcg_at_k``, ``batch_size``, ``name``...).
     """
 
@@ -133,10 +138,11 @@ class EarlyExitInformationRetrievalEvaluator(_ExitAware, InformationRetrievalEva
         exit_threshold: float | None | Any = MODEL_DEFAULT,
         exit_patience: int | Any = MODEL_DEFAULT,
         exit_min_layer: int | None | Any = MODEL_DEFAULT,
+        truncate_layers: int | None | Any = MODEL_DEFAULT,
         **kwargs: Any,
     ) -> None:
         super().__init__(queries, corpus, relevant_docs, **kwargs)
-        self._init_exit(exit_threshold, exit_patience, exit_min_layer)
+        self._init_exit(exit_threshold, exit_patience, exit_min_layer, truncate_layers)
 
     def __call__(
         self,
