@@ -85,7 +85,7 @@ def test_passage_sources_fit_the_shared_file():
 
 
 def test_TrainConfig_rejects_unknown_data_kind():
-    with pytest.raises(ValueError, match="data must be 'sentences', 'passages' or 'mixed', got 'docs'"):
+    with pytest.raises(ValueError, match="data must be 'sentences', 'passages', 'mixed' or 'queries', got 'docs'"):
         TrainConfig(data="docs")
     with pytest.raises(ValueError, match="passage_fraction must be a number in"):
         TrainConfig(data="mixed", passage_fraction=1.5)

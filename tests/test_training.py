@@ -491,7 +491,7 @@ def test_cli_train_resume_and_save_steps_flags(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_train(config):
+    def fake_train(config, evaluator=None):
         seen["config"] = config
         raise SystemExit(0)
 

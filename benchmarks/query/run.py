@@ -105,7 +105,7 @@ def choose_depth(scores: dict[str, Any], budget: float) -> int:
     """The shallowest depth whose dev NDCG@10 is within ``budget`` points (x100) of the original's."""
     reference = scores["reference_ndcg@10"]
     for depth, value in sorted(scores["ndcg@10"].items()):
-        if 100 * (reference - value) <= budget:
+        if 100 * (reference - value) <= budget + 1e-9:  # float noise must not push an exact tie out
             return int(depth)
     return int(max(scores["ndcg@10"]))
 

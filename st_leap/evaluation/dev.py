@@ -60,7 +60,8 @@ def dev_evaluator(config: TrainConfig, max_seq_length: int | None = None) -> Sen
     # Its own copy, on purpose: the teacher train() holds runs at the training length and is freed once its
     # embeddings are cached, and without a teacher the reference is the starting model, which training changes.
     reference = SentenceTransformer(resources.resolve_model(config.teacher or config.model))
-    reference.max_seq_length = max_seq_length
+    if max_seq_length is not None:  # else the reference keeps its own serving length
+        reference.max_seq_length = max_seq_length
     common = {"batch_size": config.batch_size, "show_progress_bar": False}
     if config.dev_depths is not None:
         # A query encoder for an index the reference built: queries at each depth against the reference's documents.
