@@ -8,7 +8,6 @@ the exit rule gives at each threshold. It also times the monitoring overhead and
 
 from __future__ import annotations
 
-import inspect
 import statistics
 import time
 from collections.abc import Sequence
@@ -17,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.util import batch_to_device
-from tqdm.auto import tqdm, trange
+from tqdm.auto import tqdm
 
+from st_leap.exit_maps import hidden_state_batches
 from st_leap.exit_policy import (
     PAPER_THRESHOLDS,
     ExitStats,
@@ -41,20 +40,13 @@ def layer_pooled_states(
     model: SentenceTransformer, sentences: Sequence[str], batch_size: int = 32, show_progress_bar: bool = True
 ) -> torch.Tensor:
     """Mean-pooled hidden states of every layer, ``(N, L + 1, H)`` on CPU (index 0 = embedding output)."""
-    transformer = model[0]
     was_training = model.training
     model.eval()
-    order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))  # like encode: fewer pad tokens
-    accepted = {"input_ids", "attention_mask"}
-    if "token_type_ids" in inspect.signature(transformer.auto_model.forward).parameters:
-        accepted.add("token_type_ids")
     pooled = [None] * len(sentences)
     try:
-        for start in trange(0, len(order), batch_size, desc="Layer states", disable=not show_progress_bar):
-            idx = order[start : start + batch_size]
-            features = batch_to_device(model.preprocess([sentences[i] for i in idx]), model.device)
-            inputs = {k: features[k] for k in accepted if k in features}
-            hidden_states = transformer.auto_model(**inputs, output_hidden_states=True).hidden_states
+        for idx, features, hidden_states in hidden_state_batches(
+            model, list(sentences), batch_size, show_progress_bar, "Layer states"
+        ):
             states = torch.stack([mean_pool(h, features["attention_mask"]) for h in hidden_states], dim=1).cpu()
             for row, i in enumerate(idx):
                 pooled[i] = states[row]

@@ -213,9 +213,12 @@ def embed_layer(modules: Sequence[nn.Module], token_states: Tensor, attention_ma
     return features["sentence_embedding"]
 
 
-def _hidden_state_batches(
+def hidden_state_batches(
     model: SentenceTransformer, texts: Sequence[str], batch_size: int, show_progress_bar: bool, desc: str
 ) -> Iterator[tuple[list[int], dict[str, Tensor], tuple[Tensor, ...]]]:
+    """Every layer's token states of ``texts``, batch by batch, longest texts first (fewer pad tokens, as
+    ``encode``): yields ``(text indices, features, (embedding output, layer 1, ..., layer L))``. The one pass over
+    all hidden states that the per-layer diagnostics and the exit-map fit share."""
     transformer = model[0]
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # like encode: fewer pad tokens
     accepted = {"input_ids", "attention_mask"}
@@ -243,7 +246,7 @@ def layer_embeddings(
     modules = post_modules(model)
     out: Tensor | None = None
     try:
-        for idx, features, hidden_states in _hidden_state_batches(
+        for idx, features, hidden_states in hidden_state_batches(
             model, list(texts), batch_size, show_progress_bar, "Layer embeddings"
         ):
             mask = features["attention_mask"]
