@@ -258,6 +258,36 @@ def query_sentences(
     return pool if n is None else pool[:n]
 
 
+def query_passage_pairs(
+    num_passages: int, seed: int = 12345, held_out_documents: int = 1000, sentences_per_passage: int = 8
+) -> tuple[list[str], list[str], list[int]]:
+    """Sentence-to-passage training pairs for a query encoder (inverse cloze, Lee et al. 2019).
+
+    The first ``num_passages`` passages of :func:`passage_runs` (never the last ``held_out_documents``, which
+    :func:`cloze_retrieval_dev` holds out with the same ``seed``) each give every one of their sentences as a
+    query, paired with the whole passage: one document embedding serves all of a passage's sentences, which keeps
+    the index model's passage pass affordable. (The dev split removes the query sentence from its document, so
+    the dev signal does not reward word-for-word matching.)
+
+    Returns:
+        ``(queries, passages, passage_of_query)``: the query texts, the passage texts, and each query's index
+        into ``passages``, in passage order (shuffle them for training).
+    """
+    runs = passage_runs(seed, sentences_per_passage)
+    available = len(runs) - held_out_documents
+    if not isinstance(num_passages, int) or isinstance(num_passages, bool) or not 1 <= num_passages <= available:
+        raise ValueError(
+            f"num_passages must be an int in 1..{available} ({len(runs)} passages, {held_out_documents} held out for "
+            f"dev), got {num_passages!r}"
+        )
+    queries: list[str] = []
+    owners: list[int] = []
+    for i, run in enumerate(runs[:num_passages]):
+        queries.extend(run)
+        owners.extend([i] * len(run))
+    return queries, [" ".join(run) for run in runs[:num_passages]], owners
+
+
 def beir_dir(name: str) -> Path:
     """Folder of a BEIR dataset in BEIR format (``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/test.tsv``)."""
     path = data_dir() / "beir" / name

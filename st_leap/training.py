@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from sentence_transformers.base.sampler import BatchSamplers
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
@@ -37,6 +37,7 @@ from transformers.trainer_utils import get_last_checkpoint, sort_checkpoints
 
 from st_leap import resources
 from st_leap.losses.leap import LEAPLoss
+from st_leap.losses.query_retrieval import QueryRetrievalLoss
 from st_leap.model import as_early_exit, from_pretrained
 from st_leap.reporting import save_model, write_json
 from st_leap.sampler import LengthGroupedBatchSampler
@@ -86,6 +87,13 @@ class TrainConfig:
     ``dev_depths`` (a list of layers) switches the dev signal to queries cut at each of those depths against the
     reference's own document embeddings (a query encoder for an index that stays). The evaluator itself is built by
     :func:`st_leap.evaluation.dev.dev_evaluator` and passed to :func:`train`.
+
+    ``retrieval`` (ours, ``api: "trainer"``, needs a teacher: the index's model): adds a second dataset and loss,
+    :class:`~st_leap.losses.QueryRetrievalLoss`, on sentence-to-passage pairs
+    (:func:`~st_leap.resources.query_passage_pairs`, never the dev passages), the passages embedded once by the
+    teacher at its own serving length. Keys: ``passages`` (how many passages; each gives all its sentences as
+    queries), ``layers`` (default: every layer), ``scale`` (20), ``use_exit_maps`` (default: if the model has
+    maps). The Trainer draws batches from the two datasets in proportion to their sizes.
     """
 
     model: str = "minilm"
@@ -124,6 +132,7 @@ class TrainConfig:
     dev_queries: int = 200
     dev_documents: int = 1000
     dev_depths: list[int] | None = None
+    retrieval: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.loss_version not in (1, 2):
@@ -185,6 +194,17 @@ class TrainConfig:
                 "resume needs api='trainer': the fit path cannot restore the LEAPLoss step counter or the loss's own "
                 "parameters from a checkpoint, so a resumed fit run would not continue the interrupted one"
             )
+        if self.retrieval is not None:
+            allowed = {"passages", "layers", "scale", "use_exit_maps"}
+            if not isinstance(self.retrieval, dict) or "passages" not in self.retrieval or set(self.retrieval) - allowed:
+                raise ValueError(
+                    f"retrieval must be null or a dict with 'passages' and optionally {sorted(allowed - {'passages'})}, "
+                    f"got {self.retrieval!r}"
+                )
+            if self.teacher is None:
+                raise ValueError("retrieval needs a teacher: the model whose passage embeddings the index holds")
+            if self.api != "trainer":
+                raise ValueError("retrieval needs api='trainer' (two datasets and losses in one Trainer)")
         if self.api == "fit" and self.save_minutes is not None:
             raise ValueError("save_minutes needs api='trainer' (fit takes no Trainer callbacks); use save_steps")
 
@@ -343,6 +363,7 @@ def train(
     teacher = None
     if config.teacher is not None:
         teacher = SentenceTransformer(resources.resolve_model(config.teacher), device=str(model.device))
+        teacher_length = teacher.max_seq_length
         teacher.max_seq_length = config.max_seq_length
     sentences = list(sentences) if sentences is not None else training_texts(config)
     loss = build_loss(model, config, teacher)
@@ -362,15 +383,26 @@ def train(
         )
         teacher_seconds = time.perf_counter() - start
         dataset = teacher_dataset(sentences, embeddings)
-        teacher = None  # not needed any more: free it
     else:
         dataset = Dataset.from_dict({"sentence": sentences})
+    retrieval_loss = None
+    if config.retrieval is not None:
+        start = time.perf_counter()
+        retrieval_data = retrieval_dataset(config, teacher, teacher_length)
+        teacher_seconds += time.perf_counter() - start
+        options = {k: v for k, v in config.retrieval.items() if k != "passages"}
+        retrieval_loss = QueryRetrievalLoss(model, **options)
+        dataset = DatasetDict({"distill": dataset, "retrieval": retrieval_data})
+    if config.teacher_mode == "precomputed":
+        teacher = None  # not needed any more: free it
 
     start = time.perf_counter()
     if config.api == "fit":
         steps, log_history = _train_with_fit(model, loss, sentences, embeddings, config), None
     else:
-        steps, log_history = _train_with_trainer(model, loss, dataset, config, resume_from, callbacks, evaluator)
+        steps, log_history = _train_with_trainer(
+            model, loss, dataset, config, resume_from, callbacks, evaluator, retrieval_loss
+        )
     train_seconds = time.perf_counter() - start
     model.eval()
     model.max_seq_length = original_max_len
@@ -384,6 +416,25 @@ def train(
         save_model(model, config.output_dir)  # aside, then moved in; checkpoints/ beside it are kept
         write_json(result.to_dict(config), Path(config.output_dir) / "leap_training.json")
     return result
+
+
+def retrieval_dataset(config: TrainConfig, teacher: SentenceTransformer, document_length: int) -> Dataset:
+    """The ``retrieval`` dataset of a config: each query sentence with the teacher's embedding of its passage,
+    computed once at ``document_length`` (the teacher's own serving length) in the shared teacher cache, shuffled
+    with the config's ``sentence_seed``."""
+    queries, passages, owners = resources.query_passage_pairs(
+        int(config.retrieval["passages"]), seed=config.sentence_seed, held_out_documents=config.dev_documents,
+        sentences_per_passage=max(2, config.sentences_per_passage),
+    )
+    serving_length = teacher.max_seq_length
+    teacher.max_seq_length = document_length
+    try:
+        passage_embeddings = compute_teacher_embeddings(teacher, passages, None, shared_cache=True)
+    finally:
+        teacher.max_seq_length = serving_length
+    order = list(range(len(queries)))
+    random.Random(config.sentence_seed).shuffle(order)
+    return teacher_dataset([queries[i] for i in order], passage_embeddings[[owners[i] for i in order]])
 
 
 def training_arguments(config: TrainConfig, output_dir: str | Path, **overrides: Any) -> SentenceTransformerTrainingArguments:
@@ -422,6 +473,7 @@ def _train_with_trainer(
     resume_from: str | None = None,
     extra_callbacks: Sequence[TrainerCallback] = (),
     evaluator: SentenceEvaluator | None = None,
+    retrieval_loss: torch.nn.Module | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
     checkpointing = config.save_steps is not None or config.save_minutes is not None
     args = training_arguments(config, checkpoint_dir(config))
@@ -433,8 +485,9 @@ def _train_with_trainer(
     if config.max_train_seconds:
         callbacks.append(TimeBudget(config.max_train_seconds, checkpoint=checkpointing))
     callbacks.extend(extra_callbacks)
+    losses = loss if retrieval_loss is None else {"distill": loss, "retrieval": retrieval_loss}
     trainer = LEAPTrainer(
-        model=model, args=args, train_dataset=dataset, loss=loss, callbacks=callbacks, evaluator=evaluator
+        model=model, args=args, train_dataset=dataset, loss=losses, callbacks=callbacks, evaluator=evaluator
     )
     trainer.leap_loss, trainer.leap_config = loss, config.to_dict()
     if resume_from is not None:

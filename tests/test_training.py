@@ -507,3 +507,62 @@ def test_cli_train_resume_and_save_steps_flags(tmp_path, monkeypatch):
             main(["train", "--config", str(tmp_path / "c.json"), *argv])
         for key, value in expected.items():
             assert getattr(seen["config"], key) == value, (argv, key)
+
+
+def test_retrieval_trains_a_second_dataset_of_sentences_and_their_passages(tiny_dir, tmp_path, monkeypatch):
+    """A config's ``retrieval`` key adds sentence-to-passage pairs (never the dev passages) labelled with the
+    teacher's passage embeddings at the teacher's own length, and QueryRetrievalLoss beside LEAPLoss in one
+    Trainer; both losses run."""
+    import gzip
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from st_leap import resources, training
+    from st_leap.losses import QueryRetrievalLoss
+
+    data = tmp_path / "data"
+    (data / "nli").mkdir(parents=True)
+    (data / "stsb").mkdir()
+    with gzip.open(data / "nli" / "more_sentences.txt.gz", "wt", encoding="utf-8") as f:
+        lines = [" ".join(VOCAB[5 + i % 9 : 8 + i % 13]) + f" {VOCAB[5 + i % 40]} {VOCAB[5 + i // 40]}" for i in range(60)]
+        f.write("".join(line + "\n" for line in lines))
+    monkeypatch.setenv("ST_LEAP_DATA", str(data))
+    monkeypatch.setenv("ST_LEAP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(resources, "PASSAGE_SOURCES", {"a": (1, 60)})
+    monkeypatch.setattr(resources, "load_sentences", lambda n, seed=0: [" ".join(VOCAB[5 : 6 + i % 7]) for i in range(n)])
+    calls = {"n": 0}
+
+    class Counting(QueryRetrievalLoss):
+        def forward(self, *args, **kwargs):
+            calls["n"] += 1
+            return super().forward(*args, **kwargs)
+
+    monkeypatch.setattr(training, "QueryRetrievalLoss", Counting)
+    config = TrainConfig(model=tiny_dir, teacher=tiny_dir, output_dir=str(tmp_path / "o"), max_steps=6, batch_size=4,
+                         num_sentences=16, max_seq_length=8, warmup_steps=1, save_steps=None, dev_queries=3, dev_documents=6,
+                         sentences_per_passage=4, group_by_length=True,
+                         retrieval={"passages": 5, "layers": [2, 3], "scale": 10.0})
+    teacher = SentenceTransformer(tiny_dir, device="cpu")
+    teacher.max_seq_length = 8
+    dataset = training.retrieval_dataset(config, teacher, document_length=32)
+    assert teacher.max_seq_length == 8  # restored
+    queries, passages, owners = resources.query_passage_pairs(5, held_out_documents=6, sentences_per_passage=4)
+    assert len(dataset) == len(queries) == 20 and sorted(dataset["sentence"]) == sorted(queries)
+    dev = {s for run in resources.passage_runs(sentences_per_passage=4)[-6:] for s in run}
+    assert not dev & set(dataset["sentence"])
+    teacher.max_seq_length = 32
+    expected = teacher.encode(passages)
+    for sentence, label in zip(dataset["sentence"][:5], dataset["label"][:5]):
+        passage = owners[queries.index(sentence)]
+        assert sentence in passages[passage]
+        np.testing.assert_allclose(label, expected[passage], atol=1e-5)
+
+    result = training.train(config)
+    assert result.steps == 6 and calls["n"] >= 1
+    with pytest.raises(ValueError, match="retrieval needs a teacher"):
+        TrainConfig(teacher=None, retrieval={"passages": 5})
+    with pytest.raises(ValueError, match="retrieval must be"):
+        TrainConfig(retrieval={"layers": [2]})
+    with pytest.raises(ValueError, match="num_passages"):
+        resources.query_passage_pairs(10, held_out_documents=6, sentences_per_passage=4)

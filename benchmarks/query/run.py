@@ -19,8 +19,12 @@ Phases (each writes its part of the result, so a stopped run keeps what it measu
 3. ``int8``: the mapped retrofit (else the mapped original) at its dev-chosen depth exported as one whole
    ONNX Runtime int8 graph (``st_leap.backends.export``), scored on the same test queries (its speed:
    ``benchmarks.backends.export`` on the saved encoder, see ``--save-dir``).
-4. ``speed``: query encode time per depth, torch, 1 and 2 threads, batch 1 and 32, interleaved rounds
-   (:func:`st_leap.diagnostics.time_encode`), against torch full depth.
+4. ``speed``: query encode time per depth (through the maps), torch, 1 and 2 threads, batch 1 and 32, interleaved
+   rounds (:func:`st_leap.diagnostics.time_encode`), against the original at torch full depth.
+
+``--encoder NAME=PATH`` adds an encoder saved with its own maps (for example the retrieval-trained model of
+``benchmarks/query/retrieval_recipe.json``). The original's document embeddings of each BEIR corpus are kept under
+``runs/cache/index/`` between phases and runs.
 
 Example::
 
@@ -33,11 +37,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
@@ -51,6 +57,7 @@ from st_leap.evaluation.beir import document_text
 from st_leap.evaluation.sweep import stsb_spearman
 from st_leap.exit_maps import fit_exit_maps
 from st_leap.reporting import save_model
+from st_leap.teacher import teacher_fingerprint
 
 ENCODERS = ("original", "original + maps", "retrofit", "retrofit + maps")
 
@@ -110,13 +117,38 @@ def choose_depth(scores: dict[str, Any], budget: float) -> int:
     return int(max(scores["ndcg@10"]))
 
 
+INDEX_CACHE = Path("runs/cache/index")
+
+
+def index_embeddings(reference: SentenceTransformer, texts: list[str]) -> np.ndarray:
+    """The reference's document embeddings of ``texts``, kept on disk under ``runs/cache/index/`` (keyed by the
+    model's weights, its length and the texts), so that each benchmark phase and run does not embed a BEIR corpus
+    again (minutes on CPU)."""
+    key = hashlib.sha256()
+    key.update(teacher_fingerprint(reference).encode())
+    key.update(str(reference.max_seq_length).encode())
+    for text in texts:
+        key.update(text.encode("utf-8"))
+        key.update(b"\0")
+    path = INDEX_CACHE / f"{key.hexdigest()[:20]}.npy"
+    if path.exists():
+        return np.load(path)
+    embeddings = reference.encode_document(texts, batch_size=32, show_progress_bar=True, convert_to_numpy=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path.with_suffix(".tmp.npy"), embeddings)
+    path.with_suffix(".tmp.npy").replace(path)
+    return embeddings
+
+
 def beir_evaluator(name: str, reference: SentenceTransformer, depths: list[int]) -> QueryDepthEvaluator:
     corpus, queries, qrels = load_beir_folder(resources.beir_dir(name))
     relevant = {qid: {doc for doc, score in docs.items() if score > 0} for qid, docs in qrels.items()}
     relevant = {qid: docs for qid, docs in relevant.items() if docs and qid in queries}
+    documents = {cid: document_text(doc) for cid, doc in corpus.items()}
     return QueryDepthEvaluator(
-        {qid: queries[qid] for qid in relevant}, {cid: document_text(doc) for cid, doc in corpus.items()}, relevant,
-        reference=reference, depths=depths, name=name, batch_size=32, show_progress_bar=True,
+        {qid: queries[qid] for qid in relevant}, documents, relevant, reference=reference,
+        corpus_embeddings=index_embeddings(reference, list(documents.values())), depths=depths, name=name,
+        batch_size=32, show_progress_bar=True,
     )
 
 
@@ -157,7 +189,9 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {task} | {100 * block[task]['fp32']:.2f} | {100 * block[task]['int8']:.2f} |")
         lines.append("")
     if "speed" in result:
-        lines += ["## Query encode speed-up over torch full depth (median of interleaved rounds, 25th-75th band)", "",
+        lines += [f"## Query encode speed-up of {result.get('speed_encoder', 'the mapped encoder')} at each depth over "
+                  "the original at full depth, torch fp32, SciFact test queries (median of interleaved rounds, "
+                  "25th-75th band)", "",
                   "| threads | batch | " + " | ".join(f"depth {d}" for d in depths) + " |",
                   "| ---: | ---: |" + " ---: |" * len(depths)]
         for cell in result["speed"]:
@@ -215,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-dir", default="runs/query/encoders", help="where the mapped encoders are saved")
     parser.add_argument("--reuse-encoders", action="store_true", help="load the mapped encoders --save-dir holds")
     parser.add_argument("--int8-depth", type=int, default=None, help="export this depth (default: the dev choice)")
+    parser.add_argument("--encoder", action="append", default=[],
+                        help="NAME=PATH: one more query encoder, loaded as saved (with its own maps)")
+    parser.add_argument("--int8-encoder", default=None, help="the encoder to export (default: the mapped retrofit)")
+    parser.add_argument("--speed-encoder", default=None, help="the encoder to time (default: the mapped retrofit)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=str(results_dir("query") / "query"))
     args = parser.parse_args(argv)
@@ -229,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("original + maps", "retrofit + maps"):
             if name in encoders:
                 save_model(encoders[name], Path(args.save_dir) / name.replace(" + ", "_"))
+    for spec in args.encoder:
+        name, _, path = spec.partition("=")
+        encoders[name] = st_leap.load(path, device="cpu")
     depths = list(range(1, encoders["original"][0].num_layers + 1))
     reference = SentenceTransformer(original_path, device="cpu")
     result: dict[str, Any] = {"model": args.model, "original": original_path, "depths": depths, "fits": fits,
@@ -271,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         save()
     if "int8" in phases and ("dev" in result or args.int8_depth):
-        name = "retrofit + maps" if "retrofit + maps" in encoders else "original + maps"
+        name = args.int8_encoder or ("retrofit + maps" if "retrofit + maps" in encoders else "original + maps")
         depth = args.int8_depth or result["dev"]["chosen_depth"][name]
         folder = Path(args.save_dir) / f"{name.replace(' + ', '_')}_onnx_int8_depth{depth}"
         torch.set_num_threads(1)
@@ -288,12 +329,15 @@ def main(argv: list[str] | None = None) -> int:
         texts = list(load_beir_folder(resources.beir_dir("scifact"))[1].values())
         settings = {"full": {"exit_threshold": None}}
         settings.update({f"depth {d}": {"truncate_layers": d, "exit_threshold": None} for d in depths})
-        timed = encoders.get("retrofit + maps") or encoders["original + maps"]
+        timed_name = args.speed_encoder or ("retrofit + maps" if "retrofit + maps" in encoders else "original + maps")
+        timed = encoders[timed_name]
         result["speed"] = []
+        result["speed_encoder"] = timed_name
         for threads in (1, 2):
             torch.set_num_threads(threads)
             for batch_size, n in ((1, 64), (32, 256)):
-                timings = time_encode(timed, texts[:n], settings, batch_size=batch_size, repeats=args.repeats)
+                timings = time_encode(timed, texts[:n], settings, batch_size=batch_size, repeats=args.repeats,
+                                      models={"full": encoders["original"]})
                 result["speed"].append({"threads": threads, "batch_size": batch_size, "texts": n, "timings": timings})
                 save()
     save()

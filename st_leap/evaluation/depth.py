@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator, SentenceEvaluator
 from sentence_transformers.util import cos_sim, pairwise_cos_sim
 
@@ -39,6 +41,8 @@ class QueryDepthEvaluator(SentenceEvaluator):
         relevant_docs: ``qid -> set of relevant cids``.
         reference: The index's model; it embeds the corpus (``encode_document``) and the queries (``encode_query``)
             once, here.
+        corpus_embeddings: The index's document embeddings ``(len(corpus), D)``, rows in ``corpus`` order, when you
+            already have them (your index); the reference then embeds only the queries.
         depths: Static depths to score (1-based). Defaults to every layer of the evaluated model.
         primary_depth: The depth whose NDCG@k is the primary metric (for ``metric_for_best_model``). Defaults to the
             smallest of ``depths``.
@@ -68,6 +72,7 @@ class QueryDepthEvaluator(SentenceEvaluator):
         relevant_docs: dict[str, set[str]],
         *,
         reference: SentenceTransformer,
+        corpus_embeddings: Any = None,
         depths: Sequence[int] | None = None,
         primary_depth: int | None = None,
         ndcg_at_k: int = 10,
@@ -97,7 +102,15 @@ class QueryDepthEvaluator(SentenceEvaluator):
             show_progress_bar=bool(show_progress_bar), name=name, score_functions={"cosine": cos_sim},
         )
         common = {"batch_size": batch_size, "show_progress_bar": show_progress_bar, "convert_to_tensor": True}
-        self.corpus_embeddings = reference.encode_document(self.ir.corpus, **common).cpu()
+        if corpus_embeddings is None:
+            self.corpus_embeddings = reference.encode_document(self.ir.corpus, **common).cpu()
+        else:
+            self.corpus_embeddings = torch.as_tensor(corpus_embeddings, dtype=torch.float32).cpu()
+            if self.corpus_embeddings.dim() != 2 or len(self.corpus_embeddings) != len(self.ir.corpus):
+                raise ValueError(
+                    f"corpus_embeddings must have one row per document ({len(self.ir.corpus)}), got shape "
+                    f"{tuple(self.corpus_embeddings.shape)}"
+                )
         self.reference_queries = reference.encode_query(self.ir.queries, **common).cpu()
         self.reference_ndcg = self.ndcg(reference)
 
