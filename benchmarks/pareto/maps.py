@@ -28,7 +28,6 @@ Writes ``benchmarks/results/pareto/maps.json``, ``maps.md`` and ``maps.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,8 @@ import st_leap
 from benchmarks._common import command_line, meta_info, results_dir, write_result
 from benchmarks.query.run import beir_evaluator
 from st_leap import resources
-from st_leap.diagnostics import time_encode
-from st_leap.evaluation.sweep import pairs_spearman, replay_exits, replay_pooled_states
+from st_leap.diagnostics import layer_pooled_states, time_encode
+from st_leap.evaluation.sweep import pairs_spearman, replay_exits
 from st_leap.exit_maps import exit_maps_module, layer_embeddings
 
 THETAS = (0.80, 0.85, 0.90, 0.93, 0.95, 0.97)
@@ -64,7 +63,7 @@ def mapped_layers(model: SentenceTransformer, texts: list[str]) -> torch.Tensor:
 def settings_of(model: SentenceTransformer, texts: list[str], min_layer: int) -> dict[str, dict[str, Any]]:
     """Every setting's per-text embedding and exit layer, from one pass per kind of state."""
     mapped = mapped_layers(model, texts)
-    pooled = replay_pooled_states(model, texts, show_progress_bar=True)
+    pooled = layer_pooled_states(model, texts)  # the exit rule reads the unmapped pooled states
     n, L, _ = mapped.shape
     rows = torch.arange(n)
     out: dict[str, dict[str, Any]] = {}

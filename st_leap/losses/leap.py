@@ -395,14 +395,7 @@ class LEAPLoss(nn.Module):
         self.preset = preset
 
         self.model = model
-        backbone = model[0]
-        config = getattr(getattr(backbone, "auto_model", None), "config", None)
-        if config is None or not hasattr(config, "num_hidden_layers"):
-            raise ValueError(
-                f"The first module of the model must be a Transformer with a Hugging Face config, got "
-                f"{type(backbone).__name__}"
-            )
-        config.output_hidden_states = True
+        config = enable_hidden_states(model)
         self.num_layers = L = int(config.num_hidden_layers)
         self.student_dim = int(model.get_embedding_dimension())
         self.hidden_dim = int(config.hidden_size)
@@ -526,13 +519,7 @@ class LEAPLoss(nn.Module):
         self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
     ) -> dict[str, Tensor]:
         features = list(sentence_features)[0]
-        output = self.model(features)
-        hidden_states = output.get("all_layer_embeddings")
-        if hidden_states is None:
-            raise ValueError(
-                "The student did not return 'all_layer_embeddings': its first module must be a Transformer with "
-                "config.output_hidden_states=True"
-            )
+        output, hidden_states = forward_all_layers(self.model, features)
         mask = output["attention_mask"]
         pooled = {layer: mean_pool(hidden_states[layer], mask) for layer in range(1, self.num_layers + 1)}
         student_embedding = output["sentence_embedding"]
@@ -742,6 +729,32 @@ class LEAPTerms(dict):
         raise TypeError(self._WHY)
 
     __mul__ = __rmul__ = __add__ = __radd__ = __truediv__ = __sub__ = __rsub__ = _refuse
+
+
+def enable_hidden_states(model: SentenceTransformer) -> Any:
+    """Switch on every layer's token states (``output_hidden_states``) of the model's first module; returns its
+    Hugging Face config. The layer-wise losses read them."""
+    backbone = model[0]
+    config = getattr(getattr(backbone, "auto_model", None), "config", None)
+    if config is None or not hasattr(config, "num_hidden_layers"):
+        raise ValueError(
+            f"The first module of the model must be a Transformer with a Hugging Face config, got "
+            f"{type(backbone).__name__}"
+        )
+    config.output_hidden_states = True
+    return config
+
+
+def forward_all_layers(model: SentenceTransformer, features: dict[str, Tensor]) -> tuple[dict[str, Tensor], Any]:
+    """The model's forward output and its ``all_layer_embeddings`` (index 0 the embeddings, ``l`` layer ``l``)."""
+    output = model(features)
+    hidden_states = output.get("all_layer_embeddings")
+    if hidden_states is None:
+        raise ValueError(
+            "The model did not return 'all_layer_embeddings': its first module must be a Transformer with "
+            "config.output_hidden_states=True"
+        )
+    return output, hidden_states
 
 
 def _running_trainer() -> Any:

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
+from st_leap.losses.leap import enable_hidden_states, forward_all_layers
+
 
 class QueryRetrievalLoss(nn.Module):
     def __init__(
@@ -83,14 +85,7 @@ class QueryRetrievalLoss(nn.Module):
         from st_leap.exit_maps import exit_maps_module, post_modules
 
         self.model = model
-        config = getattr(getattr(model[0], "auto_model", None), "config", None)
-        if config is None or not hasattr(config, "num_hidden_layers"):
-            raise ValueError(
-                f"The first module of the model must be a Transformer with a Hugging Face config, got "
-                f"{type(model[0]).__name__}"
-            )
-        config.output_hidden_states = True  # every layer's token states, as LEAPLoss reads them
-        self.num_layers = int(config.num_hidden_layers)
+        self.num_layers = int(enable_hidden_states(model).num_hidden_layers)
         L = self.num_layers
         self.layers = list(range(1, L + 1)) if layers is None else sorted(set(layers))
         bad = [x for x in self.layers if isinstance(x, bool) or not isinstance(x, int) or not 1 <= x <= L]
@@ -110,13 +105,7 @@ class QueryRetrievalLoss(nn.Module):
         """``{layer: (B, D)}`` the query embedding at each trained layer (mapped where maps are used)."""
         from st_leap.exit_maps import embed_layer, exit_maps_module
 
-        output = self.model(features)
-        hidden_states = output.get("all_layer_embeddings")
-        if hidden_states is None:
-            raise ValueError(
-                "The model did not return 'all_layer_embeddings': its first module must be a Transformer with "
-                "config.output_hidden_states=True"
-            )
+        output, hidden_states = forward_all_layers(self.model, features)
         mask = output["attention_mask"]
         maps = exit_maps_module(self.model) if self.use_exit_maps else None
         out = {}

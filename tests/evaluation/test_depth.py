@@ -41,3 +41,18 @@ def test_depths_default_to_every_layer_and_bad_depths_fail(eval_model, beir):
         QueryDepthEvaluator(queries, corpus, relevant, reference=eval_model, depths=[9])(eval_model)
     with pytest.raises(ValueError, match="primary_depth"):
         QueryDepthEvaluator(queries, corpus, relevant, reference=eval_model, depths=[1], primary_depth=2)
+
+
+def test_the_index_embeddings_can_be_given(eval_model, beir):
+    """A user who keeps an index passes its embeddings: the scores equal those of the reference embedding the corpus
+    itself; a wrong row count fails, naming the expected count."""
+    queries, corpus, relevant = beir
+    reference = copy.deepcopy(eval_model)
+    own = QueryDepthEvaluator(queries, corpus, relevant, reference=reference, depths=[1, 3])
+    given = QueryDepthEvaluator(queries, corpus, relevant, reference=reference, depths=[1, 3],
+                                corpus_embeddings=reference.encode_document(list(corpus.values())))
+    assert given.reference_ndcg == pytest.approx(own.reference_ndcg)
+    assert given(eval_model)["depth1_ndcg@10"] == pytest.approx(own(eval_model)["depth1_ndcg@10"])
+    with pytest.raises(ValueError, match=f"one row per document \\({len(corpus)}\\)"):
+        QueryDepthEvaluator(queries, corpus, relevant, reference=reference,
+                            corpus_embeddings=reference.encode_document(list(corpus.values())[:-1]))

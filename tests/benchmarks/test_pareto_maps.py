@@ -1,0 +1,90 @@
+"""The equal-speed comparison with exit maps scores exactly what ``encode`` serves, from one pass per text set."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch.nn.functional as F
+
+import st_leap
+from benchmarks.pareto import maps as bench
+from st_leap.exit_maps import fit_exit_maps
+from tests.conftest import VOCAB, build_tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def mapped_model(tmp_path_factory):
+    path = build_tiny_model_dir(tmp_path_factory.mktemp("pareto_maps"), "bert", num_layers=4)
+    model = st_leap.from_pretrained(path, device="cpu")
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(VOCAB[5:]) for _ in range(rng.randint(2, 9))) for _ in range(300)]
+    fit_exit_maps(model, texts, show_progress_bar=False)
+    return model, texts[:40]
+
+
+def test_every_setting_is_what_encode_serves(mapped_model, monkeypatch):
+    """Static cuts equal ``encode(truncate_layers=d)``; each exit setting equals ``encode(exit_threshold=theta)``
+    row by row (mixed exit layers through their maps); the oracle stops at the first layer within tau of the final
+    embedding."""
+    from st_leap.diagnostics import layer_pooled_states
+
+    model, texts = mapped_model
+    pooled = layer_pooled_states(model, texts, show_progress_bar=False)
+    adjacent = F.cosine_similarity(pooled[:, 2], pooled[:, 1], dim=-1)  # what the rule reads at layer 2
+    # thresholds that this random tiny model crosses for some texts and not others
+    monkeypatch.setattr(bench, "THETAS", tuple(float(q) for q in adjacent.quantile(adjacent.new_tensor([0.3, 0.7]))))
+    settings = bench.settings_of(model, texts, min_layer=2)
+    for d in range(1, 5):
+        served = model.encode(texts, truncate_layers=d, exit_threshold=None, convert_to_tensor=True)
+        np.testing.assert_allclose(settings[f"static {d}"]["embeddings"], F.normalize(served, dim=-1), atol=2e-5)
+    mixed = 0
+    for theta in bench.THETAS:
+        served = model.encode(texts, exit_threshold=theta, exit_min_layer=2, exit_patience=1, convert_to_tensor=True)
+        np.testing.assert_allclose(settings[f"exit {theta}"]["embeddings"], F.normalize(served, dim=-1), atol=2e-5)
+        mixed += len(set(settings[f"exit {theta}"]["layers"].tolist())) > 1
+    assert mixed  # some threshold mixes exit layers in one batch
+    final = settings["static 4"]["embeddings"]
+    for tau in bench.TAUS:
+        layers = settings[f"oracle {tau}"]["layers"]
+        for i, layer in enumerate(layers):
+            cos = [float(settings[f"static {d}"]["embeddings"][i] @ final[i]) for d in range(1, 5)]
+            assert layer == next((d for d in range(1, 5) if cos[d - 1] >= tau), 4)
+
+
+def test_static_curve_and_verdict():
+    assert bench.static_at([(1.0, 80.0), (2.0, 60.0)], 1.5) == pytest.approx(70.0)
+    assert bench.static_at([(1.0, 80.0), (2.0, 60.0)], 2.5) is None
+    block = {"static 1": {"family": "static", "quality": 50.0, "mean_layers": 1.0},
+             "static 2": {"family": "static", "quality": 70.0, "mean_layers": 2.0},
+             "exit 0.9": {"family": "exit", "quality": 65.0, "mean_layers": 1.5},
+             "oracle 0.9": {"family": "oracle", "quality": 66.0, "mean_layers": 1.5}}
+    cell = {"speedup": {"static 1": 2.0, "static 2": 1.0, "exit 0.9": 1.5}}
+    (row,) = bench.compare(block, cell)
+    assert row["static_quality_at_speedup"] == pytest.approx(60.0) and row["beats_static"] is True
+    assert bench.oracle_gap(block) == pytest.approx(6.0)
+
+
+def test_fixed_query_embeddings_score_as_encoded_ones(mapped_model, tmp_path, monkeypatch):
+    """NDCG from given query embeddings equals the evaluator's own encode of those queries."""
+    from benchmarks.query import run as query_run
+    from st_leap.evaluation import QueryDepthEvaluator
+
+    model, texts = mapped_model
+    corpus = {f"d{i}": t for i, t in enumerate(texts[10:30])}
+    queries = {f"q{i}": texts[i] for i in range(10)}
+    relevant = {f"q{i}": {f"d{(3 * i) % 20}"} for i in range(10)}
+    reference = st_leap.from_pretrained(model[0].auto_model.name_or_path, device="cpu")
+    evaluator = QueryDepthEvaluator(queries, corpus, relevant, reference=reference, depths=[2])
+    embeddings = model.encode_query(evaluator.ir.queries, truncate_layers=2, exit_threshold=None,
+                                    convert_to_tensor=True)
+    assert bench.fixed_query_ndcg(evaluator, embeddings) == pytest.approx(
+        evaluator.ndcg(model, truncate_layers=2, exit_threshold=None))
+    assert "embed_inputs" not in vars(evaluator.ir)  # the evaluator is left as it was
+    # the index cache: a second call reads the file instead of running the model
+    monkeypatch.setattr(query_run, "INDEX_CACHE", tmp_path / "index")
+    first = query_run.index_embeddings(reference, list(corpus.values()))
+    assert len(list((tmp_path / "index").glob("*.npy"))) == 1
+    monkeypatch.setattr(reference, "encode_document", None)  # calling it would fail
+    np.testing.assert_array_equal(query_run.index_embeddings(reference, list(corpus.values())), first)
