@@ -5,7 +5,7 @@ model (the teacher, or the model that built your index).
 A sample that stops at layer ``l`` (a static cut with ``truncate_layers``, or per-sample exit) gets
 ``y = x_l W_l + b_l``, with ``x_l`` the pipeline's sentence embedding from layer ``l`` (pooling, dense and
 normalization included), then L2-normalized when the pipeline normalizes. The maps are fitted in closed form
-(ridge regression, the ridge chosen on held-out texts) from unlabeled texts in seconds (:func:`fit_exit_maps`), are
+(ridge regression, the ridge chosen on held-out texts) from unlabeled texts in one pass of the model over them (:func:`fit_exit_maps`), are
 saved with the model as one more module (:class:`ExitMaps`), and can be trained further inside
 :class:`~st_leap.losses.LEAPLoss` (``use_exit_maps=True``).
 """

@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             for scores in result.get("test", {}).get(task, {}).get("encoders", {}).values():
                 for key in ("ndcg@10", "cosine"):
                     scores[key] = {int(d): v for d, v in scores[key].items()}
+        for name, scores in result.get("test", {}).get("stsb", {}).items():
+            result["test"]["stsb"][name] = {int(d): v for d, v in scores.items()}
 
     def save() -> None:
         write_result(args.out, result, markdown(result))

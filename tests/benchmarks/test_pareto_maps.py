@@ -60,9 +60,16 @@ def test_static_curve_and_verdict():
              "static 2": {"family": "static", "quality": 70.0, "mean_layers": 2.0},
              "exit 0.9": {"family": "exit", "quality": 65.0, "mean_layers": 1.5},
              "oracle 0.9": {"family": "oracle", "quality": 66.0, "mean_layers": 1.5}}
-    cell = {"speedup": {"static 1": 2.0, "static 2": 1.0, "exit 0.9": 1.5}}
-    (row,) = bench.compare(block, cell)
+    cell = {"speedup": {"static 1": 2.0, "static 2": 1.0, "exit 0.9": 1.5},
+            "speedup_band": {"exit 0.9": [1.4, 1.6]}}
+    (row,) = bench.compare(block, cell, num_layers=2)
     assert row["static_quality_at_speedup"] == pytest.approx(60.0) and row["beats_static"] is True
+    # judged at the low end of its band, where the static curve is higher: 62 < 65 still wins, 66 would not
+    assert row["static_quality_at_speedup_low"] == pytest.approx(62.0)
+    noisy = {**cell, "speedup_band": {"exit 0.9": [1.05, 1.6]}}  # static at 1.05x: 69 > 65
+    assert bench.compare(block, noisy, num_layers=2)[0]["beats_static"] is False
+    full = {**block, "exit 0.9": {**block["exit 0.9"], "mean_layers": 1.95}}  # runs full depth: no exit to credit
+    assert bench.compare(full, cell, num_layers=2)[0]["beats_static"] is False
     assert bench.oracle_gap(block) == pytest.approx(6.0)
 
 
@@ -88,3 +95,18 @@ def test_fixed_query_embeddings_score_as_encoded_ones(mapped_model, tmp_path, mo
     assert len(list((tmp_path / "index").glob("*.npy"))) == 1
     monkeypatch.setattr(reference, "encode_document", None)  # calling it would fail
     np.testing.assert_array_equal(query_run.index_embeddings(reference, list(corpus.values())), first)
+
+
+def test_stsb_scores_cover_every_setting(mapped_model, monkeypatch):
+    """STS-B scoring runs every static depth, exit threshold and oracle tau, with the mean exit layer of each."""
+    from st_leap import resources
+
+    model, texts = mapped_model
+    s1, s2 = texts[:20], texts[20:40]
+    gold = [float(i % 5) for i in range(20)]
+    monkeypatch.setattr(resources, "load_stsb", lambda split: (s1, s2, gold))
+    scores = bench.stsb_scores(model, min_layer=2)
+    assert {v["family"] for v in scores.values()} == {"static", "exit", "oracle"}
+    assert len(scores) == 4 + len(bench.THETAS) + len(bench.TAUS)
+    assert scores["static 2"]["mean_layers"] == 2.0 and -100 <= scores["static 2"]["quality"] <= 100
+    assert all(1.0 <= v["mean_layers"] <= 4.0 for v in scores.values())
