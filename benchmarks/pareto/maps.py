@@ -21,6 +21,10 @@ the original model at full depth (:func:`st_leap.diagnostics.time_encode`). Per-
 quality is above the static curve (linear between depths) at its own measured speed-up.
 
     HF_HUB_OFFLINE=1 python -m benchmarks.pareto.maps --models "original + maps=runs/query/encoders/original_maps"
+    HF_HUB_OFFLINE=1 python -m benchmarks.pareto.maps --query-speed   # then: each task's own queries
+
+``--query-speed`` times the same settings on each retrieval task's own test queries (an exit's cost depends on
+where those texts stop) and judges every exit setting on that task at its measured speed-up.
 
 Writes ``benchmarks/results/pareto/maps.json``, ``maps.md`` and ``maps.png``.
 """
@@ -128,8 +132,11 @@ def fixed_query_ndcg(evaluator, query_embeddings: torch.Tensor) -> float:
     return float(max(values["ndcg@k"][evaluator.k] for values in results.values()))
 
 
-def speed(model: SentenceTransformer, original: SentenceTransformer, min_layer: int, repeats: int) -> list[dict]:
-    texts = resources.stsb_sentences("test")
+def speed(model: SentenceTransformer, original: SentenceTransformer, min_layer: int, repeats: int,
+          texts: list[str] | None = None) -> list[dict]:
+    """Interleaved encode timings of every static depth and exit threshold against the original at full depth,
+    1 thread, batch 1 (48 texts) and 32 (256 texts), on ``texts`` (default: STS-B test sentences), shuffled."""
+    texts = list(texts) if texts is not None else resources.stsb_sentences("test")
     random.Random(0).shuffle(texts)
     L = model[0].num_layers
     settings: dict[str, dict[str, Any]] = {"original full": {"exit_threshold": None}}
@@ -184,7 +191,8 @@ def compare(block: dict[str, Any], cell: dict[str, Any], num_layers: int) -> lis
 
 def markdown(result: dict[str, Any]) -> str:
     lines = ["# Per-sample exit against static cuts, every layer through its exit map", "",
-             f"Command: `{result['meta_info']['command']}`", "",
+             "Commands: " + ", then ".join(f"`{c}`" for c in result.get("commands", [result["meta_info"]["command"]])),
+             "",
              f"Exit rule from layer {result['min_layer']}, patience 1. Quality: STS-B test Spearman x 100; "
              "SciFact / NFCorpus test NDCG@10 x 100 of queries against the original's full-depth index. "
              "E[layers]: the mean exit layer. Speed-up: measured encode of STS-B test sentences, 1 thread, "
@@ -202,9 +210,14 @@ def markdown(result: dict[str, Any]) -> str:
             sp += ["-"] * (2 - len(sp))
             lines.append(f"| {name} | {layers} | " + " | ".join(cells) + f" | {sp[0]} | {sp[1]} |")
         lines.append("")
-        if block.get("verdict"):
-            lines += ["Per-sample exit against the static curve at equal measured speed-up (STS-B):", ""]
-            for batch, rows in block["verdict"].items():
+        verdicts = {"stsb": block.get("verdict") or {}, **block.get("query_verdict", {})}
+        for task, by_batch in verdicts.items():
+            if not by_batch:
+                continue
+            timed = "STS-B test sentences" if task == "stsb" else f"{task} test queries"
+            lines += [f"Per-sample exit against the static curve at equal measured speed-up, {task} (timed on {timed}):",
+                      ""]
+            for batch, rows in by_batch.items():
                 wins = [f"{r['setting']}: {r['quality']:.2f} against {r['static_quality_at_speedup_low']:.2f}"
                         for r in rows if r["beats_static"]]
                 lines.append(f"- batch {batch}: {len(wins)} of {len(rows)} exit settings above the static curve at "
@@ -253,16 +266,38 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", action="append", required=True, help="NAME=PATH of a model with exit maps")
+    parser.add_argument("--models", action="append", default=[], help="NAME=PATH of a model with exit maps")
     parser.add_argument("--original", default="minilm")
     parser.add_argument("--tasks", default="stsb,scifact,nfcorpus")
     parser.add_argument("--min-layer", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--render", action="store_true", help="only recompute the verdicts and rewrite md/png from --out's JSON")
+    parser.add_argument("--query-speed", action="store_true",
+                        help="time each retrieval task's own queries for the models in --out's JSON, and judge there")
     parser.add_argument("--out", default=str(results_dir("pareto") / "maps"))
     args = parser.parse_args(argv)
     command = command_line("benchmarks.pareto.maps", argv)
+    if not args.models and not (args.render or args.query_speed):
+        parser.error("--models NAME=PATH is required (once per model), except with --render or --query-speed")
+    if args.query_speed:
+        result = json.loads(Path(args.out).with_suffix(".json").read_text())
+        result.setdefault("commands", [result["meta_info"]["command"]]).append(command)
+        original_path = resources.resolve_model(args.original)
+        reference = SentenceTransformer(original_path, device="cpu")
+        original = st_leap.from_pretrained(original_path, device="cpu")
+        evaluators: dict = {}
+        for block in result["models"].values():
+            model = st_leap.load(block["path"], device="cpu")
+            L = model[0].num_layers
+            block["query_speed"], block["query_verdict"] = {}, {}
+            for task in [t for t in block["tasks"] if t != "stsb"]:
+                evaluator = evaluators.get(task) or evaluators.setdefault(task, beir_evaluator(task, reference, [1]))
+                cells = speed(model, original, result["min_layer"], args.repeats, list(evaluator.ir.queries))
+                block["query_speed"][task] = cells
+                block["query_verdict"][task] = {c["batch_size"]: compare(block["tasks"][task], c, L) for c in cells}
+                write_result(args.out, result, markdown(result))
+        return 0
     if args.render:
         result = json.loads(Path(args.out).with_suffix(".json").read_text())
         for block in result["models"].values():
