@@ -46,6 +46,18 @@ def write_result(stem: str | Path, result: dict[str, Any], markdown: str | None 
     return path
 
 
+def write_plot(plot: Any, data: Any, stem: str | Path) -> Path | None:
+    """``plot(data, <stem>.png)``, or a printed note when matplotlib is not installed (the JSON and markdown
+    results stand without it). Returns the image path, or None."""
+    path = Path(stem).with_suffix(".png")
+    try:
+        plot(data, path)
+    except ImportError as error:
+        print(f"(no plot: {error})")
+        return None
+    return path
+
+
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in update.items():

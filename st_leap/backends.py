@@ -8,8 +8,8 @@ compaction and padding trim. Pooling and the rest of the sentence-transformers p
 layer's hidden states.
 
 INT8: ``quantize="int8"`` applies ONNX Runtime's dynamic quantisation (``onnxruntime.quantization.quantize_dynamic``,
-int8 weights with one scale per output channel, activations quantised on the fly) to the ONNX segments, and NNCF's int8 weight compression
-(``nncf.compress_weights``) to the OpenVINO ones.
+int8 weights with one scale per output channel, activations quantised on the fly) to the ONNX segments, and NNCF's
+int8 weight compression (``nncf.compress_weights``) to the OpenVINO ones.
 
 Exports are cached in the model folder, ``<model>/st_leap_export/<backend>[-int8]/``, or under the st_leap cache
 (``$ST_LEAP_CACHE``, else ``~/.cache/st_leap``) for a Hub model, and reused while ``export.json`` matches the model.

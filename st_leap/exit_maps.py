@@ -5,8 +5,9 @@ model (the teacher, or the model that built your index).
 A sample that stops at layer ``l`` (a static cut with ``truncate_layers``, or per-sample exit) gets
 ``y = x_l W_l + b_l``, with ``x_l`` the pipeline's sentence embedding from layer ``l`` (pooling, dense and
 normalization included), then L2-normalized when the pipeline normalizes. The maps are fitted in closed form
-(ridge regression, the ridge chosen on held-out texts) from unlabeled texts in one pass of the model over them (:func:`fit_exit_maps`), are
-saved with the model as one more module (:class:`ExitMaps`), and can be trained further inside
+(ridge regression, the ridge chosen on held-out texts) from unlabeled texts in one pass of the model over them
+(:func:`fit_exit_maps`), are saved with the model as one more module (:class:`ExitMaps`), and can be trained further
+inside
 :class:`~st_leap.losses.LEAPLoss` (``use_exit_maps=True``).
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,24 @@ def embed_layer(modules: Sequence[nn.Module], token_states: Tensor, attention_ma
     for module in modules:
         features = module(features)
     return features["sentence_embedding"]
+
+
+def mapped_layer_embeddings(
+    model: SentenceTransformer,
+    hidden_states: Sequence[Tensor],
+    attention_mask: Tensor,
+    layers: Iterable[int],
+    maps: ExitMaps | None = None,
+) -> dict[int, Tensor]:
+    """``{layer: (B, D)}`` the sentence embedding the model's pipeline computes from each layer's token states
+    (``hidden_states[layer]``), through that layer's exit map when ``maps`` is given: what a text exiting there
+    gets from ``encode``. The layer-wise losses train on it."""
+    modules = post_modules(model)
+    out = {}
+    for layer in layers:
+        embedding = embed_layer(modules, hidden_states[layer], attention_mask)
+        out[layer] = maps.map(embedding, layer) if maps is not None else embedding
+    return out
 
 
 def hidden_state_batches(

@@ -11,8 +11,8 @@ same model. For each model (one with maps) and task, three families of settings:
   full-depth embedding. It needs the full depth to decide, so it cannot be served; it bounds what any exit rule
   on this model's maps could reach at that mean depth.
 
-Quality is scored from one pass per model and text set that keeps every layer (``layer_embeddings`` for the
-embeddings, ``replay_pooled_states`` for the rule's inputs), which is what ``encode`` computes (the exit-map tests
+Quality is scored from one pass per model and text set that keeps every layer (each layer's mapped embedding, and
+the unmapped pooled states the rule reads), which is what ``encode`` computes (the exit-map tests
 check mixed exit layers in one batch against one at a time). STS-B test: Spearman x 100, both sentences at the
 setting. SciFact / NFCorpus test: NDCG@10 x 100 of queries at the setting against the original model's full-depth
 document embeddings (the index stays). Speed is measured, never derived from layer counts: ``model.encode`` of
@@ -43,32 +43,47 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
 import st_leap
-from benchmarks._common import command_line, meta_info, results_dir, write_result
+from benchmarks._common import command_line, meta_info, results_dir, write_plot, write_result
 from benchmarks.query.run import beir_evaluator
 from st_leap import resources
-from st_leap.diagnostics import layer_pooled_states, time_encode
+from st_leap.diagnostics import time_encode
 from st_leap.evaluation.sweep import pairs_spearman, replay_exits
-from st_leap.exit_maps import exit_maps_module, layer_embeddings
+from st_leap.exit_maps import exit_maps_module, hidden_state_batches, mapped_layer_embeddings
+from st_leap.exit_policy import mean_pool
 
 THETAS = (0.80, 0.85, 0.90, 0.93, 0.95, 0.97)
 TAUS = (0.80, 0.85, 0.90, 0.93, 0.95, 0.97, 0.99)
 
 
-def mapped_layers(model: SentenceTransformer, texts: list[str]) -> torch.Tensor:
-    """``(N, L, D)`` every text's embedding from each layer, through that layer's map, normalized."""
-    plain = layer_embeddings(model, texts)
+def layer_states(model: SentenceTransformer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """From one pass over ``texts``: ``(N, L, D)`` every text's embedding from each layer through that layer's map,
+    normalized (what ``encode`` serves a text that exits there), and ``(N, L + 1, H)`` the unmapped mean-pooled
+    states the exit rule reads (index 0: the embedding output)."""
     maps = exit_maps_module(model)
     if maps is None:
         raise ValueError("this benchmark compares models with exit maps (st-leap fit-maps)")
-    with torch.no_grad():
-        out = torch.stack([maps.map(plain[:, i], i + 1) for i in range(plain.shape[1])], dim=1)
-    return F.normalize(out, dim=-1)
+    mapped = [None] * len(texts)
+    pooled = [None] * len(texts)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for idx, features, hidden in hidden_state_batches(model, texts, 32, True, "Layer states"):
+                mask = features["attention_mask"]
+                L = len(hidden) - 1
+                by_layer = mapped_layer_embeddings(model, hidden, mask, range(1, L + 1), maps)
+                embeddings = F.normalize(torch.stack([by_layer[layer] for layer in range(1, L + 1)], dim=1), dim=-1)
+                states = torch.stack([mean_pool(h, mask) for h in hidden], dim=1)
+                for row, i in enumerate(idx):
+                    mapped[i], pooled[i] = embeddings[row].float().cpu(), states[row].float().cpu()
+    finally:
+        model.train(was_training)
+    return torch.stack(mapped), torch.stack(pooled)
 
 
 def settings_of(model: SentenceTransformer, texts: list[str], min_layer: int) -> dict[str, dict[str, Any]]:
-    """Every setting's per-text embedding and exit layer, from one pass per kind of state."""
-    mapped = mapped_layers(model, texts)
-    pooled = layer_pooled_states(model, texts)  # the exit rule reads the unmapped pooled states
+    """Every setting's per-text embedding and exit layer, from one pass over the texts."""
+    mapped, pooled = layer_states(model, texts)
     n, L, _ = mapped.shape
     rows = torch.arange(n)
     out: dict[str, dict[str, Any]] = {}
@@ -104,9 +119,9 @@ def stsb_scores(model: SentenceTransformer, min_layer: int) -> dict[str, dict[st
 def retrieval_scores(model: SentenceTransformer, task: str, reference: SentenceTransformer,
                      min_layer: int, evaluators: dict) -> dict[str, dict[str, float]]:
     evaluator = evaluators.get(task) or evaluators.setdefault(task, beir_evaluator(task, reference, [1]))
-    ids = list(evaluator.ir.queries)  # query texts, in the evaluator's order
+    texts = list(evaluator.ir.queries)  # the query texts, in the evaluator's order
     scores = {}
-    for name, setting in settings_of(model, ids, min_layer).items():
+    for name, setting in settings_of(model, texts, min_layer).items():
         scores[name] = {"family": setting["family"], "value": setting["value"],
                         "mean_layers": float(np.mean(setting["layers"])),
                         "quality": 100 * fixed_query_ndcg(evaluator, setting["embeddings"])}
@@ -305,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                 L = max(int(k.split()[1]) for k in block["tasks"]["stsb"] if k.startswith("static "))
                 block["verdict"] = {c["batch_size"]: compare(block["tasks"]["stsb"], c, L) for c in block["speed"]}
         write_result(args.out, result, markdown(result))
-        plot(result, Path(args.out).with_suffix(".png"))
+        write_plot(plot, result, args.out)
         return 0
     torch.set_num_threads(2)
     original_path = resources.resolve_model(args.original)
@@ -331,10 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                 L = model[0].num_layers
                 block["verdict"] = {c["batch_size"]: compare(block["tasks"]["stsb"], c, L) for c in block["speed"]}
             write_result(args.out, result, markdown(result))
-    try:
-        plot(result, Path(args.out).with_suffix(".png"))
-    except ImportError as error:
-        print(f"(no plot: {error})")
+    write_plot(plot, result, args.out)
     print(f"wrote {Path(args.out).with_suffix('.json')}")
     return 0
 

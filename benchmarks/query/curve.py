@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import command_line, meta_info, results_dir, write_result
+from benchmarks._common import command_line, meta_info, results_dir, write_plot, write_result
 
 PATTERN = re.compile(r"^eval_(?P<name>.+?)_depth(?P<depth>\d+)_(?P<metric>ndcg@10|cosine)$")
 
@@ -89,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         raise SystemExit(f"{args.model}: no dev evaluations in the log (train with eval_steps and dev_depths)")
     write_result(args.out, {"rows": rows, "meta_info": meta_info(command)}, markdown(command, rows))
-    try:
-        plot(rows, Path(args.out).with_suffix(".png"))
-    except ImportError as error:
-        print(f"(no plot: {error})")
+    write_plot(plot, rows, args.out)
     print(f"wrote {Path(args.out).with_suffix('.md')}")
     return 0
 

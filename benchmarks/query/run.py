@@ -48,7 +48,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 import st_leap
-from benchmarks._common import command_line, meta_info, results_dir, write_result
+from benchmarks._common import command_line, meta_info, results_dir, write_plot, write_result
 from st_leap import resources
 from st_leap.backends import export
 from st_leap.diagnostics import time_encode
@@ -343,10 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["speed"].append({"threads": threads, "batch_size": batch_size, "texts": n, "timings": timings})
                 save()
     save()
-    try:
-        plot(result, Path(args.out).with_suffix(".png"))
-    except ImportError as error:
-        print(f"(no plot: {error})")
+    write_plot(plot, result, args.out)
     print(f"wrote {Path(args.out).with_suffix('.json')}")
     return 0
 

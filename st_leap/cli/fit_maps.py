@@ -21,7 +21,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         ),
     )
     add_model_argument(parser)
-    parser.add_argument("--texts", required=True, help="Text file, one text per line (5,000 short texts: about 40 s on 2 CPU cores; 20,000: about 2.5 min)")
+    parser.add_argument(
+        "--texts", required=True,
+        help="Text file, one text per line (5,000 short texts: about 40 s on 2 CPU cores; 20,000: about 2.5 min)",
+    )
     parser.add_argument("--out", required=True, help="Folder to save the model with its exit maps")
     parser.add_argument("--target", default=None, help="Map into this model's final space (default: the model's own)")
     parser.add_argument("--max-texts", type=positive_int, default=None, help="Use only the first N texts")

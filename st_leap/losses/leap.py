@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
+from st_leap.exit_maps import exit_maps_module, mapped_layer_embeddings
 from st_leap.exit_policy import mean_pool
 
 # Named layer ranges (1-based, L = student depth, l_min = the exit rule's exit_min_layer).
@@ -449,8 +450,6 @@ class LEAPLoss(nn.Module):
         )
         self.register_buffer("_steps", torch.zeros((), dtype=torch.long), persistent=False)
         if settings.use_exit_maps:
-            from st_leap.exit_maps import exit_maps_module
-
             maps = exit_maps_module(model)
             if maps is None:
                 raise ValueError(
@@ -526,13 +525,8 @@ class LEAPLoss(nn.Module):
 
         mapped = None
         if self.settings.use_exit_maps:
-            from st_leap.exit_maps import embed_layer, exit_maps_module, post_modules
-
-            maps, modules = exit_maps_module(self.model), post_modules(self.model)
-            mapped = {
-                layer: maps.map(embed_layer(modules, hidden_states[layer], mask), layer)
-                for layer in range(1, self.num_layers)
-            }
+            maps = exit_maps_module(self.model)
+            mapped = mapped_layer_embeddings(self.model, hidden_states, mask, range(1, self.num_layers), maps)
         teacher_embedding, teacher_pooled = self._teacher_targets(features, labels, student_embedding.device)
         if self.training:
             self._steps += 1

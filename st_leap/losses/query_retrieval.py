@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
+from st_leap.exit_maps import exit_maps_module, mapped_layer_embeddings
 from st_leap.losses.leap import enable_hidden_states, forward_all_layers
 
 
@@ -82,8 +83,6 @@ class QueryRetrievalLoss(nn.Module):
         super().__init__()
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             raise ValueError(f"scale must be a number > 0, got {scale!r}")
-        from st_leap.exit_maps import exit_maps_module, post_modules
-
         self.model = model
         self.num_layers = int(enable_hidden_states(model).num_hidden_layers)
         L = self.num_layers
@@ -99,22 +98,15 @@ class QueryRetrievalLoss(nn.Module):
                 "st-leap fit-maps)"
             )
         self.use_exit_maps = maps is not None if use_exit_maps is None else bool(use_exit_maps)
-        self._post = post_modules(model)
 
     def layer_embeddings(self, features: dict[str, Tensor]) -> dict[int, Tensor]:
         """``{layer: (B, D)}`` the query embedding at each trained layer (mapped where maps are used)."""
-        from st_leap.exit_maps import embed_layer, exit_maps_module
-
         output, hidden_states = forward_all_layers(self.model, features)
-        mask = output["attention_mask"]
         maps = exit_maps_module(self.model) if self.use_exit_maps else None
-        out = {}
-        for layer in self.layers:
-            if layer == self.num_layers:
-                out[layer] = output["sentence_embedding"]
-                continue
-            embedding = embed_layer(self._post, hidden_states[layer], mask)
-            out[layer] = maps.map(embedding, layer) if maps is not None else embedding
+        below = [layer for layer in self.layers if layer < self.num_layers]
+        out = mapped_layer_embeddings(self.model, hidden_states, output["attention_mask"], below, maps)
+        if self.num_layers in self.layers:
+            out[self.num_layers] = output["sentence_embedding"]  # the model's own output, as encode serves it
         return out
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
