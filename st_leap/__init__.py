@@ -8,6 +8,10 @@
   multi-process pools).
 - :func:`diagnose`: is a model exit-compatible? (paper section 5.2)
 - :func:`fit_exit_maps`: exit maps (ours), one affine map per layer into the final space, fitted in closed form.
+- :func:`calibrate`: per role, the fastest measured operating point within a quality budget, on STS-B or your
+  data, with the reference a monitor needs.
+- :class:`ExitMonitor` (:mod:`st_leap.monitoring`, ours): serve with exit monitoring, drift alerts and automatic
+  fallback to full depth (paper Appendix J).
 - :mod:`st_leap.losses`: :class:`~st_leap.losses.LEAPLoss`, the training objective that creates exits.
 
 The names are imported on first use, so ``import st_leap`` (and ``st-leap --help``) does not load torch.
@@ -22,9 +26,11 @@ from st_leap.version import __version__
 
 if TYPE_CHECKING:
     from st_leap.diagnostics import diagnose
+    from st_leap.evaluation.calibration import calibrate
     from st_leap.exit_maps import fit_exit_maps
     from st_leap.model import ExitEncoding, encode_with_exits, from_pretrained, load
     from st_leap.modules import EarlyExitTransformer
+    from st_leap.monitoring import ExitMonitor
 
 _EXPORTS = {
     "EarlyExitTransformer": "st_leap.modules",
@@ -35,6 +41,7 @@ _EXPORTS = {
     "diagnose": "st_leap.diagnostics",
     "fit_exit_maps": "st_leap.exit_maps",
     "calibrate": "st_leap.evaluation.calibration",
+    "ExitMonitor": "st_leap.monitoring",
 }
 
 __all__ = [
@@ -45,6 +52,8 @@ __all__ = [
     "ExitEncoding",
     "diagnose",
     "fit_exit_maps",
+    "calibrate",
+    "ExitMonitor",
     "__version__",
 ]
 

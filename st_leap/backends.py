@@ -370,7 +370,9 @@ def export(
     ``backend`` with the exit loop as usual.
 
     Args:
-        model: An st_leap ``SentenceTransformer`` (first module an :class:`~st_leap.EarlyExitTransformer`).
+        model: An st_leap ``SentenceTransformer`` (first module an :class:`~st_leap.EarlyExitTransformer`), or a
+            query encoder for a kept index (:func:`st_leap.query_encoder.fit_query_encoder`), whose query side is
+            exported.
         out_dir: The folder to write (created; files of an earlier export there are replaced).
         backend: ``"onnx"`` or ``"openvino"``.
         quantize: ``"int8"`` or ``None``.
@@ -397,6 +399,14 @@ def export(
         raise ValueError("export writes an ONNX Runtime or OpenVINO folder: backend must be 'onnx' or 'openvino'")
     if role is not None and role not in ROLE_TASKS:
         raise ValueError(f"role must be one of {list(ROLE_TASKS)} or None, got {role!r}")
+    from sentence_transformers.base.modules import Router
+
+    if isinstance(model[0], Router):  # a query encoder for a kept index: its query side is what gets faster
+        from st_leap.query_encoder import query_side
+
+        if role not in (None, "query"):
+            raise ValueError("a query encoder for a kept index exports its query side only (role 'query')")
+        model = query_side(model)
     module = model[0]
     if not hasattr(module, "exit_settings_for"):
         raise ValueError("export needs an st_leap model; load it with st_leap.from_pretrained(...)")

@@ -367,6 +367,18 @@ def from_pretrained(
         backend, quantize, export_dir = info["backend"], info["quantize"], str(folder / info["segments"])
     backend = backend or "torch"
     model = _load(model_name_or_path, **kwargs)
+    from sentence_transformers.base.modules import Router
+
+    if isinstance(model[0], Router):
+        # A query encoder for a kept index (st_leap.fit_query_encoder): each route keeps the settings it was saved
+        # with; encode_query runs the shallow query side, encode_document the index model.
+        if exit_kwargs(exit_threshold, exit_patience, exit_min_layer, truncate_layers) or backend != "torch":
+            raise ValueError(
+                f"{model_name_or_path} routes queries and documents to two encoders; exit settings and backends "
+                "apply to one of them: pass them to encode_query(...) / encode_document(...), or export the query "
+                "side with st-leap export"
+            )
+        return model
     converted = early_exit_module(model) is None
     as_early_exit(
         model,

@@ -90,6 +90,8 @@ def _jsonable(value: Any) -> Any:
         return str(value)
     if value is MODEL_DEFAULT:
         return "model-default"
+    if callable(getattr(value, "to_dict", None)) and not isinstance(value, type):  # ExitStats, RoleReference
+        return _jsonable(value.to_dict())
     return value
 
 
@@ -301,7 +303,7 @@ def decision_markdown(decision: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def sweep_markdown(result: dict[str, Any]) -> str:
-    """Pareto table, exit-layer distribution, NN@k table and decision table of a theta sweep or calibration."""
+    """Pareto table, exit-layer distribution, NN@k table and decision table of a theta sweep."""
     full, rows, k = result["full"], result["rows"], result.get("nn_k", 10)
     depth = result["num_layers"]
     lines = [
@@ -354,16 +356,6 @@ def sweep_markdown(result: dict[str, Any]) -> str:
         "",
         *decision_markdown(result["decision"]),
     ]
-    if "picked" in result:
-        lines += ["", f"## Calibration (max drop {result['max_quality_drop']:g} points)", "", f"Picked: {result['reason']}"]
-        if result.get("runner_up") is not None:
-            margin = result["margin"]
-            lines += [
-                "",
-                f"Runner-up: {point_label(result['runner_up'])} (layer reduction "
-                f"{result['runner_up']['layer_reduction']:.3f}x, STS-B {result['runner_up']['stsb']:.2f}); the pick leads "
-                f"by {margin['layer_reduction']:+.3f}x layer reduction and {margin['stsb']:+.2f} STS-B points.",
-            ]
     return "\n".join(lines) + "\n"
 
 
@@ -444,3 +436,62 @@ def operating_points_table(table: dict[str, list[dict[str, Any]]]) -> str:
                 f"{r['layer_reduction']:>6.2f}x {r['speedup']:>8.2f}x {r['stsb']:>7.4f}"
             )
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- monitor: table, plot
+def monitor_table(records: Sequence[dict[str, Any]], nn_k: int = 10, header: bool = True) -> str:
+    """One line per closed window of an :class:`~st_leap.monitoring.ExitMonitor` (``monitor.windows``, each with an
+    optional ``stream``): E[layers], exit rate, NN@k overlap, cosine, the signals out of band, fallback."""
+    lines = []
+    if header:
+        lines.append(
+            f"{'window':>6}  {'stream':<18} {'role':<8} {'texts':>6} {'E[layers]':>9} {'exit rate':>9} "
+            f"{'NN@' + str(nn_k):>7} {'cosine':>7}  {'alert':<26} fallback"
+        )
+    for r in records:
+        rate = r.get("exit_rate")
+        lines.append(
+            f"{r['window']:>6}  {Path(str(r.get('stream', '-'))).name[:18]:<18} {r['role']:<8} {r['num_texts']:>6} "
+            f"{_fmt(r.get('expected_layers')):>9} {'-' if rate is None else f'{100 * rate:.1f}%':>9} "
+            f"{_fmt(r.get('nn_overlap'), '.3f'):>7} {_fmt(r.get('cosine'), '.3f'):>7}  "
+            f"{', '.join(r.get('alert') or []) or '-':<26} {'yes' if r.get('fallback') else 'no'}"
+        )
+    return "\n".join(lines)
+
+
+def plot_monitor(result: dict[str, Any], path: str | Path) -> Path:
+    """PNG of an ``st-leap monitor`` replay: per window the mean exit layer (top) and the NN@k overlap (bottom)
+    against the calibrated values and their alert bands, fallback windows shaded, alerts marked, one section per
+    stream."""
+    plt = pyplot()
+    records, reference, settings = result["windows"], result["reference"], result["settings"]
+    x = list(range(1, len(records) + 1))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    series = (
+        (top, "expected_layers", "mean exit layer", reference["expected_layers"], settings["max_layer_shift"], True),
+        (bottom, "nn_overlap", f"NN@{reference['nn_k']} overlap", reference["nn_overlap"], settings["max_nn_drop"], False),
+    )
+    for ax, key, label, ref, band, absolute in series:
+        points = [(i, r[key]) for i, r in zip(x, records) if r.get(key) is not None]
+        ax.plot([i for i, _ in points], [v for _, v in points], "o-", ms=3, label=label)
+        ax.axhline(ref, color="black", lw=0.8, label="calibrated")
+        if absolute:
+            ax.axhspan(ref - band, ref + band, color="green", alpha=0.08, label=f"alert band (+/- {band:g})")
+        else:
+            ax.axhline(ref * (1 - band), color="red", lw=0.8, ls="--", label=f"alert below (-{100 * band:g}%)")
+        alerts = [(i, r[key]) for i, r in zip(x, records) if r.get("alert") and r.get(key) is not None]
+        ax.scatter([i for i, _ in alerts], [v for _, v in alerts], marker="x", s=60, color="red", zorder=3, label="alert")
+        for i, r in zip(x, records):
+            if r.get("fallback"):
+                ax.axvspan(i - 0.5, i + 0.5, color="orange", alpha=0.15, lw=0)
+        ax.set_ylabel(label)
+    streams = [r.get("stream") for r in records]
+    for i in range(1, len(streams)):
+        if streams[i] != streams[i - 1]:
+            for ax in (top, bottom):
+                ax.axvline(i + 0.5, color="grey", lw=0.8, ls=":")
+    top.legend(fontsize=8, loc="best")
+    top.set_title(f"{result.get('model', 'model')}, role {result.get('role', 'default')}: per window (orange: fallback)")
+    bottom.set_xlabel("window")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -275,3 +275,28 @@ def teacher_dataset(sentences: Sequence[str], embeddings: np.ndarray, text_colum
             f"sentences and embeddings must have the same length, got {len(sentences)} and {len(embeddings)}"
         )
     return Dataset.from_dict({text_column: list(sentences), "label": embeddings.tolist()})
+
+
+def index_embeddings(
+    index_model: SentenceTransformer,
+    documents: Sequence[str],
+    given: np.ndarray | None = None,
+    *,
+    batch_size: int = 32,
+    show_progress_bar: bool = True,
+) -> np.ndarray:
+    """The index model's embeddings of ``documents`` at its own serving length, as an index holds them: ``given``
+    (the user's own index, rows in ``documents`` order, checked for shape) or computed once and kept in the shared
+    cache (:func:`compute_teacher_embeddings`), so every later run over the same corpus skips the pass."""
+    if given is not None:
+        given = np.asarray(given, dtype=np.float32)
+        width = index_model.get_embedding_dimension()
+        if given.shape != (len(documents), width):
+            raise ValueError(
+                f"document embeddings have shape {given.shape}, the corpus needs ({len(documents)}, {width})"
+            )
+        return given
+    return compute_teacher_embeddings(
+        index_model, list(documents), None, batch_size=batch_size, show_progress_bar=show_progress_bar,
+        shared_cache=True,
+    )

@@ -41,7 +41,7 @@ from st_leap.losses.query_retrieval import QueryRetrievalLoss
 from st_leap.model import as_early_exit, from_pretrained
 from st_leap.reporting import save_model, write_json
 from st_leap.sampler import LengthGroupedBatchSampler
-from st_leap.teacher import compute_teacher_embeddings, teacher_dataset
+from st_leap.teacher import compute_teacher_embeddings, index_embeddings, teacher_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,16 @@ class TrainConfig:
     reference's own document embeddings (a query encoder for an index that stays). The evaluator itself is built by
     :func:`st_leap.evaluation.dev.dev_evaluator` and passed to :func:`train`.
 
+    ``corpus`` (ours, needs a teacher: the model that built your index): train on the documents of your own index
+    instead of the shared data. Keys: ``path`` (a BEIR folder, a ``corpus.jsonl[.gz]`` or a text file of one
+    document a line, :func:`st_leap.corpus.read_corpus`), ``dev_documents`` (200: held out, never trained on; the
+    dev signal is their texts retrieving their own documents, :func:`st_leap.evaluation.dev.corpus_depth_evaluator`),
+    ``kinds`` (the query-like texts made of each document, :func:`st_leap.corpus.query_texts`) and
+    ``document_embeddings`` (your index's vectors, :func:`st_leap.corpus.read_document_embeddings`; default: the
+    teacher embeds the documents once into the shared cache). The training texts are query-like texts of the other
+    documents (``num_sentences`` of them at most); with ``retrieval`` each is paired with its own document's
+    embedding.
+
     ``retrieval`` (ours, ``api: "trainer"``, needs a teacher: the index's model): adds a second dataset and loss,
     :class:`~st_leap.losses.QueryRetrievalLoss`, on sentence-to-passage pairs
     (:func:`~st_leap.resources.query_passage_pairs`, never the dev passages), the passages embedded once by the
@@ -133,6 +143,7 @@ class TrainConfig:
     dev_documents: int = 1000
     dev_depths: list[int] | None = None
     retrieval: dict[str, Any] | None = None
+    corpus: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.loss_version not in (1, 2):
@@ -196,15 +207,28 @@ class TrainConfig:
             )
         if self.retrieval is not None:
             allowed = {"passages", "layers", "scale", "use_exit_maps"}
-            if not isinstance(self.retrieval, dict) or "passages" not in self.retrieval or set(self.retrieval) - allowed:
+            needs_passages = self.corpus is None  # with a corpus the pairs are its own texts and documents
+            if (
+                not isinstance(self.retrieval, dict) or (needs_passages and "passages" not in self.retrieval)
+                or set(self.retrieval) - allowed
+            ):
                 raise ValueError(
-                    f"retrieval must be null or a dict with 'passages' and optionally {sorted(allowed - {'passages'})}, "
-                    f"got {self.retrieval!r}"
+                    f"retrieval must be null or a dict with 'passages' (unless corpus is given) and optionally "
+                    f"{sorted(allowed - {'passages'})}, got {self.retrieval!r}"
                 )
             if self.teacher is None:
                 raise ValueError("retrieval needs a teacher: the model whose passage embeddings the index holds")
             if self.api != "trainer":
                 raise ValueError("retrieval needs api='trainer' (two datasets and losses in one Trainer)")
+        if self.corpus is not None:
+            allowed = {"path", "dev_documents", "kinds", "document_embeddings"}
+            if not isinstance(self.corpus, dict) or "path" not in self.corpus or set(self.corpus) - allowed:
+                raise ValueError(
+                    f"corpus must be null or a dict with 'path' and optionally {sorted(allowed - {'path'})}, "
+                    f"got {self.corpus!r}"
+                )
+            if self.teacher is None:
+                raise ValueError("corpus needs a teacher: the model that built the index of that corpus")
         if self.api == "fit" and self.save_minutes is not None:
             raise ValueError("save_minutes needs api='trainer' (fit takes no Trainer callbacks); use save_steps")
 
@@ -277,8 +301,25 @@ def load_student(name: str) -> SentenceTransformer:
     return from_pretrained(resources.resolve_model(name))
 
 
+def corpus_training_texts(config: TrainConfig) -> tuple[list[str], list[int], Any]:
+    """``(texts, owners, corpus)`` of a config with ``corpus``: query-like texts of the training documents (the
+    ``dev_documents`` held out by :func:`st_leap.corpus.split_documents`), each with its document's index."""
+    from st_leap.corpus import QUERY_KINDS, query_texts, read_corpus, split_documents
+
+    corpus = read_corpus(config.corpus["path"])
+    train_documents, _ = split_documents(corpus, int(config.corpus.get("dev_documents", 200)), seed=config.sentence_seed)
+    n = config.num_sentences or config.max_steps * config.batch_size
+    texts, owners = query_texts(
+        corpus, train_documents, kinds=config.corpus.get("kinds", QUERY_KINDS), max_texts=n, seed=config.sentence_seed
+    )
+    return texts, owners, corpus
+
+
 def training_texts(config: TrainConfig) -> list[str]:
-    """The config's training texts: shuffled sentences or passages of the shared data."""
+    """The config's training texts: shuffled sentences or passages of the shared data, or query-like texts of the
+    config's ``corpus``."""
+    if config.corpus is not None:
+        return corpus_training_texts(config)[0]
     n = config.num_sentences or config.max_steps * config.batch_size
     if config.data == "passages":
         return resources.load_passages(n, seed=config.sentence_seed, sentences_per_passage=config.sentences_per_passage)
@@ -356,6 +397,12 @@ def train(
             "st-leap train does) or your own SentenceEvaluator"
         )
     resume_from = resume_checkpoint(config)  # before any model loads: a bad path fails fast
+    if config.corpus is not None:  # a malformed corpus fails here too, naming the file and line
+        from st_leap.corpus import read_corpus, read_document_embeddings
+
+        corpus = read_corpus(config.corpus["path"])
+        if config.corpus.get("document_embeddings") is not None:
+            read_document_embeddings(config.corpus["document_embeddings"], corpus)
     torch.manual_seed(config.seed)
     model = load_student(config.model)
     original_max_len = model.max_seq_length
@@ -390,7 +437,7 @@ def train(
         start = time.perf_counter()
         retrieval_data = retrieval_dataset(config, teacher, teacher_length)
         teacher_seconds += time.perf_counter() - start
-        options = {k: v for k, v in config.retrieval.items() if k != "passages"}
+        options = {k: v for k, v in config.retrieval.items() if k not in ("passages",)}
         retrieval_loss = QueryRetrievalLoss(model, **options)
         dataset = DatasetDict({"distill": dataset, "retrieval": retrieval_data})
     if config.teacher_mode == "precomputed":
@@ -422,14 +469,23 @@ def retrieval_dataset(config: TrainConfig, teacher: SentenceTransformer, documen
     """The ``retrieval`` dataset of a config: each query sentence with the teacher's embedding of its passage,
     computed once at ``document_length`` (the teacher's own serving length) in the shared teacher cache, shuffled
     with the config's ``sentence_seed``."""
-    queries, passages, owners = resources.query_passage_pairs(
-        int(config.retrieval["passages"]), seed=config.sentence_seed, held_out_documents=config.dev_documents,
-        sentences_per_passage=max(2, config.sentences_per_passage),
-    )
+    given = None
+    if config.corpus is not None:  # each text with its own document of the user's index
+        from st_leap.corpus import read_document_embeddings
+
+        queries, owners, corpus = corpus_training_texts(config)
+        passages = corpus.documents
+        if config.corpus.get("document_embeddings") is not None:
+            given = read_document_embeddings(config.corpus["document_embeddings"], corpus)
+    else:
+        queries, passages, owners = resources.query_passage_pairs(
+            int(config.retrieval["passages"]), seed=config.sentence_seed, held_out_documents=config.dev_documents,
+            sentences_per_passage=max(2, config.sentences_per_passage),
+        )
     serving_length = teacher.max_seq_length
     teacher.max_seq_length = document_length
     try:
-        passage_embeddings = compute_teacher_embeddings(teacher, passages, None, shared_cache=True)
+        passage_embeddings = index_embeddings(teacher, passages, given)
     finally:
         teacher.max_seq_length = serving_length
     order = list(range(len(queries)))

@@ -105,3 +105,34 @@ def test_cli_export_help_names_the_command(capsys):
         main(["export", "--help"])
     text = capsys.readouterr().out
     assert "--backend" in text and "--depth" in text and "ONE graph" in text
+
+
+def test_cli_corpus_commands_check_the_corpus_before_loading_a_model(tmp_path, capsys):
+    """A malformed corpus stops fit-maps and fit-query-encoder with the file and line (exit 2), before any model
+    loads (the model path does not even exist)."""
+    bad = tmp_path / "corpus.jsonl"
+    bad.write_text('{"_id": "a", "text": "A fine document."}\n{"_id": "a", "text": "again"}\n', encoding="utf-8")
+    missing_model = str(tmp_path / "no-such-model")
+    for argv in (
+        ["fit-maps", missing_model, "--corpus", str(bad), "--out", str(tmp_path / "out")],
+        ["fit-query-encoder", missing_model, "--corpus", str(bad), "--out", str(tmp_path / "out")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "corpus.jsonl, line 2: _id 'a' repeats line 1" in err
+    with pytest.raises(SystemExit) as error:  # --texts and --corpus exclude each other
+        main(["fit-maps", missing_model, "--corpus", str(bad), "--texts", str(bad), "--out", str(tmp_path / "o")])
+    assert error.value.code == 2
+
+
+def test_cli_fit_maps_on_a_corpus(tiny_bert_dir, tmp_path, capsys):
+    import st_leap
+    from st_leap.exit_maps import exit_maps_module
+    from tests.test_query_encoder import tiny_corpus
+
+    corpus = tiny_corpus(tmp_path / "corpus.jsonl", n=20)
+    out = tmp_path / "mapped"
+    assert main(["fit-maps", tiny_bert_dir, "--corpus", str(corpus), "--max-texts", "60", "--out", str(out)]) == 0
+    report = json.loads((out / "exit_maps_fit.json").read_text())
+    assert report["corpus"] == str(corpus) and report["num_texts"] == 60
+    assert exit_maps_module(st_leap.load(str(out))) is not None

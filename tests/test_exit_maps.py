@@ -160,3 +160,20 @@ def test_maps_of_another_depth_are_refused(model):
 def test_fit_needs_enough_texts(model):
     with pytest.raises(ValueError, match="at least 20"):
         fit_exit_maps(model, ["a man"] * 5, show_progress_bar=False)
+
+
+def test_fit_on_a_corpus_uses_its_query_like_texts(model, tmp_path):
+    rng = random.Random(1)
+    lines = []
+    for i in range(30):
+        text = " ".join(" ".join(rng.choice(WORD_LIST) for _ in range(6)).capitalize() + "." for _ in range(3))
+        lines.append(json.dumps({"_id": f"d{i}", "title": "", "text": text}))
+    (tmp_path / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    fit = fit_exit_maps(model, corpus=tmp_path / "corpus.jsonl", max_corpus_texts=50, show_progress_bar=False)
+    assert fit.num_texts == 50  # 30 documents x (3 sentences + 3 spans), capped
+    assert exit_maps_module(model) is fit.maps
+    with pytest.raises(ValueError, match="either texts or corpus"):
+        fit_exit_maps(model, random_texts(30), corpus=tmp_path / "corpus.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"_id": "x"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="line 1: missing text"):
+        fit_exit_maps(model, corpus=tmp_path / "bad.jsonl")

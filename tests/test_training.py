@@ -566,3 +566,48 @@ def test_retrieval_trains_a_second_dataset_of_sentences_and_their_passages(tiny_
         TrainConfig(retrieval={"layers": [2]})
     with pytest.raises(ValueError, match="num_passages"):
         resources.query_passage_pairs(10, held_out_documents=6, sentences_per_passage=4)
+
+
+def test_corpus_config_trains_on_the_corpus_and_pairs_texts_with_their_documents(tiny_dir, tmp_path):
+    """A config's ``corpus`` key: training texts are query-like texts of the training documents only (the dev
+    documents held out), and the retrieval dataset labels each with the teacher's embedding of its own document."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from st_leap import training
+    from st_leap.corpus import read_corpus, split_documents
+    from tests.test_query_encoder import tiny_corpus
+
+    path = tiny_corpus(tmp_path / "corpus.jsonl", n=20)
+    config = TrainConfig(model=tiny_dir, teacher=tiny_dir, max_steps=2, batch_size=4, num_sentences=40,
+                         corpus={"path": str(path), "dev_documents": 5}, retrieval={"layers": [2]},
+                         output_dir=str(tmp_path / "run"), save=False, save_steps=None)
+    texts, owners, corpus = training.corpus_training_texts(config)
+    _, dev = split_documents(corpus, 5, seed=config.sentence_seed)
+    assert len(texts) == 40 and not set(owners) & set(dev)
+    assert training.training_texts(config) == texts
+    teacher = SentenceTransformer(tiny_dir, device="cpu")
+    dataset = training.retrieval_dataset(config, teacher, document_length=64)
+    expected = teacher.encode(corpus.documents)
+    for sentence, label in zip(dataset["sentence"][:5], dataset["label"][:5]):
+        owner = owners[texts.index(sentence)]
+        assert sentence in corpus.documents[owner]
+        np.testing.assert_allclose(label, expected[owner], atol=1e-5)
+    assert training.train(config).steps == 2
+    assert read_corpus(path).ids == corpus.ids
+
+
+def test_corpus_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="corpus must be"):
+        TrainConfig(corpus={"dev_documents": 5})
+    with pytest.raises(ValueError, match="corpus must be"):
+        TrainConfig(corpus={"path": "x", "queries": "y"})
+    with pytest.raises(ValueError, match="corpus needs a teacher"):
+        TrainConfig(teacher=None, corpus={"path": "x"})
+    TrainConfig(corpus={"path": "x"}, retrieval={"layers": [2]})  # no 'passages' needed with a corpus
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"_id": 1, "text": "ok"}\n{"text": "no id"}\n', encoding="utf-8")
+    from st_leap.training import train
+
+    with pytest.raises(ValueError, match="line 2: missing _id"):
+        train(TrainConfig(model=str(tmp_path / "no-model"), corpus={"path": str(bad)}))

@@ -1,31 +1,27 @@
-"""``st-leap calibrate``: the largest speed-up whose quality drop stays within a budget, among adaptive exit
-thresholds and static depths, on held-out STS-B or on the user's own data (``--pairs``, ``--beir``, ``--texts``)."""
+"""``st-leap calibrate``: the fastest measured operating point whose quality drop stays within a budget, among
+adaptive exit thresholds and static depths, on held-out STS-B or on the user's own data (``--pairs``, ``--beir``,
+``--texts``), through :func:`st_leap.calibrate`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from st_leap.cli.common import (
-    add_sweep_arguments,
-    command_line,
-    exit_overrides,
-    hub_id_of,
-    positive_int,
-    quality_drop,
-)
+from st_leap.cli.common import add_sweep_arguments, command_line, hub_id_of, positive_int, quality_drop
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "calibrate",
-        help="Largest speed-up (adaptive exit or static depth) whose quality drop on held-out data stays within a budget.",
+        help="Fastest measured operating point (adaptive exit or static depth) whose quality drop on held-out data "
+        "stays within a budget.",
         description=(
-            "Sweeps theta and every static depth on STS-B dev (held out), picks the operating point with the largest "
-            "layer reduction L/E[layers] whose cosine Spearman drop vs full depth is at most --max-quality-drop "
-            "points, and says why, with the runner-up and the margin. With --pairs, --beir or --texts it calibrates "
-            "on your data instead, per role (and with and without exit maps when the model has them), and picks "
-            "the point measured fastest (wall-clock, on a sample of your texts) within the budget."
+            "Sweeps theta and every static depth (with and without exit maps when the model has them) on STS-B dev "
+            "(held out) or, with --pairs, --beir or --texts, on your data, per role. The points whose quality drop "
+            "vs full depth is at most --max-quality-drop points are ranked by layer reduction L/E[layers]; the best "
+            "few are timed against full depth on a sample of the role's texts and the one measured fastest is "
+            "picked, with the reason. --save-model saves the model with the picks as its defaults, and beside it the "
+            "monitoring reference of each role (st-leap monitor)."
         ),
     )
     add_sweep_arguments(parser, "Comma-separated thetas (default: the paper's grid)")
@@ -43,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     data.add_argument(
         "--beir", default=None, metavar="FOLDER", help="A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)"
     )
-    data.add_argument("--texts", default=None, metavar="FILE", help="Unlabeled texts, one a line")
+    data.add_argument("--texts", default=None, metavar="FILE", help="Unlabeled texts, one a line (or a .jsonl with a text field)")
     parser.add_argument(
         "--split",
         choices=["dev", "train", "test"],
@@ -62,6 +58,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=positive_int,
         default=3,
         help="How many of the best points within the budget are timed with your data (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reference-size",
+        type=int,
+        default=1000,
+        help="Texts per role kept, with their full-depth embeddings, as the monitoring reference; 0: none "
+        "(default: %(default)s)",
     )
     parser.add_argument("--no-static", action="store_true", help="Compare exit thresholds only, no static depths")
     parser.add_argument("--out", default="st_leap_calibrate", help="Output folder (default: %(default)s)")
@@ -91,14 +94,14 @@ def user_data_spec(args: argparse.Namespace) -> dict[str, str] | None:
     return None
 
 
-def run_user_data(args: argparse.Namespace, spec: dict[str, str]) -> int:
-    """Calibrate on the user's data: read and check it first (a bad file fails before the model loads)."""
+def run(args: argparse.Namespace) -> int:
+    """Calibrate on STS-B or the user's data: read and check it first (a bad file fails before the model loads)."""
     from st_leap import reporting, resources
     from st_leap.evaluation.calibration import calibrate, calibration_markdown
-    from st_leap.evaluation.sweep import PAPER_THRESHOLDS
     from st_leap.evaluation.user_data import as_user_data
+    from st_leap.exit_policy import PAPER_THRESHOLDS
 
-    data = as_user_data(spec)
+    data = as_user_data(user_data_spec(args), split=args.split)
     model_path = resources.resolve_model(args.model)
     grid = [t for t in (args.thresholds or PAPER_THRESHOLDS) if t is not None]
     result = calibrate(
@@ -114,6 +117,7 @@ def run_user_data(args: argparse.Namespace, spec: dict[str, str]) -> int:
         time_sample=args.time_sample,
         repeats=args.repeats,
         timed_candidates=args.timed_candidates,
+        reference_size=args.reference_size,
         save_model=args.save_model,
     )
     result["model"] = hub_id_of(model_path) or result["model"]
@@ -132,84 +136,10 @@ def run_user_data(args: argparse.Namespace, spec: dict[str, str]) -> int:
         for note in result["saved"]["notes"]:
             print(f"note: {note}")
         print(f"saved the model with the picks as its defaults to {result['saved']['path']}")
+        if result["saved"]["references"]:
+            print(
+                f"saved the monitoring reference of {', '.join(result['saved']['references'])} beside it "
+                f"(st-leap monitor {result['saved']['path']} --stream YOUR_TRAFFIC.txt)"
+            )
     print(f"wrote {json_path}, {md_path}")
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    spec = user_data_spec(args)
-    if spec is not None:
-        return run_user_data(args, spec)
-    from st_leap import reporting, resources
-    from st_leap.evaluation.calibration import measured_speedup
-    from st_leap.evaluation.sweep import PAPER_THRESHOLDS, calibrate
-    from st_leap.exit_policy import with_role
-    from st_leap.model import as_early_exit, load_model, model_name
-
-    model_path = resources.resolve_model(args.model)
-    model = load_model(model_path)
-    grid = [t for t in (args.thresholds or PAPER_THRESHOLDS) if t is not None]
-    result = calibrate(
-        model,
-        args.max_quality_drop,
-        thresholds=grid,
-        split=args.split or "dev",
-        batch_size=args.batch_size,
-        static_depths=() if args.no_static else "all",
-        **exit_overrides(args),
-    )
-    result["model"] = model_name(model, model_path)
-    result["model_path"] = model_path
-    result["run_info"]["command"] = command_line()
-    picked = result["picked"]
-    sentences = resources.stsb_sentences(result["split"])
-    timing = measured_speedup(
-        model,
-        sentences,
-        picked,
-        batch_size=args.batch_size,
-        time_sample=args.time_sample,
-        repeats=args.repeats,
-        exit_patience=result["exit_patience"],
-        exit_min_layer=result["exit_min_layer"],
-    )
-    picked.update(measured_speedup=timing["measured_speedup"], speedup_band=timing["speedup_band"])
-    result["timing"] = timing
-    paths = reporting.write_sweep_report(result, args.out, "calibrate")
-    print(Path(paths["md"]).read_text(encoding="utf-8"))
-    print(f"picked {reporting.point_label(picked)}: {result['reason']}")
-    if timing["num_texts"]:
-        band = timing["speedup_band"]
-        print(
-            f"measured speed-up of the pick: {timing['measured_speedup']:.2f}x full depth (band {band[0]:.2f}-"
-            f"{band[1]:.2f}x, {timing['repeats']} round(s) on {timing['num_texts']} STS-B {result['split']} sentences)"
-        )
-    if args.save_model:
-        module = model[0]
-        as_early_exit(
-            model,
-            exit_threshold=with_role(module.exit_threshold, args.role, picked["theta"]),
-            truncate_layers=with_role(module.truncate_layers, args.role, picked.get("truncate_layers")),
-            exit_patience=with_role(module.exit_patience, args.role, result["exit_patience"]),
-            exit_min_layer=with_role(module.exit_min_layer, args.role, result["exit_min_layer"]),
-        )
-        full = result["full"]
-        model.model_card_data.leap_measurements = {
-            "calibrated operating point": f"{reporting.point_label(picked)} ({where_text(args.role)})",
-            f"STS-B {result['split']} Spearman, full depth": f"{full['stsb']:.2f}",
-            f"STS-B {result['split']} Spearman, at the operating point": f"{picked['stsb']:.2f}",
-            "E[layers] (of the encoder's)": f"{picked['expected_layers']:.2f} of {module.num_layers}",
-            "layer reduction L / E[layers]": f"{picked['layer_reduction']:.2f}x (layers)",
-            "measured speed-up (wall-clock vs full depth)": f"{picked['measured_speedup']:.2f}x"
-            + (
-                f" on {timing['num_texts']} STS-B {result['split']} sentences"
-                if timing["num_texts"]
-                else " (full depth)"
-            ),
-            "quality budget": f"{args.max_quality_drop} points of Spearman x 100",
-        }
-        reporting.save_model(model, args.save_model)  # written aside, then renamed into place
-        where = where_text(args.role)
-        print(f"saved the model with {reporting.point_label(picked)} as its default for {where} to {args.save_model}")
-    print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
     return 0

@@ -11,8 +11,10 @@
 - :class:`QueryDepthEvaluator` (:mod:`st_leap.evaluation.depth`): queries cut at each depth against documents
   embedded once by a reference model (keep your index, make queries shallower).
 - :func:`nn_consistency` (:mod:`st_leap.evaluation.consistency`): NN@k of exited vs full-depth embeddings.
-- :func:`sweep`, :func:`calibrate`, :func:`measure` (:mod:`st_leap.evaluation.sweep`): Pareto and decision tables,
-  calibration, the per-layer measurement of the training benchmarks.
+- :func:`sweep`, :func:`measure` (:mod:`st_leap.evaluation.sweep`): Pareto and decision tables, the per-layer
+  measurement of the training benchmarks.
+- :func:`calibrate` (:mod:`st_leap.evaluation.calibration`, also ``st_leap.calibrate``): the one calibration, on
+  STS-B or your data, per role, with the monitoring reference of each pick.
 
 mteb and beir are imported only when their helpers run (extras ``st-leap[mteb]``, ``st-leap[beir]``).
 """
@@ -21,11 +23,12 @@ from __future__ import annotations
 
 from st_leap.evaluation.agreement import TeacherAgreementEvaluator
 from st_leap.evaluation.beir import BEIRModel, evaluate_beir, load_beir_folder
+from st_leap.evaluation.calibration import calibrate
 from st_leap.evaluation.consistency import nn_consistency
 from st_leap.evaluation.depth import QueryDepthEvaluator
 from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator, EarlyExitInformationRetrievalEvaluator
 from st_leap.evaluation.mteb import run_mteb
-from st_leap.evaluation.sweep import PAPER_THRESHOLDS, calibrate, choose_threshold, measure, sweep
+from st_leap.evaluation.sweep import PAPER_THRESHOLDS, choose_threshold, measure, sweep
 from st_leap.model import MODEL_DEFAULT
 
 __all__ = [

@@ -1,12 +1,15 @@
-"""Calibration on the user's own data: for each role, the fastest measured operating point whose quality drop on
-that data stays within a budget.
+"""Calibration, the one owner: for each role, the fastest measured operating point whose quality drop on the
+calibration data stays within a budget, and the reference a monitor needs to watch it in production.
 
-:func:`calibrate` (exported as ``st_leap.calibrate``) takes STS-B (the default, :func:`st_leap.evaluation.sweep.calibrate`)
-or the user's data (:mod:`st_leap.evaluation.user_data`): scored pairs, a BEIR folder or unlabeled texts. It sweeps
+:func:`calibrate` (exported as ``st_leap.calibrate``) takes STS-B (the default, scored pairs like any other) or the
+user's data (:mod:`st_leap.evaluation.user_data`): scored pairs, a BEIR folder or unlabeled texts. It sweeps
 adaptive exit (each ``exit_threshold``), static depths (each ``truncate_layers``) and, when the model carries exit
 maps, each of them with and without the maps; ranks the points within the budget by layer reduction; times the
 best few against full depth on a sample of the data's own texts
-(:func:`st_leap.diagnostics.time_encode`) and picks the one measured fastest.
+(:func:`st_leap.diagnostics.time_encode`) and picks the one measured fastest. For each role it records a
+:class:`~st_leap.monitoring.RoleReference` (the exit-layer distribution at the pick and up to 1,000 texts with
+their full-depth embeddings), which :func:`save_calibrated` saves beside the model for
+:class:`~st_leap.monitoring.ExitMonitor`.
 """
 
 from __future__ import annotations
@@ -143,6 +146,7 @@ def calibrate(
     time_sample: int = 256,
     repeats: int = 3,
     timed_candidates: int = 3,
+    reference_size: int = 1000,
     save_model: str | Path | None = None,
     show_progress_bar: bool = True,
 ) -> dict[str, Any]:
@@ -153,10 +157,9 @@ def calibrate(
     The data is read and checked before the model loads, so a malformed file fails at once with its file and line.
     What is measured depends on the data:
 
-    - STS-B (``data=None`` or ``"stsb"``, split ``dev`` by default): :func:`st_leap.evaluation.sweep.calibrate`
-      (the largest layer reduction within the budget; the pick is then timed against full depth on STS-B
-      sentences and saved for ``role``).
     - :class:`~st_leap.evaluation.user_data.ScoredPairs` (``{"pairs": path}``): cosine Spearman x100 of the pairs.
+      STS-B (``data=None`` or ``"stsb"``, split ``dev`` by default) is read as scored pairs
+      (:func:`~st_leap.evaluation.user_data.read_stsb`) and measured the same way.
     - :class:`~st_leap.evaluation.user_data.RetrievalData` (``{"beir": folder, "split": "test"}``): NDCG@10 x100,
       per role: queries through ``encode_query`` against the documents at full depth, and documents through
       ``encode_document`` against the queries at full depth.
@@ -168,6 +171,12 @@ def calibrate(
     are timed against full depth with :func:`st_leap.diagnostics.time_encode` (interleaved rounds) on up to
     ``time_sample`` of the role's texts, and the measured fastest is picked. A point measured no faster than full
     depth is never picked: full depth is returned instead.
+
+    Each role's entry also holds ``reference``, a :class:`~st_leap.monitoring.RoleReference` measured at the pick
+    on up to ``reference_size`` of the role's texts: the exit-layer histogram (E[layers], exit rate), the texts with
+    their full-depth embeddings and the NN@``nn_k`` overlap and cosine at the pick. It is what
+    :class:`~st_leap.monitoring.ExitMonitor` compares traffic with (``ExitMonitor(model, reference=result)``);
+    ``save_model`` saves it beside the model. Result files record its summary.
 
     Args:
         model: st_leap model, path or Hub id.
@@ -187,7 +196,9 @@ def calibrate(
         time_sample: Texts timed per role.
         repeats: Timed rounds (the median is used).
         timed_candidates: How many of the best points (by layer reduction) are timed.
-        save_model: A folder to save the model to with each role's pick as its default.
+        reference_size: Texts kept per role in the monitoring reference (``0``: no reference).
+        save_model: A folder to save the model to with each role's pick as its default (and the monitoring
+            references in its ``st_leap_monitor/``).
         show_progress_bar: Show progress bars.
 
     Returns:
@@ -197,36 +208,30 @@ def calibrate(
         ``exit_rate``, ``distribution`` and, when timed, ``measured_speedup`` (median ratio of full-depth time to
         its time) and ``speedup_band`` (25th-75th percentile). ``picked`` always holds ``measured_speedup`` (1.0
         for full depth).
+
+    Example:
+        ::
+
+            import st_leap
+
+            cal = st_leap.calibrate(model, max_quality_drop=0.5)                 # STS-B dev
+            cal = st_leap.calibrate(model, {"texts": "queries.txt"}, 1.0, role="query", save_model="calibrated")
+            cal["roles"]["query"]["picked"]["label"], cal["roles"]["query"]["reason"]
+            cal["roles"]["query"]["reference"].expected_layers
     """
     if not isinstance(max_quality_drop, int | float) or not math.isfinite(max_quality_drop) or max_quality_drop < 0:
         raise ValueError(f"max_quality_drop must be a finite number >= 0 (points x100), got {max_quality_drop!r}")
     if role not in ("all", *ROLES):
         raise ValueError(f"role must be 'all' or one of {list(ROLES)}, got {role!r}")
-    parsed = as_user_data(data, split=split or "test")  # read and checked before any model loads
+    if isinstance(reference_size, bool) or not isinstance(reference_size, int) or reference_size < 0:
+        raise ValueError(f"reference_size must be an int >= 0, got {reference_size!r}")
+    parsed = as_user_data(data, split=split)  # read and checked before any model loads
     from st_leap.model import MODEL_DEFAULT, load_model
 
     overrides = {
         "exit_patience": MODEL_DEFAULT if exit_patience is None else exit_patience,
         "exit_min_layer": MODEL_DEFAULT if exit_min_layer is None else exit_min_layer,
     }
-    if parsed is None:
-        from st_leap.evaluation.sweep import calibrate as calibrate_stsb
-
-        st_model = load_model(model)
-        result = calibrate_stsb(
-            st_model,
-            max_quality_drop,
-            thresholds=thresholds,
-            split=split or "dev",
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-            static_depths=static_depths,
-            **overrides,
-        )
-        _time_stsb_pick(st_model, result, role, batch_size, time_sample, repeats)
-        if save_model is not None:
-            result["saved"] = save_calibrated(st_model, _stsb_as_roles(result, role), save_model)
-        return result
     if isinstance(parsed, RetrievalData):
         if role == "default":
             raise ValueError(
@@ -249,54 +254,13 @@ def calibrate(
         time_sample,
         repeats,
         timed_candidates,
+        reference_size,
         show_progress_bar,
     )
     result["model"] = _model_name(st_model, model)
     if save_model is not None:
         result["saved"] = save_calibrated(st_model, result, save_model)
     return result
-
-
-def _time_stsb_pick(
-    model: SentenceTransformer, result: dict[str, Any], role: str, batch_size: int, time_sample: int, repeats: int
-) -> None:
-    """Add the measured speed-up of an STS-B calibration's pick (timed on the split's sentences)."""
-    from st_leap import resources
-
-    picked = result["picked"]
-    picked["label"] = _label(picked)
-    timing = measured_speedup(
-        model,
-        resources.stsb_sentences(result["split"]),
-        picked,
-        role=role if role != "all" else "default",
-        batch_size=batch_size,
-        time_sample=time_sample,
-        repeats=repeats,
-        exit_patience=result["exit_patience"],
-        exit_min_layer=result["exit_min_layer"],
-    )
-    picked.update(measured_speedup=timing["measured_speedup"], speedup_band=timing["speedup_band"])
-    result["timing"] = timing
-
-
-def _stsb_as_roles(result: dict[str, Any], role: str) -> dict[str, Any]:
-    """An STS-B calibration result in the per-role form :func:`save_calibrated` reads."""
-    full = {**result["full"], "quality": result["full"]["stsb"]}
-    return {
-        "data": {"kind": "stsb", "source": f"STS-B {result['split']}"},
-        "max_quality_drop": result["max_quality_drop"],
-        "roles": {
-            role: {
-                "metric": "Spearman",
-                "full": full,
-                "picked": {**result["picked"], "quality": result["picked"]["stsb"]},
-                "exit_patience": result["exit_patience"],
-                "exit_min_layer": result["exit_min_layer"],
-                "timing": result["timing"],
-            }
-        },
-    }
 
 
 def _model_name(model: SentenceTransformer, given: Any) -> str:
@@ -318,11 +282,13 @@ def _calibrate_roles(
     time_sample: int,
     repeats: int,
     timed_candidates: int,
+    reference_size: int,
     show_progress_bar: bool,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from st_leap.model import effective_exit_settings, encode_with_exits, exit_kwargs, num_layers
+    from st_leap.monitoring import build_reference
     from st_leap.reporting import run_info
 
     depth = int(num_layers(model) or 0)
@@ -408,6 +374,20 @@ def _calibrate_roles(
             picked = full
             reason = f"full depth: no point saving layers loses at most {max_quality_drop:g} points{why_not}"
         settings = effective_exit_settings(model, base, _TASKS[role])
+        reference = None
+        if reference_size:
+            reference = build_reference(
+                model,
+                measure.texts,
+                task=_TASKS[role],
+                role=role,
+                max_texts=reference_size,
+                nn_k=nn_k,
+                batch_size=batch_size,
+                full_embeddings=measure.full,
+                **base,
+                **_setting(picked),
+            )
         per_role[role] = {
             "task": _TASKS[role],
             "metric": measure.metric,
@@ -420,6 +400,7 @@ def _calibrate_roles(
             "picked": picked,
             "reason": reason,
             "timing": timing,
+            "reference": reference,
         }
     result: dict[str, Any] = {
         "measured": _measured_text(data, nn_k),
@@ -498,7 +479,7 @@ def measured_speedup(
     **exit_settings: Any,
 ) -> dict[str, Any]:
     """Time one operating point (a row with ``theta`` and ``truncate_layers``, as :func:`calibrate` and
-    :func:`st_leap.evaluation.sweep.calibrate` return them) against full depth on up to ``time_sample`` of ``texts``
+    :func:`st_leap.evaluation.sweep.sweep` return them) against full depth on up to ``time_sample`` of ``texts``
     with :func:`st_leap.diagnostics.time_encode`: ``{"measured_speedup", "speedup_band", "num_texts", "repeats"}``
     (1.0 for full depth, which is not timed)."""
     if row.get("theta") is None and row.get("truncate_layers") is None and row.get("exit_maps") is not False:
@@ -553,11 +534,15 @@ def save_calibrated(model: SentenceTransformer, result: dict[str, Any], path: st
 
     A pick measured without the exit maps can only be kept by removing the maps from the saved model: that is done
     when every saved pick is without them; otherwise the maps stay and ``notes`` says which pick runs with them.
-    The model is changed in place.
+    Each role's monitoring reference (``reference`` of its entry, see :func:`calibrate`) is saved in the folder's
+    ``st_leap_monitor/`` (replacing what was there), so that
+    ``st_leap.ExitMonitor(st_leap.load(path), reference=path)`` watches the loaded model. The model is changed
+    in place.
     """
     from st_leap import reporting
     from st_leap.exit_policy import with_role
     from st_leap.model import as_early_exit
+    from st_leap.monitoring import RoleReference, save_references
 
     module = model[0]
     threshold, truncate = module.exit_threshold, module.truncate_layers
@@ -601,9 +586,14 @@ def save_calibrated(model: SentenceTransformer, result: dict[str, Any], path: st
     measurements["quality budget"] = f"{result['max_quality_drop']:g} points (x100)"
     model.model_card_data.leap_measurements = measurements
     reporting.save_model(model, path)
+    references = {
+        role: e["reference"] for role, e in result["roles"].items() if isinstance(e.get("reference"), RoleReference)
+    }
+    save_references(references, path)  # also removes the references of an earlier calibration saved there
     return {
         "path": str(path),
         "roles": {role: e["picked"]["label"] for role, e in result["roles"].items()},
+        "references": sorted(references),
         "notes": notes,
     }
 
@@ -614,8 +604,20 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     return format(value, spec)
 
 
+def _reference_line(reference: Any) -> list[str]:
+    if reference is None:
+        return []
+    ref = reference if isinstance(reference, dict) else reference.to_dict()
+    return [
+        f"Monitoring reference: {ref['num_texts']} texts at the pick, E[layers] {_fmt(ref['expected_layers'])}, exit "
+        f"rate {_fmt(ref['exit_rate'])}, NN@{ref['nn_k']} overlap with full depth {_fmt(ref['nn_overlap'], '.3f')}, "
+        f"cosine {_fmt(ref['cosine'], '.3f')}.",
+        "",
+    ]
+
+
 def calibration_markdown(result: dict[str, Any]) -> str:
-    """A readable report of a user-data :func:`calibrate` result: per role, the pick and why, then every point."""
+    """A readable report of a :func:`calibrate` result: per role, the pick and why, then every point."""
     lines = [f"# Calibration of {result.get('model', 'the model')}", "", result["measured"], ""]
     lines.append(f"Budget: a drop of at most {result['max_quality_drop']:g} points (x100).")
     if result.get("exit_maps"):
@@ -631,6 +633,7 @@ def calibration_markdown(result: dict[str, Any]) -> str:
             "",
             entry["reason"],
             "",
+            *_reference_line(entry.get("reference")),
             "| point | quality | drop | E[layers] | layer reduction | exit rate | measured speed-up |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]

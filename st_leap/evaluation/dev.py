@@ -46,6 +46,9 @@ def dev_evaluator(config: TrainConfig, max_seq_length: int | None = None) -> Sen
     reference's own embeddings of the dev documents (the index stays the reference's), NDCG@10 and cosine to the
     reference's query embeddings per depth.
 
+    With ``corpus`` (a query encoder for your own index) it is :func:`corpus_depth_evaluator`: texts of the
+    corpus's held-out documents retrieving their own documents from the whole index.
+
     Every evaluator runs at ``max_seq_length`` (the serving length), whatever length training truncates to; ``None``
     lets :func:`st_leap.training.train` fill in the student's own.
     """
@@ -53,6 +56,15 @@ def dev_evaluator(config: TrainConfig, max_seq_length: int | None = None) -> Sen
     from st_leap.evaluation.depth import QueryDepthEvaluator
     from st_leap.evaluation.early_exit import EarlyExitInformationRetrievalEvaluator
 
+    if config.corpus is not None:
+        # A query encoder for your own index: held-out documents' texts against the whole index.
+        reference = SentenceTransformer(resources.resolve_model(config.teacher or config.model))
+        depth = corpus_depth_evaluator(
+            config.corpus["path"], reference, config.dev_depths, dev_documents=config.corpus.get("dev_documents", 200),
+            seed=config.sentence_seed, num_queries=config.dev_queries,
+            document_embeddings=config.corpus.get("document_embeddings"), batch_size=config.batch_size,
+        )
+        return _AtServingLength([depth], max_seq_length)
     queries, corpus, relevant = resources.cloze_retrieval_dev(
         config.dev_queries, config.dev_documents, seed=config.sentence_seed,
         sentences_per_passage=max(2, config.sentences_per_passage),
@@ -83,3 +95,38 @@ def dev_evaluator(config: TrainConfig, max_seq_length: int | None = None) -> Sen
         )
     ]
     return _AtServingLength([retrieval, *agreement], max_seq_length)
+
+
+def corpus_depth_evaluator(
+    corpus: Any,
+    reference: SentenceTransformer,
+    depths: Sequence[int] | None = None,
+    *,
+    dev_documents: int = 200,
+    seed: int = 12345,
+    num_queries: int = 500,
+    document_embeddings: Any = None,
+    batch_size: int = 64,
+    name: str = "corpus-dev",
+) -> SentenceEvaluator:
+    """The dev signal of a query encoder for an index of ``corpus`` (ours), from the corpus alone, never a query set
+    or a qrels file: up to ``num_queries`` query-like texts of ``dev_documents`` held-out documents
+    (:func:`st_leap.corpus.split_documents` with ``seed``, the documents training never sees) retrieving their own
+    document from the whole index, which ``reference`` (the index model) embeds once into the shared cache, or
+    ``document_embeddings`` (an array, or a path for :func:`st_leap.corpus.read_document_embeddings`) give. A
+    :class:`~st_leap.evaluation.QueryDepthEvaluator`: NDCG@10 and cosine to the reference's query embedding per
+    depth."""
+    from st_leap.corpus import Corpus, corpus_dev, read_corpus, read_document_embeddings, split_documents
+    from st_leap.evaluation.depth import QueryDepthEvaluator
+    from st_leap.teacher import index_embeddings
+
+    corpus = corpus if isinstance(corpus, Corpus) else read_corpus(corpus)
+    if isinstance(document_embeddings, (str, bytes)) or hasattr(document_embeddings, "__fspath__"):
+        document_embeddings = read_document_embeddings(document_embeddings, corpus)
+    _, dev = split_documents(corpus, dev_documents, seed=seed)
+    queries, documents, relevant = corpus_dev(corpus, dev, num_queries=num_queries, seed=seed)
+    embeddings = index_embeddings(reference, corpus.documents, document_embeddings)
+    return QueryDepthEvaluator(
+        queries, documents, relevant, reference=reference, corpus_embeddings=embeddings, depths=depths, name=name,
+        batch_size=batch_size, show_progress_bar=False,
+    )

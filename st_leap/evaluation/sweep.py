@@ -1,7 +1,9 @@
 """theta sweeps on scored pairs (STS-B by default): quality and cost of every exit threshold against full depth,
-Pareto and decision tables, calibration, and the per-layer measurement the training benchmarks report.
+Pareto and decision tables, and the per-layer measurement the training benchmarks report.
 
-The tables and plots of these results are written by :mod:`st_leap.reporting`.
+Calibration (picking an operating point within a quality budget, on STS-B or the user's data) has one owner,
+:func:`st_leap.calibrate` (:mod:`st_leap.evaluation.calibration`). The tables and plots of these results are
+written by :mod:`st_leap.reporting`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from st_leap.model import (
 from st_leap.modules import encoder_layers
 from st_leap.reporting import point_label, run_info
 
-__all__ = ["PAPER_THRESHOLDS", "sweep", "calibrate", "choose_threshold", "decision_table", "mark_pareto", "measure"]
+__all__ = ["PAPER_THRESHOLDS", "sweep", "choose_threshold", "decision_table", "mark_pareto", "measure"]
 
 #: Quality budgets (STS-B Spearman points) of the decision table.
 DECISION_BUDGETS = (0.1, 0.25, 0.5, 1.0, 2.0)
@@ -285,83 +287,6 @@ def decision_table(
             }
         )
     return table
-
-
-def calibrate(
-    model: SentenceTransformer | str,
-    max_quality_drop: float,
-    *,
-    thresholds: Sequence[float] = PAPER_THRESHOLDS,
-    split: str = "dev",
-    exit_patience: int | Any = MODEL_DEFAULT,
-    exit_min_layer: int | None | Any = MODEL_DEFAULT,
-    batch_size: int = 32,
-    show_progress_bar: bool = True,
-    pairs: tuple[Sequence[str], Sequence[str], Sequence[float]] | None = None,
-    static_depths: Sequence[int] | str = "all",
-    method: str = "encode",
-) -> dict[str, Any]:
-    """Pick the operating point with the largest speed-up whose STS-B quality drop on held-out data stays within a
-    budget, among adaptive exit at each threshold and static depths (``truncate_layers``).
-
-    Speed-up is the layer reduction ``L / E[layers]`` (deterministic; wall-clock timings are recorded too but not
-    used to choose, as they depend on the machine's load). The held-out data is STS-B ``dev`` by default, so the
-    test split stays untouched. The result names the pick, the runner-up and the margin between them.
-    :func:`st_leap.calibrate` runs this on STS-B and times the pick; on the user's own data (scored pairs, a BEIR
-    folder, unlabeled texts) it calibrates each role and picks the point measured fastest.
-
-    Args:
-        model: st_leap model, path or Hub id.
-        max_quality_drop: Largest acceptable drop in STS-B cosine Spearman, in points (x100), e.g. ``0.5``.
-        thresholds: Candidate thetas.
-        split: STS-B split used for calibration.
-        pairs: Other held-out scored pairs ``(sentences1, sentences2, scores)`` instead of STS-B.
-        static_depths: Static depths to compare: ``"all"`` (1..L-1, the default), a list, or ``()`` (thresholds
-            only).
-        method: ``"encode"`` or ``"replay"`` (see :func:`sweep`).
-
-    Returns:
-        The sweep result plus ``"max_quality_drop"``, ``"picked"`` (the chosen row: ``kind`` ``"adaptive"``,
-        ``"static"`` or ``"full"``, with its ``theta`` and ``truncate_layers``), ``"reason"``, ``"runner_up"`` (the
-        next best qualifying point, or full depth) and ``"margin"`` (the pick minus the runner-up in layer reduction
-        and STS-B points).
-    """
-    st_model = load_model(model)
-    if static_depths == "all":
-        static_depths = range(1, (num_layers(st_model) or 1))
-    result = sweep(
-        st_model,
-        thresholds,
-        split=split,
-        exit_patience=exit_patience,
-        exit_min_layer=exit_min_layer,
-        batch_size=batch_size,
-        show_progress_bar=show_progress_bar,
-        pairs=pairs,
-        method=method,
-        static_depths=list(static_depths),
-    )
-    picked, reason = choose_threshold(result["rows"], result["full"], max_quality_drop)
-    ranked = [r for r in ranked_within_budget(result["rows"], result["full"], max_quality_drop) if r is not picked]
-    runner_up = ranked[0] if ranked else (result["full"] if picked is not result["full"] else None)
-
-    def brief(row: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in row.items() if k != "nn_per_layer"}
-
-    result["measured"] = f"calibration on STS-B {split}: " + result["measured"]
-    result["max_quality_drop"] = max_quality_drop
-    result["picked"] = brief(picked)
-    result["reason"] = reason
-    result["runner_up"] = brief(runner_up) if runner_up is not None else None
-    result["margin"] = (
-        {
-            "layer_reduction": picked["layer_reduction"] - runner_up["layer_reduction"],
-            "stsb": picked["stsb"] - runner_up["stsb"],
-        }
-        if runner_up is not None
-        else None
-    )
-    return result
 
 
 def sweep_rows_from_runs(runs: Sequence[dict[str, Any]], task: str = "STSBenchmark") -> tuple[dict, list[dict]]:

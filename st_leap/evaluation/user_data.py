@@ -7,7 +7,10 @@ Three kinds, each a small dataclass that :func:`st_leap.calibrate` takes as is (
   ``sentence1``, ``sentence2``, ``score``); quality is the Spearman correlation of their cosine with the scores.
 - :class:`RetrievalData`: a BEIR-format folder (``corpus.jsonl[.gz]``, ``queries.jsonl[.gz]``,
   ``qrels/<split>.tsv``); quality is NDCG@10.
-- :class:`Texts`: unlabeled texts, one a line; quality is the agreement with full depth.
+- :class:`Texts`: unlabeled texts, one a line (or a JSON-lines file with a ``text`` field); quality is the
+  agreement with full depth.
+
+STS-B (:func:`read_stsb`, the default when no data is given) is scored pairs like any other.
 
 Every reader raises ``ValueError`` naming the file and the line of the first problem (a missing column, a score
 that is not a number, an empty file, qrels naming unknown ids, fewer than two texts), so a bad file fails at once,
@@ -32,6 +35,7 @@ __all__ = [
     "read_pairs",
     "read_beir",
     "read_texts",
+    "read_stsb",
     "read_user_data",
     "as_user_data",
 ]
@@ -290,15 +294,26 @@ def read_beir(folder: str | Path, split: str = "test") -> RetrievalData:
 
 
 def read_texts(path: str | Path) -> Texts:
-    """Read unlabeled texts, one a line (blank lines skipped).
+    """Read unlabeled texts, one a line (blank lines skipped), or from a JSON-lines file (``.jsonl[.gz]``, e.g. a
+    BEIR ``queries.jsonl`` or ``corpus.jsonl``): each object's ``text``, after its ``title`` when it has one.
 
     Raises:
-        ValueError: naming the file (and line) when it is empty, not UTF-8, or holds fewer than 2 texts.
+        ValueError: naming the file (and line) when it is empty, not UTF-8, a JSON line has no text, or it holds
+            fewer than 2 texts.
     """
     path = Path(path)
     _require_file(path, "texts file")
     texts: list[str] = []
     last = 0
+    if path.suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
+        for last, obj in _json_lines(path):
+            text, title = obj.get("text"), obj.get("title") or ""
+            if not isinstance(text, str) or not isinstance(title, str) or not (title + text).strip():
+                raise ValueError(f"{_where(path, last)}: missing text")
+            texts.append((title + " " + text).strip() if title else text.strip())
+        if len(texts) < 2:
+            raise ValueError(f"{_where(path, max(last, 1))}: the file holds {len(texts)} text(s); need at least 2")
+        return Texts(texts, source=str(path))
     try:
         with _open_text(path) as f:
             for number, line in enumerate(f, start=1):
@@ -326,18 +341,27 @@ def read_user_data(kind: str, path: str | Path, split: str = "test") -> UserData
     raise ValueError(f"kind must be 'pairs', 'beir' or 'texts', got {kind!r}")
 
 
-def as_user_data(data: Any, split: str = "test") -> UserData | None:
-    """Calibration data from what :func:`st_leap.calibrate` was given: ``None`` or ``"stsb"`` (STS-B: returns
-    ``None``), a parsed :class:`ScoredPairs` / :class:`RetrievalData` / :class:`Texts`, a one-entry mapping
-    ``{"pairs" | "beir" | "texts": path}`` (``"split"`` may be added for BEIR), a ``(sentences1, sentences2,
-    scores)`` tuple, or a list of texts."""
+def read_stsb(split: str = "dev") -> ScoredPairs:
+    """STS-B ``split`` (from the shared data folder, :func:`st_leap.resources.load_stsb`) as scored pairs: the
+    calibration data when none is given (``dev``, so the test split stays untouched)."""
+    from st_leap import resources
+
+    s1, s2, scores = resources.load_stsb(split)
+    return ScoredPairs(s1, s2, scores, source=f"STS-B {split}")
+
+
+def as_user_data(data: Any, split: str | None = None) -> UserData:
+    """Calibration data from what :func:`st_leap.calibrate` was given: ``None`` or ``"stsb"`` (STS-B ``split``,
+    ``dev`` by default, :func:`read_stsb`), a parsed :class:`ScoredPairs` / :class:`RetrievalData` /
+    :class:`Texts`, a one-entry mapping ``{"pairs" | "beir" | "texts": path}`` (``"split"`` may be added for BEIR,
+    ``test`` by default), a ``(sentences1, sentences2, scores)`` tuple, or a list of texts."""
     if data is None or (isinstance(data, str) and data.lower() == "stsb"):
-        return None
+        return read_stsb(split or "dev")
     if isinstance(data, ScoredPairs | RetrievalData | Texts):
         return data
     if isinstance(data, Mapping):
         spec = dict(data)
-        split = str(spec.pop("split", split))
+        split = str(spec.pop("split", split or "test"))
         if len(spec) != 1 or next(iter(spec)) not in ("pairs", "beir", "texts"):
             raise ValueError(f"data must name one of 'pairs', 'beir', 'texts' (and optionally 'split'), got {data!r}")
         kind, path = next(iter(spec.items()))

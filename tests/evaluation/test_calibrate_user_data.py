@@ -12,6 +12,7 @@ import pytest
 import st_leap
 from st_leap.cli import main
 from st_leap.evaluation.user_data import RetrievalData, ScoredPairs, Texts, read_beir, read_pairs, read_texts
+from st_leap.monitoring import ExitMonitor, load_references
 from tests.evaluation.conftest import random_sentences
 
 FAST = ["--thresholds", "0.9,0.99", "--exit-min-layer", "2", "--time-sample", "8", "--repeats", "1"]
@@ -83,6 +84,18 @@ def test_cli_calibrate_texts_saves_the_pick_for_one_role(eval_model_dir, texts_f
     assert saved_default(reloaded[0].exit_threshold, "document") is None
     assert saved_default(reloaded[0].truncate_layers, "document") is None
     assert "measured speed-up" in (saved / "README.md").read_text()
+    # the monitoring reference of the role, measured at the pick, is saved beside the model and reloads
+    reference = load_references(saved)["query"]
+    assert reference.setting["exit_threshold"] == picked["theta"]
+    assert reference.setting["truncate_layers"] == picked["truncate_layers"]
+    assert entry["reference"]["num_texts"] == len(reference.texts) == sum(reference.counts)
+    assert entry["reference"]["expected_layers"] == pytest.approx(reference.expected_layers)
+    monitor = ExitMonitor(reloaded, reference=str(saved), window=4, sample_rate=1.0)
+    assert monitor.reference_for("query") is not None and monitor.reference_for(None) is None
+    served = monitor.encode(reference.texts[:4], task="query")
+    plain = st_leap.encode_with_exits(reloaded, reference.texts[:4], task="query")
+    assert served.exit_layers.tolist() == plain.exit_layers.tolist()
+    assert len(monitor.windows) == 1 and monitor.windows[0]["num_checked"] == 4
 
 
 def test_cli_calibrate_beir_per_role_and_saves(eval_model_dir, tmp_path, capsys):
@@ -122,8 +135,16 @@ def test_python_calibrate_on_pairs_and_on_a_list_of_texts(eval_model, sts_pairs,
     assert entry["metric"] == "spearman" and len(entry["rows"]) == 3
     assert entry["full"]["spearman"] == entry["full"]["quality"]
     assert isinstance(entry["picked"]["measured_speedup"], float)
-    from_list = st_leap.calibrate(eval_model, random_sentences(20, seed=3), 0.5, role="document", **common)
+    # the reference a monitor needs: the exit histogram of the (distinct) sentences at the pick, full-depth embeddings
+    reference = entry["reference"]
+    assert reference.counts == entry["picked"]["distribution"]
+    assert reference.texts == list(dict.fromkeys([*s1, *s2]))
+    assert reference.embeddings.shape == (len(reference.texts), eval_model.get_embedding_dimension())
+    assert ExitMonitor(eval_model, reference=result).reference_for(None) is reference
+    from_list = st_leap.calibrate(eval_model, random_sentences(20, seed=3), 0.5, role="document", reference_size=0,
+                                  **common)
     assert from_list["data"]["kind"] == "texts" and from_list["roles"]["document"]["task"] == "document"
+    assert from_list["roles"]["document"]["reference"] is None
 
 
 def test_readers_parse_each_format(tmp_path):
@@ -139,6 +160,9 @@ def test_readers_parse_each_format(tmp_path):
     texts = tmp_path / "t.txt"
     texts.write_text("one\n\n two \n")
     assert read_texts(texts) == Texts(["one", "two"], source=str(texts))
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text('{"_id": "q1", "text": " first "}\n\n{"_id": "q2", "title": "T", "text": "second"}\n')
+    assert read_texts(queries).texts == ["first", "T second"]
 
 
 def _pairs(tmp_path, name: str, text: str):
@@ -149,6 +173,12 @@ def _pairs(tmp_path, name: str, text: str):
 
 def _texts(tmp_path, text: str):
     path = tmp_path / "texts.txt"
+    path.write_text(text, encoding="utf-8")
+    return ["--texts", str(path)], str(path)
+
+
+def _jsonl_texts(tmp_path, text: str):
+    path = tmp_path / "texts.jsonl"
     path.write_text(text, encoding="utf-8")
     return ["--texts", str(path)], str(path)
 
@@ -167,6 +197,8 @@ MALFORMED = {
                                                   '{"sentence1": "a", "score": 2}\n'), "line 2", "sentence2"),
     "texts: one text": (lambda p: _texts(p, "only one\n\n"), "line 2", "at least 2"),
     "texts: empty file": (lambda p: _texts(p, ""), "line 1", "empty"),
+    "texts: jsonl without text": (lambda p: _jsonl_texts(p, '{"_id": "a", "text": "x"}\n{"_id": "b"}\n'), "line 2",
+                                  "missing text"),
     "beir: unknown query id": (lambda p: _beir(p, ["q0\td1\t1", "q9\td2\t1"]), "line 3", "'q9'"),
     "beir: unknown corpus id": (lambda p: _beir(p, ["q0\tnope\t1"]), "line 2", "'nope'"),
     "beir: bad relevance": (lambda p: _beir(p, ["q0\td1\tyes"]), "line 2", "not a number"),
@@ -224,27 +256,32 @@ def test_models_with_exit_maps_are_swept_with_and_without_them(eval_model, tmp_p
 
 def test_cli_calibrate_stsb_reports_the_measured_speedup_of_its_pick(monkeypatch, tiny_data_dir, eval_model_dir, tmp_path,
                                                                      capsys):
-    """The STS-B default keeps its layer-reduction pick and now also times it against full depth."""
+    """The STS-B default is scored pairs like any other: the best points are timed on its sentences."""
     monkeypatch.setenv("ST_LEAP_DATA", str(tiny_data_dir))
     out = tmp_path / "cal"
     code = main(["calibrate", eval_model_dir, "--max-quality-drop", "100", *FAST, "--out", str(out)])
     assert code == 0
     result = json.loads((out / "calibrate.json").read_text())
-    assert isinstance(result["picked"]["measured_speedup"], float)
-    assert result["timing"]["num_texts"] == 8 and result["timing"]["repeats"] == 1
-    assert "measured speed-up of the pick" in capsys.readouterr().out
+    assert result["data"]["kind"] == "pairs" and result["data"]["source"] == "STS-B dev"
+    entry = result["roles"]["all"]
+    assert isinstance(entry["picked"]["measured_speedup"], float)
+    assert entry["timing"]["num_texts"] == 8 and entry["timing"]["repeats"] == 1
+    assert "measured speed-up" in capsys.readouterr().out
 
 
 def test_python_calibrate_on_stsb_times_and_saves_its_pick(monkeypatch, tiny_data_dir, eval_model, tmp_path):
-    """st_leap.calibrate(model) without data is the STS-B calibration, with the pick timed and saved for a role."""
+    """st_leap.calibrate(model) without data calibrates on STS-B dev, with the pick timed and saved for a role."""
     monkeypatch.setenv("ST_LEAP_DATA", str(tiny_data_dir))
     result = st_leap.calibrate(eval_model, None, 100, thresholds=[0.9], static_depths=[1], role="document",
                                time_sample=6, repeats=1, save_model=tmp_path / "saved", show_progress_bar=False)
-    assert result["split"] == "dev" and isinstance(result["picked"]["measured_speedup"], float)
+    assert result["data"]["source"] == "STS-B dev"
+    picked = result["roles"]["document"]["picked"]
+    assert isinstance(picked["measured_speedup"], float)
     reloaded = st_leap.load(str(tmp_path / "saved"))
-    assert saved_default(reloaded[0].exit_threshold, "document") == result["picked"]["theta"]
-    assert saved_default(reloaded[0].truncate_layers, "document") == result["picked"]["truncate_layers"]
+    assert saved_default(reloaded[0].exit_threshold, "document") == picked["theta"]
+    assert saved_default(reloaded[0].truncate_layers, "document") == picked["truncate_layers"]
     assert saved_default(reloaded[0].truncate_layers, "query") is None
+    assert result["saved"]["references"] == ["document"]
 
 
 def test_cli_calibrate_pairs(eval_model_dir, sts_pairs, tmp_path):

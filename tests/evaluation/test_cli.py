@@ -15,66 +15,71 @@ def tiny_env(monkeypatch, tiny_data_dir):
     return tiny_data_dir
 
 
+FAST = ["--thresholds", "0.9,0.99", "--exit-min-layer", "2", "--time-sample", "8", "--repeats", "1"]
+
+
+def saved_default(value, role: str):
+    return value[role] if isinstance(value, dict) else value
+
+
 def test_cli_calibrate_picks_and_saves(tiny_env, eval_model_dir, tmp_path, capsys):
-    """`st-leap calibrate MODEL --max-quality-drop X` prints its pick and reason, writes the report, saves the default."""
+    """`st-leap calibrate MODEL --max-quality-drop X` calibrates on STS-B dev through st_leap.calibrate, like any
+    scored pairs: it ranks the points within the budget by layer reduction, prints its pick and reason, writes the
+    report and saves the pick with its monitoring reference."""
     out, saved = tmp_path / "cal", tmp_path / "saved"
-    code = main(
-        [
-            "calibrate",
-            eval_model_dir,
-            "--max-quality-drop",
-            "100",
-            "--thresholds",
-            "0.9,0.99",
-            "--exit-min-layer",
-            "2",
-            "--out",
-            str(out),
-            "--save-model",
-            str(saved),
-        ]
-    )
+    code = main(["calibrate", eval_model_dir, "--max-quality-drop", "100", *FAST, "--out", str(out),
+                 "--save-model", str(saved)])
     assert code == 0
     result = json.loads((out / "calibrate.json").read_text())
-    assert result["split"] == "dev" and result["max_quality_drop"] == 100
-    # any drop is allowed: the largest speed-up wins, the static cut at layer 1 (4x on a 4-layer model)
-    assert result["picked"]["kind"] == "static" and result["picked"]["truncate_layers"] == 1
-    assert result["runner_up"]["layer_reduction"] < result["picked"]["layer_reduction"]
-    assert result["margin"]["layer_reduction"] == pytest.approx(
-        result["picked"]["layer_reduction"] - result["runner_up"]["layer_reduction"]
-    )
-    assert "picked static L1" in capsys.readouterr().out
-    assert (out / "calibrate.md").exists() and (out / "calibrate.png").exists()
+    assert result["data"]["source"] == "STS-B dev" and result["max_quality_drop"] == 100
+    entry = result["roles"]["all"]
+    assert entry["metric"] == "spearman" and entry["task"] is None
+    # any drop is allowed: the static cut at layer 1 (4x on a 4-layer model) has the largest layer reduction
+    assert entry["within_budget"][0] == "static L1"
+    picked = entry["picked"]
+    assert picked["label"] == "full" or picked["label"] in entry["timing"]["timed"]
+    assert isinstance(picked["measured_speedup"], float)
+    assert "picked for every role:" in capsys.readouterr().out
+    assert (out / "calibrate.md").exists()
     reloaded = st_leap.load(str(saved))
-    assert reloaded[0].truncate_layers == 1 and reloaded[0].exit_threshold is None
+    assert reloaded[0].truncate_layers == picked["truncate_layers"] and reloaded[0].exit_threshold == picked["theta"]
+    assert (saved / "st_leap_monitor" / "all.json").exists()
+    assert entry["reference"]["counts"] == picked["distribution"]  # the distinct STS-B dev sentences, at the pick
 
 
 def test_cli_calibrate_thresholds_only(tiny_env, eval_model_dir, tmp_path, capsys):
-    """--no-static compares exit thresholds only; the pick is saved as the default threshold."""
+    """--no-static compares exit thresholds only; the pick is saved as the default threshold, with what was
+    measured on the model card."""
     out, saved = tmp_path / "cal", tmp_path / "saved"
-    code = main(["calibrate", eval_model_dir, "--max-quality-drop", "100", "--thresholds", "0.9,0.99",
-                 "--exit-min-layer", "2", "--no-static", "--out", str(out), "--save-model", str(saved)])
+    code = main(["calibrate", eval_model_dir, "--max-quality-drop", "100", *FAST, "--no-static", "--out", str(out),
+                 "--save-model", str(saved)])
     assert code == 0
     result = json.loads((out / "calibrate.json").read_text())
-    assert result["picked"]["theta"] == 0.9 and result["static_depths"] == []
-    assert "picked theta=0.9" in capsys.readouterr().out
+    entry = result["roles"]["all"]
+    assert result["static_depths"] == [] and {row["kind"] for row in entry["rows"]} == {"adaptive"}
+    assert entry["within_budget"][0] == "theta=0.9"
+    picked = entry["picked"]
     reloaded = st_leap.load(str(saved))
-    assert reloaded[0].exit_threshold == 0.9 and reloaded[0].exit_min_layer == 2 and reloaded[0].truncate_layers is None
-    card = (saved / "README.md").read_text()  # the model card carries what calibration measured (issue 16)
+    assert reloaded[0].exit_threshold == picked["theta"] and reloaded[0].exit_min_layer == 2
+    assert reloaded[0].truncate_layers is None
+    card = (saved / "README.md").read_text()  # the model card carries what calibration measured
     assert "Measured by st_leap" in card and "calibrated operating point" in card
-    assert f"{result['picked']['stsb']:.2f}" in card and "No exit rate" not in card
+    assert f"{picked['quality']:.2f}" in card and "No exit rate" not in card
 
 
 def test_cli_calibrate_saves_the_pick_for_one_role(tiny_env, eval_model_dir, tmp_path):
-    """--role query saves the picked threshold for encode_query only; documents and plain encode keep full depth."""
+    """--role query saves the pick for encode_query only; documents and plain encode keep full depth."""
     out, saved = tmp_path / "cal", tmp_path / "saved"
-    code = main(["calibrate", eval_model_dir, "--max-quality-drop", "100", "--thresholds", "0.9,0.99",
-                 "--exit-min-layer", "2", "--no-static", "--out", str(out), "--save-model", str(saved),
-                 "--role", "query"])
+    code = main(["calibrate", eval_model_dir, "--max-quality-drop", "100", *FAST, "--no-static", "--out", str(out),
+                 "--save-model", str(saved), "--role", "query"])
     assert code == 0
+    picked = json.loads((out / "calibrate.json").read_text())["roles"]["query"]["picked"]
     reloaded = st_leap.load(str(saved))
-    assert reloaded[0].exit_threshold == {"query": 0.9, "document": None, "default": None}
-    assert reloaded[0].exit_min_layer == {"query": 2, "document": 2, "default": 2}
+    assert saved_default(reloaded[0].exit_threshold, "query") == picked["theta"]
+    assert saved_default(reloaded[0].exit_threshold, "document") is None
+    assert saved_default(reloaded[0].exit_threshold, "default") is None
+    assert all(saved_default(reloaded[0].exit_min_layer, role) == 2 for role in ("query", "document", "default"))
+    assert sorted(p.name for p in (saved / "st_leap_monitor").iterdir()) == ["query.json", "query.npy"]
 
 
 def test_cli_evaluate_writes_tables_and_mteb_results(tiny_env, eval_model_dir, tmp_path):

@@ -1,0 +1,273 @@
+"""The documents of your index, read once and turned into query-like texts (ours, not the LEAP paper's).
+
+A user who keeps an index owns the documents in it, and they are the best training and fitting data a shallow
+query encoder can get: the same protocol as unsupervised domain adaptation (inverse cloze, GPL), which uses the
+target corpus and never its queries. This module reads a corpus and makes the texts:
+
+- :func:`read_corpus`: a BEIR folder (``corpus.jsonl[.gz]`` inside), a ``corpus.jsonl[.gz]`` file (``_id``,
+  ``text``, optional ``title``) or a text file of one document per line (ids are the line numbers). A malformed or
+  empty corpus raises ``ValueError`` naming the file and the line, before any model loads.
+- :func:`query_texts`: query-like texts of documents (titles, sentences, short spans of a sentence),
+  deduplicated, shuffled with a seed, each with the index of the document it came from.
+- :func:`split_documents` and :func:`corpus_dev`: documents held out of training, and a dev split made from them
+  only (their texts retrieving their own documents from the whole index; never a query set or a qrels file).
+
+Example:
+    ::
+
+        from st_leap.corpus import query_texts, read_corpus
+
+        corpus = read_corpus("data/scifact")              # a BEIR folder, a corpus.jsonl(.gz) or a .txt
+        texts, owners = query_texts(corpus, max_texts=20_000, seed=0)
+        corpus.documents[owners[0]]                       # the document texts[0] was taken from
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from st_leap.evaluation.user_data import _json_lines, _open_text, _require_file, _where
+
+__all__ = ["Corpus", "QUERY_KINDS", "read_corpus", "query_texts", "split_documents", "corpus_dev", "read_document_embeddings"]
+
+#: The kinds of query-like text :func:`query_texts` makes from a document.
+QUERY_KINDS = ("title", "sentence", "span")
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+@dataclass
+class Corpus:
+    """Documents of an index: ``ids``, ``titles`` (``""`` when none) and ``texts``, in file order.
+
+    ``documents`` is what the index model reads: ``title + " " + text`` (as mteb and BEIR do), or the text alone.
+    """
+
+    ids: list[str]
+    titles: list[str]
+    texts: list[str]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not (len(self.ids) == len(self.titles) == len(self.texts)):
+            raise ValueError("ids, titles and texts must have one entry per document")
+        if not self.ids:
+            raise ValueError(f"{self.source or 'the corpus'}: no documents")
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError(f"{self.source or 'the corpus'}: document ids repeat")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def documents(self) -> list[str]:
+        return [(t + " " + x).strip() if t else x.strip() for t, x in zip(self.titles, self.texts)]
+
+
+def _corpus_file(path: Path) -> Path:
+    if path.is_dir():
+        for candidate in (path / "corpus.jsonl", path / "corpus.jsonl.gz"):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"corpus folder {path} has no corpus.jsonl or corpus.jsonl.gz")
+    if not path.exists():
+        raise FileNotFoundError(f"corpus {path} does not exist")
+    return path
+
+
+def read_corpus(path: str | Path) -> Corpus:
+    """Read and check a corpus: a BEIR folder, a ``corpus.jsonl[.gz]`` file, or a text file of one document a line
+    (``.txt``, ``.txt.gz`` or any other name that is not ``.jsonl``; blank lines skipped, ids are line numbers).
+
+    Raises:
+        FileNotFoundError: naming the missing file or folder.
+        ValueError: naming the file and the line of a record that is not a JSON object, lacks ``_id`` or ``text``,
+            repeats an id, or has an empty title and text; or an empty file.
+    """
+    file = _corpus_file(Path(path))
+    _require_file(file, "corpus file")
+    ids: list[str] = []
+    titles: list[str] = []
+    texts: list[str] = []
+    if file.name.endswith((".jsonl", ".jsonl.gz")):
+        lines: dict[str, int] = {}
+        for number, obj in _json_lines(file):
+            if "_id" not in obj:
+                raise ValueError(f"{_where(file, number)}: missing _id")
+            key = str(obj["_id"])
+            if key in lines:
+                raise ValueError(f"{_where(file, number)}: _id {key!r} repeats line {lines[key]}")
+            text, title = obj.get("text"), obj.get("title") or ""
+            if not isinstance(text, str):
+                raise ValueError(f"{_where(file, number)}: missing text")
+            if not isinstance(title, str):
+                raise ValueError(f"{_where(file, number)}: title is not a string")
+            if not (title.strip() or text.strip()):
+                raise ValueError(f"{_where(file, number)}: empty title and text")
+            lines[key] = number
+            ids.append(key)
+            titles.append(title.strip())
+            texts.append(text.strip())
+    else:
+        try:
+            with _open_text(file) as f:
+                for number, line in enumerate(f, start=1):
+                    if line.strip():
+                        ids.append(str(number))
+                        titles.append("")
+                        texts.append(line.strip())
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{file}: not UTF-8 text ({error.reason})") from None
+    if not ids:
+        raise ValueError(f"{_where(file, 1)}: no documents in the file")
+    return Corpus(ids, titles, texts, source=str(file))
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` split into sentences (after ``.``, ``!`` or ``?`` followed by a capital letter or a digit)."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def _document_queries(
+    title: str, text: str, kinds: Sequence[str], rng: random.Random, min_words: int, max_words: int, span_words: tuple[int, int]
+) -> list[str]:
+    out: list[str] = []
+    if "title" in kinds and title and len(title.split()) >= 2:
+        out.append(title)
+    parts = [s for s in sentences(text) if min_words <= len(s.split())]
+    if "sentence" in kinds:
+        out.extend(" ".join(s.split()[:max_words]) for s in parts)
+    if "span" in kinds:
+        for s in parts:
+            words = s.split()
+            n = rng.randint(*span_words)
+            if len(words) > n:
+                start = rng.randrange(len(words) - n + 1)
+                out.append(" ".join(words[start : start + n]).strip(" ,;:()"))
+    return out
+
+
+def query_texts(
+    corpus: Corpus,
+    documents: Sequence[int] | None = None,
+    *,
+    kinds: Sequence[str] = QUERY_KINDS,
+    max_texts: int | None = None,
+    max_per_document: int | None = None,
+    min_words: int = 4,
+    max_words: int = 48,
+    span_words: tuple[int, int] = (3, 8),
+    seed: int = 12345,
+) -> tuple[list[str], list[int]]:
+    """Query-like texts of a corpus, each with the index (into ``corpus``) of the document it came from.
+
+    From each document: its title (two words or more), each of its sentences of ``min_words`` words or more (cut at
+    ``max_words``) and, per sentence, one span of ``span_words`` consecutive words (keyword-like queries). Texts are
+    deduplicated (a text that occurs in two documents keeps the first), shuffled with ``seed``, capped at
+    ``max_per_document`` per document, then at ``max_texts``.
+
+    Args:
+        corpus: The documents (:func:`read_corpus`).
+        documents: Indices of the documents to use (default: all), e.g. the training side of
+            :func:`split_documents`.
+        kinds: Which of ``"title"``, ``"sentence"``, ``"span"`` to make.
+        max_texts: Cap on the number of texts.
+        max_per_document: Cap per document.
+        min_words: Shortest sentence used, in words.
+        max_words: Sentences are cut to this many words.
+        span_words: ``(shortest, longest)`` span in words.
+        seed: Seed of the spans and the shuffle.
+
+    Returns:
+        ``(texts, owners)``: the texts and each one's document index.
+    """
+    bad = [k for k in kinds if k not in QUERY_KINDS]
+    if bad or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {QUERY_KINDS}, got {list(kinds)!r}")
+    if not 1 <= span_words[0] <= span_words[1]:
+        raise ValueError(f"span_words must be (shortest, longest) with 1 <= shortest <= longest, got {span_words!r}")
+    rng = random.Random(seed)
+    indices = range(len(corpus)) if documents is None else documents
+    seen: set[str] = set()
+    pairs: list[tuple[str, int]] = []
+    for i in indices:
+        for text in _document_queries(corpus.titles[i], corpus.texts[i], kinds, rng, min_words, max_words, span_words):
+            key = " ".join(text.lower().split())
+            if key and key not in seen:
+                seen.add(key)
+                pairs.append((text, i))
+    rng.shuffle(pairs)
+    if max_per_document is not None:
+        count: dict[int, int] = {}
+        kept = []
+        for text, i in pairs:
+            count[i] = count.get(i, 0) + 1
+            if count[i] <= max_per_document:
+                kept.append((text, i))
+        pairs = kept
+    if max_texts is not None:
+        pairs = pairs[:max_texts]
+    if not pairs:
+        raise ValueError(f"{corpus.source or 'the corpus'}: no query-like texts of kinds {list(kinds)} could be made")
+    return [t for t, _ in pairs], [i for _, i in pairs]
+
+
+def split_documents(corpus: Corpus, dev_documents: int, seed: int = 12345) -> tuple[list[int], list[int]]:
+    """``(train, dev)`` document indices: ``dev_documents`` documents held out at random (``seed``), the rest for
+    training. Nothing of a dev document is ever a training text."""
+    if not 0 <= dev_documents < len(corpus):
+        raise ValueError(f"dev_documents must be in 0..{len(corpus) - 1} for {len(corpus)} documents, got {dev_documents}")
+    order = list(range(len(corpus)))
+    random.Random(seed).shuffle(order)
+    return sorted(order[dev_documents:]), sorted(order[:dev_documents])
+
+
+def corpus_dev(
+    corpus: Corpus, dev: Sequence[int], *, num_queries: int = 500, kinds: Sequence[str] = QUERY_KINDS, seed: int = 12345
+) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """A dev split from held-out documents only: up to ``num_queries`` query-like texts of the ``dev`` documents
+    (at most two per document), each relevant to its own document, against the whole corpus (the index keeps every
+    document). Returns ``(queries, corpus, relevant_docs)`` in the format of sentence-transformers'
+    ``InformationRetrievalEvaluator``."""
+    texts, owners = query_texts(corpus, dev, kinds=kinds, max_texts=num_queries, max_per_document=2, seed=seed + 1)
+    queries = {f"dev{i}": text for i, text in enumerate(texts)}
+    relevant = {f"dev{i}": {corpus.ids[owner]} for i, owner in enumerate(owners)}
+    return queries, dict(zip(corpus.ids, corpus.documents)), relevant
+
+
+def read_document_embeddings(path: str | Path, corpus: Corpus):
+    """Your index's document embeddings, as ``(len(corpus), D)`` float32 rows in corpus order.
+
+    ``path``: an ``.npz`` file with arrays ``ids`` (document ids) and ``embeddings`` (one row per id, any order;
+    every corpus id must be there), or an ``.npy`` array whose rows are already in corpus order.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a missing array, a corpus id without a row, or a row count that does not match.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"document embeddings {path} do not exist")
+    if path.suffix == ".npy":
+        array = np.load(path)
+        if array.ndim != 2 or len(array) != len(corpus):
+            raise ValueError(f"{path}: shape {array.shape}, need one row per document ({len(corpus)}, dim)")
+        return array.astype(np.float32)
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in ("ids", "embeddings") if k not in data]
+        if missing:
+            raise ValueError(f"{path}: no array named {missing[0]!r} (need 'ids' and 'embeddings')")
+        ids, array = [str(i) for i in data["ids"]], data["embeddings"]
+    if array.ndim != 2 or len(array) != len(ids):
+        raise ValueError(f"{path}: {len(ids)} ids but embeddings of shape {array.shape}")
+    row = {key: i for i, key in enumerate(ids)}
+    absent = [key for key in corpus.ids if key not in row]
+    if absent:
+        raise ValueError(f"{path}: {len(absent)} corpus id(s) have no embedding, e.g. {absent[0]!r}")
+    return array[[row[key] for key in corpus.ids]].astype(np.float32)

@@ -1,0 +1,282 @@
+"""A shallow query encoder trained for an index you keep, on that index's own documents (ours, not the LEAP paper's).
+
+:func:`fit_query_encoder` (``st-leap fit-query-encoder``) builds it from st_leap's existing pieces:
+
+1. the student: ``depth`` layers of the index model itself (its first ones, ``init="first"``, or spread across the
+   stack, ``init="spread"``), with a closed-form exit map from its output into the index model's space fitted on
+   the corpus (:func:`st_leap.fit_exit_maps`);
+2. training with :func:`st_leap.training.train` on the corpus (a config's ``corpus`` key): query-like texts of the
+   training documents toward the index model's embedding of the same text (:class:`~st_leap.losses.LEAPLoss`, its
+   final cosine and in-batch similarity terms, read through the map) and toward their own document among the index
+   model's document embeddings (:class:`~st_leap.losses.QueryRetrievalLoss`), with checkpoints and resume; the dev
+   signal comes from held-out documents of the corpus only;
+3. the map refitted in closed form on the trained student, kept only if the dev signal says so;
+4. one sentence-transformers model with a ``Router``: ``encode_query`` runs the student, ``encode_document`` (and
+   plain ``encode``) the index model, unchanged. It loads with ``SentenceTransformer(DIR)`` or
+   ``st_leap.load(DIR)``; ``st-leap export DIR --depth D`` exports the query side as one graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Router
+
+from st_leap import resources
+from st_leap.corpus import QUERY_KINDS, read_corpus, read_document_embeddings
+from st_leap.reporting import save_model, write_json
+
+logger = logging.getLogger(__name__)
+
+#: The initialisations of the student: which layers of the index model it starts from. ``"leap"`` keeps them all
+#: and trains every depth (LEAP), so that queries can also exit per sample.
+INITS = ("first", "spread", "leap")
+
+#: The loss of the student: LEAPLoss's final cosine and in-batch similarity terms only (the student has no early
+#: exits to train), read through its exit map into the index model's space.
+STUDENT_LOSS = {
+    "final_weight": 1.0, "intermediate_weight": 0.0, "exit_weight": 0.0, "student_weight": 0.0,
+    "contrastive_weight": 1.0, "contrastive_layers": "final", "late_weight": 0.0, "redundancy_weight": 0.0,
+    "anchor_weight": 0.0, "adjacent_weight": 0.0, "use_exit_maps": True,
+}
+
+#: The loss of the ``"leap"`` student: LEAPLoss's recipe at every depth, read through the exit maps, plus the
+#: in-batch similarity term on the final layer.
+LEAP_STUDENT_LOSS = {"contrastive_weight": 1.0, "contrastive_layers": "final", "use_exit_maps": True}
+
+
+def pick_layers(num_layers: int, depth: int, init: str = "first") -> list[int]:
+    """The 0-based layers of an ``num_layers``-layer encoder a ``depth``-layer student starts from: the first
+    ``depth`` (``"first"``), ``depth`` layers spread evenly from the first to the last (``"spread"``), or all of
+    them (``"leap"``: the student keeps the whole stack and serves ``depth`` of it)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= num_layers:
+        raise ValueError(f"depth must be an int in 1..{num_layers}, got {depth!r}")
+    if init == "leap":
+        return list(range(num_layers))
+    if init == "first" or depth == 1:
+        return list(range(depth))
+    return sorted({round(i * (num_layers - 1) / (depth - 1)) for i in range(depth)})
+
+
+def init_student(index_model: str, depth: int, init: str = "first", device: str | None = None) -> SentenceTransformer:
+    """An early-exit model of ``depth`` layers taken from ``index_model`` (:func:`pick_layers`), with its pooling
+    and normalization, full depth by default."""
+    from torch import nn
+
+    from st_leap.model import from_pretrained
+    from st_leap.modules import encoder_layers
+
+    model = SentenceTransformer(resources.resolve_model(index_model), device=device or "cpu")
+    auto = model[0].auto_model
+    layers = encoder_layers(auto)
+    keep = pick_layers(len(layers), depth, init)
+    picked = nn.ModuleList([layers[i] for i in keep])
+    parent = auto.transformer if hasattr(auto, "transformer") else auto.encoder
+    parent.layer = picked
+    for key in ("num_hidden_layers", "n_layers"):
+        if hasattr(auto.config, key):
+            setattr(auto.config, key, len(keep))
+    with tempfile.TemporaryDirectory() as folder:
+        model.save(folder)
+        return from_pretrained(folder, exit_threshold=None, exit_min_layer=1, device=device)
+
+
+def query_side(model: SentenceTransformer) -> SentenceTransformer:
+    """The query encoder of a model built by :func:`fit_query_encoder` (its ``Router``'s query route, modules
+    shared, not copied) as a model of its own; any other model is returned as it is."""
+    first = model[0]
+    if not isinstance(first, Router):
+        return model
+    route = first._resolve_route(task="query", modality=None)
+    return SentenceTransformer(modules=list(first.sub_modules[route]), device=str(model.device))
+
+
+def build_router(student: SentenceTransformer, index_model: SentenceTransformer) -> SentenceTransformer:
+    """One model: ``encode_query`` -> ``student``, ``encode_document`` and plain ``encode`` -> ``index_model``."""
+    router = Router.for_query_document(list(student), list(index_model), default_route="document")
+    model = SentenceTransformer(modules=[router], device=str(index_model.device))
+    model.model_card_data.base_model = getattr(index_model.model_card_data, "base_model", None)
+    return model
+
+
+@dataclass
+class QueryEncoderResult:
+    """What :func:`fit_query_encoder` did: where the model is, how long each part took, and its dev signal."""
+
+    path: str
+    student_path: str
+    depth: int
+    init: str
+    steps: int
+    train_seconds: float
+    index_seconds: float
+    dev: dict[str, float] = field(default_factory=dict)
+    maps: str = "trained"
+    resumed_from: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dev_score(evaluator: Any, model: SentenceTransformer, depth: int) -> dict[str, float]:
+    metrics = evaluator(model)
+    prefix = f"{evaluator.name}_" if evaluator.name else ""
+    return {"ndcg@10": metrics[f"{prefix}depth{depth}_ndcg@10"], "cosine": metrics[f"{prefix}depth{depth}_cosine"],
+            "reference_ndcg@10": metrics[f"{prefix}reference_ndcg@10"]}
+
+
+def fit_query_encoder(
+    index_model: str,
+    corpus: str | Path,
+    out: str | Path,
+    *,
+    depth: int = 3,
+    init: str = "first",
+    max_steps: int = 1000,
+    stop_at_step: int | None = None,
+    batch_size: int = 64,
+    learning_rate: float = 1e-4,
+    max_seq_length: int = 64,
+    kinds: Sequence[str] = QUERY_KINDS,
+    map_texts: int = 20_000,
+    dev_documents: int = 200,
+    dev_queries: int = 500,
+    eval_steps: int | None = 250,
+    document_embeddings: str | Path | np.ndarray | None = None,
+    work_dir: str | Path | None = None,
+    resume: bool = False,
+    seed: int = 12345,
+) -> QueryEncoderResult:
+    """Train a ``depth``-layer query encoder for an index that ``index_model`` built of ``corpus``, and save one
+    model to ``out`` that serves queries with it and documents with ``index_model`` (see the module docstring).
+
+    Args:
+        index_model: The model that embedded your documents (folder, Hub id, or ``"minilm"`` / ``"mpnet"``).
+        corpus: The documents of the index: a BEIR folder, a ``corpus.jsonl[.gz]`` or a text file of one document a
+            line (:func:`st_leap.corpus.read_corpus`). Checked before any model loads.
+        out: Folder of the finished model.
+        depth: Layers of the query encoder.
+        init: ``"first"`` (the index model's first ``depth`` layers), ``"spread"`` (:func:`pick_layers`) or
+            ``"leap"`` (the whole index model trained at every depth with LEAPLoss, served at ``depth``; queries can
+            exit per sample instead with ``encode_query(..., truncate_layers=None, exit_threshold=...)``).
+        max_steps: The step budget (the learning-rate schedule runs over it).
+        stop_at_step: Stop after this many steps of the ``max_steps`` schedule (resume later with ``resume``).
+        batch_size: Texts per step.
+        learning_rate: Peak learning rate (linear schedule, 5% warm-up).
+        max_seq_length: Token length the query texts are trained at (queries are short).
+        kinds: Which query-like texts to make of each document (:func:`st_leap.corpus.query_texts`).
+        map_texts: Corpus texts the closed-form maps are fitted on.
+        dev_documents: Documents held out of training; their texts retrieving them from the whole index are the dev
+            signal (never a query set or qrels).
+        dev_queries: How many dev texts.
+        eval_steps: Evaluate the dev signal every N steps (the learning curve, in ``leap_training.json``).
+        document_embeddings: Your index's vectors (an ``.npz`` with ``ids`` and ``embeddings``, an ``.npy`` in corpus
+            order, or an array), so that the index model's pass over the documents is skipped.
+        work_dir: Where the initial student, the checkpoints and the trained student go. Default: ``<out>-training``.
+        resume: Continue from the newest checkpoint in ``work_dir``.
+        seed: Seed of the dev split, the texts and their order.
+
+    Returns:
+        A :class:`QueryEncoderResult`.
+    """
+    from st_leap.evaluation.dev import corpus_depth_evaluator
+    from st_leap.exit_maps import fit_exit_maps
+    from st_leap.model import load
+    from st_leap.teacher import compute_teacher_embeddings, index_embeddings
+    from st_leap.training import TrainConfig, corpus_training_texts, train
+
+    documents = read_corpus(corpus)  # a bad corpus fails before any model loads
+    given = document_embeddings
+    embeddings_path = None
+    if isinstance(given, (str, Path)):
+        embeddings_path = str(given)
+        given = read_document_embeddings(given, documents)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+    index_path = resources.resolve_model(index_model)
+    leap = init == "leap"
+    work = Path(work_dir) if work_dir is not None else Path(f"{out}-training")
+    if given is not None and embeddings_path is None:
+        work.mkdir(parents=True, exist_ok=True)
+        embeddings_path = str(work / "document_embeddings.npz")
+        np.savez(embeddings_path, ids=np.array(documents.ids), embeddings=np.asarray(given, dtype=np.float32))
+    config = TrainConfig(
+        model=str(work / "init"), teacher=index_path, output_dir=str(work / "student"), max_steps=max_steps,
+        stop_at_step=stop_at_step, batch_size=batch_size, learning_rate=learning_rate,
+        warmup_steps=max(1, max_steps // 20), group_by_length=True, max_seq_length=max_seq_length, seed=42,
+        sentence_seed=seed, logging_steps=max(1, min(50, max_steps // 10)),
+        loss=dict(LEAP_STUDENT_LOSS if leap else STUDENT_LOSS),
+        retrieval={"scale": 20.0} if leap else {"layers": [depth], "scale": 20.0},  # "leap": every depth
+        corpus={"path": str(corpus), "dev_documents": dev_documents, "kinds": list(kinds),
+                "document_embeddings": embeddings_path},
+        exit_threshold=None, exit_min_layer=1, save_steps=eval_steps or 250, save_total_limit=2, resume=resume,
+        eval_steps=eval_steps, dev_queries=dev_queries, dev_documents=max(dev_documents, dev_queries),
+        dev_depths=[depth],
+    )
+    index = SentenceTransformer(index_path)
+    start = time.perf_counter()
+    document_vectors = index_embeddings(index, documents.documents, given)  # once, into the shared cache
+    index_seconds = time.perf_counter() - start
+    texts = corpus_training_texts(config)[0]
+    # The index model's embeddings of the training texts, at the training length: the labels train() reads from
+    # the same shared cache, and the targets of both closed-form map fits.
+    serving_length, index.max_seq_length = index.max_seq_length, max_seq_length
+    try:
+        targets = compute_teacher_embeddings(index, texts, None, shared_cache=True)[:map_texts]
+    finally:
+        index.max_seq_length = serving_length
+    name = Path(index_path).name if Path(index_path).exists() else index_path
+    maps_fit = {"target_embeddings": targets, "target_name": name, "seed": seed}
+    if not (work / "init" / "modules.json").exists():
+        student = init_student(index_path, depth, init)
+        fit_exit_maps(student, texts[:map_texts], **maps_fit)
+        save_model(student, work / "init")
+    evaluator = corpus_depth_evaluator(
+        documents, index, [depth], dev_documents=dev_documents, seed=seed, num_queries=dev_queries,
+        document_embeddings=document_vectors, batch_size=batch_size,
+    )
+    start = time.perf_counter()
+    trained = train(config, evaluator=evaluator)
+    train_seconds = time.perf_counter() - start
+    student = trained.model
+    dev = _dev_score(evaluator, student, depth)
+    maps = "trained"
+    refit = load(str(config.output_dir))
+    fit_exit_maps(refit, texts[:map_texts], **maps_fit)
+    refit_dev = _dev_score(evaluator, refit, depth)
+    if refit_dev["ndcg@10"] > dev["ndcg@10"]:
+        student, dev, maps = refit, refit_dev, "refit"
+    logger.info("dev NDCG@10 at depth %d: %.4f (maps %s; index model %.4f)", depth, dev["ndcg@10"], maps,
+                dev["reference_ndcg@10"])
+    if leap:  # the whole trained stack, served at ``depth`` (encode_query(truncate_layers=None, exit_threshold=...)
+        student[0].truncate_layers = depth  # exits per sample instead)
+    save_model(student, work / "query_encoder")  # the query side on its own, as served
+    model = build_router(student, index)
+    save_model(model, out)
+    result = QueryEncoderResult(
+        path=str(out), student_path=str(work / "query_encoder"), depth=depth, init=init, steps=trained.steps,
+        resumed_from=trained.resumed_from,
+        train_seconds=train_seconds, index_seconds=index_seconds, dev=dev, maps=maps, config=config.to_dict(),
+    )
+    write_json({**result.to_dict(), "dev_refit": refit_dev, "log_history": trained.log_history},
+               Path(out) / "query_encoder.json")
+    return result
+
+
+def read_result(folder: str | Path) -> dict[str, Any]:
+    """The ``query_encoder.json`` that :func:`fit_query_encoder` wrote beside the model."""
+    return json.loads((Path(folder) / "query_encoder.json").read_text(encoding="utf-8"))

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from st_leap.corpus import (
+    Corpus,
+    corpus_dev,
+    query_texts,
+    read_corpus,
+    read_document_embeddings,
+    sentences,
+    split_documents,
+)
+
+DOCS = [
+    {"_id": "d1", "title": "Red birds of the park", "text": "A red bird sings in the park. The old man feeds it bread."},
+    {"_id": "d2", "title": "", "text": "Two dogs are running on the beach. A child plays with a big ball there."},
+    {"_id": "d3", "title": "Pianos", "text": "The small blue piano is old. A woman plays it slowly every day."},
+    {"_id": "d4", "title": "Horses and riders", "text": "A young woman is riding a horse. The horse is big and green."},
+]
+
+
+def write_jsonl(path, rows, gz=False):
+    opener = gzip.open if gz else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+@pytest.fixture()
+def corpus_file(tmp_path):
+    return write_jsonl(tmp_path / "corpus.jsonl", DOCS)
+
+
+def test_read_beir_folder_jsonl_gz_and_text_file(tmp_path):
+    folder = tmp_path / "beir"
+    folder.mkdir()
+    write_jsonl(folder / "corpus.jsonl.gz", DOCS, gz=True)
+    corpus = read_corpus(folder)
+    assert corpus.ids == ["d1", "d2", "d3", "d4"]
+    assert corpus.documents[0] == "Red birds of the park A red bird sings in the park. The old man feeds it bread."
+    assert corpus.documents[1] == DOCS[1]["text"]  # no title: the text alone
+    text_file = tmp_path / "docs.txt"
+    text_file.write_text("first document here.\n\nsecond document.\n", encoding="utf-8")
+    lines = read_corpus(text_file)
+    assert lines.ids == ["1", "3"] and lines.texts == ["first document here.", "second document."]
+    assert lines.titles == ["", ""]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("{not json", "line 2: not a JSON object"),
+        ({"title": "x", "text": "y"}, "line 2: missing _id"),
+        ({"_id": "d9", "title": "x"}, "line 2: missing text"),
+        ({"_id": "d1", "text": "again"}, "line 2: _id 'd1' repeats line 1"),
+        ({"_id": "d9", "title": 3, "text": "y"}, "line 2: title is not a string"),
+        ({"_id": "d9", "title": " ", "text": "  "}, "line 2: empty title and text"),
+    ],
+)
+def test_malformed_corpus_names_file_and_line(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "corpus.jsonl", [DOCS[0], row])
+    with pytest.raises(ValueError, match=message):
+        read_corpus(path)
+
+
+def test_missing_and_empty_corpus(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_corpus(tmp_path / "nothing.jsonl")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(FileNotFoundError, match="no corpus.jsonl"):
+        read_corpus(tmp_path / "folder")
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match="empty"):
+        read_corpus(tmp_path / "empty.txt")
+    (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no documents"):
+        read_corpus(tmp_path / "blank.txt")
+
+
+def test_sentences_split_on_end_punctuation():
+    assert sentences("A dog runs. The cat sits! Is it 3 p.m.? 4 birds sing.") == [
+        "A dog runs.", "The cat sits!", "Is it 3 p.m.?", "4 birds sing."
+    ]
+
+
+def test_query_texts_kinds_owners_dedup_and_seed(corpus_file):
+    corpus = read_corpus(corpus_file)
+    titles, owners = query_texts(corpus, kinds=["title"])
+    # d2 has no title, d3's title has one word: neither gives a title query
+    assert sorted(titles) == ["Horses and riders", "Red birds of the park"]
+    assert all(corpus.titles[o] == t for t, o in zip(titles, owners))
+    texts, owners = query_texts(corpus, seed=1)
+    for text, owner in zip(texts, owners):
+        assert text in corpus.documents[owner]  # every text is taken from its own document
+    assert len({t.lower() for t in texts}) == len(texts)
+    assert query_texts(corpus, seed=1) == (texts, owners)
+    assert query_texts(corpus, seed=2)[0] != texts
+    spans, _ = query_texts(corpus, kinds=["span"], span_words=(3, 3))
+    assert spans and all(len(s.split()) <= 3 for s in spans)
+    capped, capped_owners = query_texts(corpus, max_per_document=1)
+    assert len(capped) == len(set(capped_owners)) == 4
+    assert len(query_texts(corpus, max_texts=3)[0]) == 3
+    with pytest.raises(ValueError, match="kinds"):
+        query_texts(corpus, kinds=["questions"])
+
+
+def test_duplicate_text_of_two_documents_is_kept_once():
+    corpus = Corpus(["a", "b"], ["", ""], ["The same sentence is here.", "The same sentence is here."])
+    texts, owners = query_texts(corpus, kinds=["sentence"])
+    assert texts == ["The same sentence is here."] and owners == [0]
+
+
+def test_split_and_dev_hold_out_documents(corpus_file):
+    corpus = read_corpus(corpus_file)
+    train, dev = split_documents(corpus, 2, seed=0)
+    assert len(dev) == 2 and sorted(train + dev) == [0, 1, 2, 3]
+    assert split_documents(corpus, 2, seed=0) == (train, dev)
+    queries, documents, relevant = corpus_dev(corpus, dev, num_queries=10, seed=0)
+    assert documents == dict(zip(corpus.ids, corpus.documents))  # the whole index
+    dev_ids = {corpus.ids[i] for i in dev}
+    for qid, text in queries.items():
+        (doc,) = relevant[qid]
+        assert doc in dev_ids and text in documents[doc]
+    train_texts, train_owners = query_texts(corpus, train)
+    assert not set(train_owners) & set(dev)
+    with pytest.raises(ValueError, match="dev_documents"):
+        split_documents(corpus, 4)
+
+
+def test_read_document_embeddings(corpus_file, tmp_path):
+    corpus = read_corpus(corpus_file)
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.savez(tmp_path / "index.npz", ids=np.array(["d3", "d1", "d4", "d2"]), embeddings=vectors)
+    rows = read_document_embeddings(tmp_path / "index.npz", corpus)
+    np.testing.assert_array_equal(rows, vectors[[1, 3, 0, 2]])  # in corpus order
+    np.savez(tmp_path / "short.npz", ids=np.array(["d1", "d2"]), embeddings=vectors[:2])
+    with pytest.raises(ValueError, match="2 corpus id"):
+        read_document_embeddings(tmp_path / "short.npz", corpus)
+    np.savez(tmp_path / "noids.npz", embeddings=vectors)
+    with pytest.raises(ValueError, match="'ids'"):
+        read_document_embeddings(tmp_path / "noids.npz", corpus)
+    np.save(tmp_path / "rows.npy", vectors[:3])
+    with pytest.raises(ValueError, match="one row per document"):
+        read_document_embeddings(tmp_path / "rows.npy", corpus)
+    with pytest.raises(FileNotFoundError):
+        read_document_embeddings(tmp_path / "absent.npz", corpus)

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+import st_leap
+from st_leap.corpus import read_corpus
+from st_leap.model import num_layers
+from st_leap.modules import encoder_layers
+from st_leap.query_encoder import fit_query_encoder, init_student, pick_layers, query_side, read_result
+from tests.conftest import WORDS, build_tiny_model_dir
+
+QUERIES = ["a man is playing the guitar", "the dog in the park", "two cats are eating bread"]
+
+
+def tiny_corpus(path, n: int = 40, seed: int = 0):
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(n):
+            parts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))).capitalize() + "." for _ in range(3)]
+            title = " ".join(rng.choice(WORDS) for _ in range(3))
+            f.write(json.dumps({"_id": f"doc{i}", "title": title, "text": " ".join(parts)}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory) -> str:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("qe_index"), "bert", num_layers=4)
+
+
+@pytest.fixture(scope="module")
+def corpus_path(tmp_path_factory):
+    return tiny_corpus(tmp_path_factory.mktemp("qe_corpus") / "corpus.jsonl")
+
+
+SMALL = dict(depth=2, max_steps=4, batch_size=8, eval_steps=2, dev_documents=8, dev_queries=8, map_texts=60)
+
+
+@pytest.fixture(scope="module")
+def fitted(index_dir, corpus_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("qe_out") / "model"
+    result = fit_query_encoder(index_dir, corpus_path, out, **SMALL)
+    return result
+
+
+def test_pick_layers():
+    assert pick_layers(6, 3) == [0, 1, 2]
+    assert pick_layers(6, 3, "spread") == [0, 2, 5]
+    assert pick_layers(6, 2, "spread") == [0, 5]
+    assert pick_layers(6, 1, "spread") == [0]
+    assert pick_layers(6, 2, "leap") == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="depth"):
+        pick_layers(6, 7)
+    with pytest.raises(ValueError, match="init"):
+        pick_layers(6, 2, "last")
+
+
+@pytest.mark.parametrize("init", ["first", "spread", "leap"])
+def test_student_starts_from_the_index_models_layers(index_dir, init):
+    index = SentenceTransformer(index_dir, device="cpu")
+    student = init_student(index_dir, 2, init)
+    assert num_layers(student) == len(pick_layers(4, 2, init))
+    source = encoder_layers(index[0].auto_model)
+    for mine, theirs in zip(encoder_layers(student[0].auto_model), [source[i] for i in pick_layers(4, 2, init)]):
+        for a, b in zip(mine.parameters(), theirs.parameters()):
+            assert torch.equal(a, b)
+
+
+def test_router_roles_and_reload(fitted, index_dir, corpus_path):
+    model = st_leap.load(fitted.path, device="cpu")
+    shallow = st_leap.load(fitted.student_path, device="cpu")
+    assert num_layers(shallow) == 2
+    np.testing.assert_allclose(model.encode_query(QUERIES), shallow.encode(QUERIES), atol=1e-6)
+    documents = read_corpus(corpus_path).documents[:5]
+    index = SentenceTransformer(index_dir, device="cpu")
+    np.testing.assert_allclose(model.encode_document(documents), index.encode(documents), atol=1e-6)
+    np.testing.assert_allclose(model.encode(documents), index.encode(documents), atol=1e-6)  # default: documents
+    # the query side differs from the index model: it is the 2-layer student through its map
+    assert not np.allclose(model.encode_query(QUERIES), index.encode(QUERIES), atol=1e-3)
+    plain = SentenceTransformer(fitted.path, device="cpu", trust_remote_code=True)
+    np.testing.assert_allclose(plain.encode_query(QUERIES), shallow.encode(QUERIES), atol=1e-6)
+    assert num_layers(query_side(model)) == 2
+
+
+def test_result_records_dev_curve_and_choice(fitted):
+    saved = read_result(fitted.path)
+    assert saved["steps"] == 4 and saved["maps"] in ("trained", "refit")
+    evals = [row for row in saved["log_history"] if "eval_corpus-dev_depth2_ndcg@10" in row]
+    assert [row["step"] for row in evals] == [2, 4]
+    assert 0.0 <= saved["dev"]["ndcg@10"] <= 1.0
+    best = max(saved["dev_refit"]["ndcg@10"], evals[-1]["eval_corpus-dev_depth2_ndcg@10"])
+    assert saved["dev"]["ndcg@10"] == pytest.approx(best)
+
+
+def test_leap_init_keeps_the_stack_and_serves_the_depth(index_dir, corpus_path, tmp_path):
+    result = fit_query_encoder(index_dir, corpus_path, tmp_path / "leap", init="leap", **SMALL)
+    shallow = st_leap.load(result.student_path, device="cpu")
+    assert num_layers(shallow) == 4 and shallow[0].truncate_layers == 2
+    texts = ["a query about cells", "another one"]
+    model = st_leap.load(result.path, device="cpu")
+    np.testing.assert_allclose(model.encode_query(texts), shallow.encode(texts), atol=1e-6)
+    cut = shallow.encode(texts, truncate_layers=2, exit_threshold=None)
+    np.testing.assert_allclose(shallow.encode(texts), cut, atol=1e-6)
+    full = shallow.encode(texts, truncate_layers=None, exit_threshold=None)
+    assert not np.allclose(full, cut, atol=1e-4)  # the rest of the stack is there, trained at every depth
+    trained = read_result(result.path)
+    assert trained["config"]["retrieval"] == {"scale": 20.0}  # every depth
+
+
+def test_exit_settings_on_a_router_model_are_refused(fitted):
+    with pytest.raises(ValueError, match="routes queries and documents"):
+        st_leap.from_pretrained(fitted.path, exit_threshold=0.9)
+
+
+def test_resume_continues_a_stopped_run(index_dir, corpus_path, tmp_path):
+    embeddings = SentenceTransformer(index_dir, device="cpu").encode(read_corpus(corpus_path).documents)
+    ids = np.array(read_corpus(corpus_path).ids)
+    np.savez(tmp_path / "index.npz", ids=ids[::-1], embeddings=embeddings[::-1])  # any order: matched by id
+    common = dict(SMALL, document_embeddings=tmp_path / "index.npz", work_dir=tmp_path / "work")
+    first = fit_query_encoder(index_dir, corpus_path, tmp_path / "model", stop_at_step=2, **common)
+    assert first.steps == 2 and first.resumed_from is None
+    second = fit_query_encoder(index_dir, corpus_path, tmp_path / "model", resume=True, **common)
+    assert second.steps == 4
+    assert second.resumed_from is not None and second.resumed_from.endswith("checkpoint-2")
+
+
+def test_bad_inputs_fail_before_any_model_loads(tmp_path, corpus_path):
+    bad = tmp_path / "corpus.jsonl"
+    bad.write_text('{"_id": "a", "text": "fine"}\n{"_id": "b"}\n', encoding="utf-8")
+    missing_model = str(tmp_path / "no-such-model")  # never loaded: the corpus is read first
+    with pytest.raises(ValueError, match="line 2: missing text"):
+        fit_query_encoder(missing_model, bad, tmp_path / "out")
+    np.savez(tmp_path / "short.npz", ids=np.array(["doc0"]), embeddings=np.zeros((1, 32), np.float32))
+    with pytest.raises(ValueError, match="have no embedding"):
+        fit_query_encoder(missing_model, corpus_path, tmp_path / "out", document_embeddings=tmp_path / "short.npz")
+    with pytest.raises(ValueError, match="init"):
+        fit_query_encoder(missing_model, corpus_path, tmp_path / "out", init="middle")
+
+
+def test_export_writes_the_query_side_as_one_graph(fitted, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from st_leap.backends import export
+
+    model = st_leap.load(fitted.path, device="cpu")
+    folder = export(model, tmp_path / "query-onnx", "onnx", depth=2)
+    served = st_leap.load(str(folder))
+    np.testing.assert_allclose(served.encode_query(QUERIES), model.encode_query(QUERIES), atol=1e-4)
