@@ -8,6 +8,8 @@
   multi-process pools).
 - :func:`diagnose`: is a model exit-compatible? (paper section 5.2)
 - :func:`fit_exit_maps`: exit maps (ours), one affine map per layer into the final space, fitted in closed form.
+- :func:`fit_query_encoder` (:mod:`st_leap.query_encoder`, ours): a shallow query encoder trained on the documents
+  of an index you keep, saved with the index model as one model (``encode_query`` shallow, ``encode_document`` full).
 - :func:`calibrate`: per role, the fastest measured operating point within a quality budget, on STS-B or your
   data, with the reference a monitor needs.
 - :class:`ExitMonitor` (:mod:`st_leap.monitoring`, ours): serve with exit monitoring, drift alerts and automatic
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from st_leap.model import ExitEncoding, encode_with_exits, from_pretrained, load
     from st_leap.modules import EarlyExitTransformer
     from st_leap.monitoring import ExitMonitor
+    from st_leap.query_encoder import fit_query_encoder
 
 _EXPORTS = {
     "EarlyExitTransformer": "st_leap.modules",
@@ -42,6 +45,7 @@ _EXPORTS = {
     "fit_exit_maps": "st_leap.exit_maps",
     "calibrate": "st_leap.evaluation.calibration",
     "ExitMonitor": "st_leap.monitoring",
+    "fit_query_encoder": "st_leap.query_encoder",
 }
 
 __all__ = [
@@ -54,6 +58,7 @@ __all__ = [
     "fit_exit_maps",
     "calibrate",
     "ExitMonitor",
+    "fit_query_encoder",
     "__version__",
 ]
 

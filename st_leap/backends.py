@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from sentence_transformers.base.modules import InputModule
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import InputModule, Router
 from torch import Tensor, nn
 
 BACKENDS = ("torch", "onnx", "openvino")
@@ -349,6 +350,16 @@ def _served_roles(module: Any, role: str | None, depth: int, explicit: bool) -> 
     return served
 
 
+def query_side(model: SentenceTransformer) -> SentenceTransformer:
+    """The query encoder of a model built by :func:`st_leap.fit_query_encoder` (its ``Router``'s query route, modules
+    shared, not copied) as a model of its own; any other model is returned as it is."""
+    first = model[0]
+    if not isinstance(first, Router):
+        return model
+    route = first._resolve_route(task="query", modality=None)
+    return SentenceTransformer(modules=list(first.sub_modules[route]), device=str(model.device))
+
+
 def export(
     model: Any,
     out_dir: str | Path,
@@ -399,11 +410,7 @@ def export(
         raise ValueError("export writes an ONNX Runtime or OpenVINO folder: backend must be 'onnx' or 'openvino'")
     if role is not None and role not in ROLE_TASKS:
         raise ValueError(f"role must be one of {list(ROLE_TASKS)} or None, got {role!r}")
-    from sentence_transformers.base.modules import Router
-
     if isinstance(model[0], Router):  # a query encoder for a kept index: its query side is what gets faster
-        from st_leap.query_encoder import query_side
-
         if role not in (None, "query"):
             raise ValueError("a query encoder for a kept index exports its query side only (role 'query')")
         model = query_side(model)

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from st_leap.evaluation.user_data import _json_lines, _open_text, _require_file, _where
+from st_leap.evaluation.user_data import file_line, open_text, read_json_lines, require_file
 
 __all__ = ["Corpus", "QUERY_KINDS", "read_corpus", "query_texts", "split_documents", "corpus_dev", "read_document_embeddings"]
 
@@ -89,32 +89,32 @@ def read_corpus(path: str | Path) -> Corpus:
             repeats an id, or has an empty title and text; or an empty file.
     """
     file = _corpus_file(Path(path))
-    _require_file(file, "corpus file")
+    require_file(file, "corpus file")
     ids: list[str] = []
     titles: list[str] = []
     texts: list[str] = []
     if file.name.endswith((".jsonl", ".jsonl.gz")):
         lines: dict[str, int] = {}
-        for number, obj in _json_lines(file):
+        for number, obj in read_json_lines(file):
             if "_id" not in obj:
-                raise ValueError(f"{_where(file, number)}: missing _id")
+                raise ValueError(f"{file_line(file, number)}: missing _id")
             key = str(obj["_id"])
             if key in lines:
-                raise ValueError(f"{_where(file, number)}: _id {key!r} repeats line {lines[key]}")
+                raise ValueError(f"{file_line(file, number)}: _id {key!r} repeats line {lines[key]}")
             text, title = obj.get("text"), obj.get("title") or ""
             if not isinstance(text, str):
-                raise ValueError(f"{_where(file, number)}: missing text")
+                raise ValueError(f"{file_line(file, number)}: missing text")
             if not isinstance(title, str):
-                raise ValueError(f"{_where(file, number)}: title is not a string")
+                raise ValueError(f"{file_line(file, number)}: title is not a string")
             if not (title.strip() or text.strip()):
-                raise ValueError(f"{_where(file, number)}: empty title and text")
+                raise ValueError(f"{file_line(file, number)}: empty title and text")
             lines[key] = number
             ids.append(key)
             titles.append(title.strip())
             texts.append(text.strip())
     else:
         try:
-            with _open_text(file) as f:
+            with open_text(file) as f:
                 for number, line in enumerate(f, start=1):
                     if line.strip():
                         ids.append(str(number))
@@ -123,7 +123,7 @@ def read_corpus(path: str | Path) -> Corpus:
         except UnicodeDecodeError as error:
             raise ValueError(f"{file}: not UTF-8 text ({error.reason})") from None
     if not ids:
-        raise ValueError(f"{_where(file, 1)}: no documents in the file")
+        raise ValueError(f"{file_line(file, 1)}: no documents in the file")
     return Corpus(ids, titles, texts, source=str(file))
 
 

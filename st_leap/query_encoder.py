@@ -92,16 +92,6 @@ def init_student(index_model: str, depth: int, init: str = "first", device: str 
         return from_pretrained(folder, exit_threshold=None, exit_min_layer=1, device=device)
 
 
-def query_side(model: SentenceTransformer) -> SentenceTransformer:
-    """The query encoder of a model built by :func:`fit_query_encoder` (its ``Router``'s query route, modules
-    shared, not copied) as a model of its own; any other model is returned as it is."""
-    first = model[0]
-    if not isinstance(first, Router):
-        return model
-    route = first._resolve_route(task="query", modality=None)
-    return SentenceTransformer(modules=list(first.sub_modules[route]), device=str(model.device))
-
-
 def build_router(student: SentenceTransformer, index_model: SentenceTransformer) -> SentenceTransformer:
     """One model: ``encode_query`` -> ``student``, ``encode_document`` and plain ``encode`` -> ``index_model``."""
     router = Router.for_query_document(list(student), list(index_model), default_route="document")

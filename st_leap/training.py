@@ -437,7 +437,7 @@ def train(
         start = time.perf_counter()
         retrieval_data = retrieval_dataset(config, teacher, teacher_length)
         teacher_seconds += time.perf_counter() - start
-        options = {k: v for k, v in config.retrieval.items() if k not in ("passages",)}
+        options = {k: v for k, v in config.retrieval.items() if k != "passages"}
         retrieval_loss = QueryRetrievalLoss(model, **options)
         dataset = DatasetDict({"distill": dataset, "retrieval": retrieval_data})
     if config.teacher_mode == "precomputed":

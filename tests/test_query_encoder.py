@@ -9,10 +9,11 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 import st_leap
+from st_leap.backends import query_side
 from st_leap.corpus import read_corpus
 from st_leap.model import num_layers
 from st_leap.modules import encoder_layers
-from st_leap.query_encoder import fit_query_encoder, init_student, pick_layers, query_side, read_result
+from st_leap.query_encoder import fit_query_encoder, init_student, pick_layers, read_result
 from tests.conftest import WORDS, build_tiny_model_dir
 
 QUERIES = ["a man is playing the guitar", "the dog in the park", "two cats are eating bread"]
@@ -49,6 +50,7 @@ def fitted(index_dir, corpus_path, tmp_path_factory):
 
 
 def test_pick_layers():
+    assert st_leap.fit_query_encoder is fit_query_encoder  # the top-level name
     assert pick_layers(6, 3) == [0, 1, 2]
     assert pick_layers(6, 3, "spread") == [0, 2, 5]
     assert pick_layers(6, 2, "spread") == [0, 5]

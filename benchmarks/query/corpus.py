@@ -106,9 +106,52 @@ def encoders_for(task: str, original_path: str, save_dir: Path, extra: list[str]
 
 def query_model(model: SentenceTransformer) -> SentenceTransformer:
     """The query side of a saved query encoder (its ``Router``'s query route), else the model itself."""
-    from st_leap.query_encoder import query_side
+    from st_leap.backends import query_side
 
     return query_side(model)
+
+
+def int8_phase(specs: list[str], original_path: str, save_dir: Path, reference: SentenceTransformer, repeats: int,
+               result: dict[str, Any], save: Any) -> None:
+    """Each ``TASK:NAME=MODEL_DIR``: its query side exported as one ONNX Runtime int8 graph (``st_leap.backends.export``),
+    test NDCG@10 of the graph and of the fp32 query side, and query speed at batch 1 and 32 (1 and 2 threads) of
+    both against stock torch fp32 at full depth and the original's whole-graph int8, in the same rounds."""
+    from benchmarks.backends.run import stock_model, whole_graph_model
+    from st_leap.backends import export
+
+    for spec in specs:
+        where, _, path = spec.partition("=")
+        task, _, name = where.partition(":")
+        fp32 = query_model(st_leap.load(path, device="cpu"))
+        folder = save_dir / "int8" / f"{task}_{name.replace(' ', '_')}"
+        if not (folder / "st_leap_export.json").exists():
+            depth = getattr(fp32[0], "truncate_layers", None) or num_layers(fp32)
+            export(st_leap.load(path, device="cpu"), folder, "onnx", quantize="int8", depth=depth)
+        evaluator = test_evaluator(task, reference, None)
+        row = result.setdefault("int8", {}).setdefault(task, {}).setdefault(name, {})
+        row["path"], row["export"] = path, str(folder)
+        row["ndcg@10_fp32"] = evaluator.ndcg(fp32)
+        texts = list(read_beir(resources.beir_dir(task)).queries.values())
+        row["speed"] = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            graph = st_leap.load(str(folder))  # its runtime takes torch's thread count when it opens
+            if "ndcg@10_int8" not in row:
+                row["ndcg@10_int8"] = evaluator.ndcg(graph)
+            models = {
+                "st torch fp32 full": stock_model(original_path),
+                "whole-graph onnx-int8 full": whole_graph_model(original_path, save_dir / "int8" / "whole_graph",
+                                                                "onnx", "int8", threads),
+                f"{name} fp32": fp32,
+                f"{name} onnx-int8": graph,
+            }
+            settings = dict.fromkeys(models, {})
+            for batch_size, n in ((1, 64), (32, 256)):
+                timings = time_encode(models["st torch fp32 full"], texts[:n], settings, batch_size=batch_size,
+                                      repeats=repeats, models=models)
+                row["speed"].append({"threads": threads, "batch_size": batch_size, "texts": n, "timings": timings})
+                save()
+        torch.set_num_threads(2)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -149,6 +192,20 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {cell['task']} | {name} | {cell['threads']} | {cell['batch_size']} | "
                              f"{row['speedup']:.2f}x ({band[0]:.2f}-{band[1]:.2f}) |")
         lines.append("")
+    for task, rows in result.get("int8", {}).items():
+        for name, row in rows.items():
+            lines += [f"## {task}, {name}: the query side as one ONNX Runtime int8 graph", "",
+                      f"Test NDCG@10 x 100: fp32 {100 * row['ndcg@10_fp32']:.2f}, int8 {100 * row['ndcg@10_int8']:.2f}.",
+                      "", "| threads | batch | setting | speed-up over st torch fp32 full (25th-75th) |",
+                      "| ---: | ---: | --- | ---: |"]
+            for cell in row["speed"]:
+                for setting, timing in cell["timings"].items():
+                    if setting == "st torch fp32 full":
+                        continue
+                    band = timing["speedup_band"]
+                    lines.append(f"| {cell['threads']} | {cell['batch_size']} | {setting} | "
+                                 f"{timing['speedup']:.2f}x ({band[0]:.2f}-{band[1]:.2f}) |")
+            lines.append("")
     if result.get("fits"):
         lines += ["## Closed-form maps fitted", ""]
         for name, fit in result["fits"].items():
@@ -198,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--encoder", action="append", default=[], help="TASK:NAME=PATH, a trained query encoder")
     parser.add_argument("--only", action="append", default=[], help="evaluate only these encoder names")
+    parser.add_argument("--int8", action="append", default=[],
+                        help="TASK:NAME=MODEL_DIR, a trained query encoder to export as one int8 graph (int8 phase)")
     parser.add_argument("--save-dir", default="runs/query/corpus")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=str(results_dir("query") / "corpus"))
@@ -274,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "timings": timings})
                     save()
         torch.set_num_threads(2)
+    if "int8" in phases:
+        int8_phase(args.int8, original_path, save_dir, reference, args.repeats, result, save)
     save()
     write_plot(plot, result, args.out)
     print(f"wrote {Path(args.out).with_suffix('.json')}")

@@ -106,7 +106,8 @@ class Texts:
 UserData = ScoredPairs | RetrievalData | Texts
 
 
-def _where(path: Path | str, line: int) -> str:
+def file_line(path: Path | str, line: int) -> str:
+    """``"PATH, line N"``: where an error in a user's file is."""
     return f"{path}, line {line}"
 
 
@@ -114,45 +115,47 @@ def _score(value: Any, path: Path, line: int) -> float:
     try:
         score = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{_where(path, line)}: score {value!r} is not a number") from None
+        raise ValueError(f"{file_line(path, line)}: score {value!r} is not a number") from None
     if not math.isfinite(score):
-        raise ValueError(f"{_where(path, line)}: score {value!r} is not a finite number")
+        raise ValueError(f"{file_line(path, line)}: score {value!r} is not a finite number")
     return score
 
 
 def _text(value: Any, name: str, path: Path, line: int) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{_where(path, line)}: {name} is missing or empty")
+        raise ValueError(f"{file_line(path, line)}: {name} is missing or empty")
     return value
 
 
-def _open_text(path: Path) -> Any:
+def open_text(path: Path) -> Any:
+    """A text file opened for reading as UTF-8, gzip-compressed when its name ends in ``.gz``."""
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8", newline="")
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` of every non-blank line of a JSON-lines file."""
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{_where(path, number)}: not a JSON object ({error.msg})") from None
+                    raise ValueError(f"{file_line(path, number)}: not a JSON object ({error.msg})") from None
                 if not isinstance(obj, dict):
-                    raise ValueError(f"{_where(path, number)}: not a JSON object")
+                    raise ValueError(f"{file_line(path, number)}: not a JSON object")
                 yield number, obj
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text ({error.reason})") from None
 
 
-def _require_file(path: Path, what: str) -> None:
+def require_file(path: Path, what: str) -> None:
+    """Raise, naming ``path``, when it is not a file or is empty."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     if path.stat().st_size == 0:
-        raise ValueError(f"{_where(path, 1)}: the file is empty")
+        raise ValueError(f"{file_line(path, 1)}: the file is empty")
 
 
 def read_pairs(path: str | Path) -> ScoredPairs:
@@ -164,16 +167,16 @@ def read_pairs(path: str | Path) -> ScoredPairs:
             number, or an empty file.
     """
     path = Path(path)
-    _require_file(path, "pairs file")
+    require_file(path, "pairs file")
     s1: list[str] = []
     s2: list[str] = []
     scores: list[float] = []
     if path.suffix in (".jsonl", ".json") or path.name.endswith(".jsonl.gz"):
-        for number, obj in _json_lines(path):
+        for number, obj in read_json_lines(path):
             missing = [c for c in PAIR_COLUMNS if c not in obj]
             if missing:
                 raise ValueError(
-                    f"{_where(path, number)}: missing {', '.join(missing)} (need {', '.join(PAIR_COLUMNS)})"
+                    f"{file_line(path, number)}: missing {', '.join(missing)} (need {', '.join(PAIR_COLUMNS)})"
                 )
             s1.append(_text(obj["sentence1"], "sentence1", path, number))
             s2.append(_text(obj["sentence2"], "sentence2", path, number))
@@ -181,18 +184,18 @@ def read_pairs(path: str | Path) -> ScoredPairs:
     else:
         delimiter = "," if path.suffix == ".csv" else "\t"
         try:
-            with _open_text(path) as f:
+            with open_text(path) as f:
                 reader = csv.reader(
                     f, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
                 )
                 header = next(reader, None)
                 if header is None or not any(cell.strip() for cell in header):
-                    raise ValueError(f"{_where(path, 1)}: no header row (need {', '.join(PAIR_COLUMNS)})")
+                    raise ValueError(f"{file_line(path, 1)}: no header row (need {', '.join(PAIR_COLUMNS)})")
                 names = [cell.strip().lower() for cell in header]
                 missing = [c for c in PAIR_COLUMNS if c not in names]
                 if missing:
                     raise ValueError(
-                        f"{_where(path, 1)}: the header lacks the column(s) {', '.join(missing)} "
+                        f"{file_line(path, 1)}: the header lacks the column(s) {', '.join(missing)} "
                         f"(need {', '.join(PAIR_COLUMNS)}, separated by {'commas' if delimiter == ',' else 'tabs'})"
                     )
                 columns = [names.index(c) for c in PAIR_COLUMNS]
@@ -201,14 +204,14 @@ def read_pairs(path: str | Path) -> ScoredPairs:
                     if not any(cell.strip() for cell in row):
                         continue
                     if len(row) <= max(columns):
-                        raise ValueError(f"{_where(path, number)}: {len(row)} column(s), need {max(columns) + 1}")
+                        raise ValueError(f"{file_line(path, number)}: {len(row)} column(s), need {max(columns) + 1}")
                     s1.append(_text(row[columns[0]], "sentence1", path, number))
                     s2.append(_text(row[columns[1]], "sentence2", path, number))
                     scores.append(_score(row[columns[2]], path, number))
         except UnicodeDecodeError as error:
             raise ValueError(f"{path}: not UTF-8 text ({error.reason})") from None
     if not scores:
-        raise ValueError(f"{_where(path, 1)}: no pairs in the file")
+        raise ValueError(f"{file_line(path, 1)}: no pairs in the file")
     return ScoredPairs(s1, s2, scores, source=str(path))
 
 
@@ -235,27 +238,27 @@ def read_beir(folder: str | Path, split: str = "test") -> RetrievalData:
         raise FileNotFoundError(f"BEIR folder {folder} has no {stem}.jsonl or {stem}.jsonl.gz")
 
     def records(path: Path, what: str) -> tuple[dict[str, str], dict[str, int]]:
-        _require_file(path, f"{what} file")
+        require_file(path, f"{what} file")
         texts: dict[str, str] = {}
         lines: dict[str, int] = {}
-        for number, obj in _json_lines(path):
+        for number, obj in read_json_lines(path):
             if "_id" not in obj:
-                raise ValueError(f"{_where(path, number)}: missing _id")
+                raise ValueError(f"{file_line(path, number)}: missing _id")
             key = str(obj["_id"])
             if key in texts:
-                raise ValueError(f"{_where(path, number)}: _id {key!r} repeats line {lines[key]}")
+                raise ValueError(f"{file_line(path, number)}: _id {key!r} repeats line {lines[key]}")
             text = obj.get("text")
             if not isinstance(text, str):
-                raise ValueError(f"{_where(path, number)}: missing text")
+                raise ValueError(f"{file_line(path, number)}: missing text")
             title = obj.get("title") or ""
             if not isinstance(title, str):
-                raise ValueError(f"{_where(path, number)}: title is not a string")
+                raise ValueError(f"{file_line(path, number)}: title is not a string")
             full = (title + " " + text).strip() if title else text.strip()
             if not full:
-                raise ValueError(f"{_where(path, number)}: empty title and text")
+                raise ValueError(f"{file_line(path, number)}: empty title and text")
             texts[key], lines[key] = full, number
         if not texts:
-            raise ValueError(f"{_where(path, 1)}: no {what} in the file")
+            raise ValueError(f"{file_line(path, 1)}: no {what} in the file")
         return texts, lines
 
     corpus_path, queries_path = find("corpus"), find("queries")
@@ -264,7 +267,7 @@ def read_beir(folder: str | Path, split: str = "test") -> RetrievalData:
         raise FileNotFoundError(f"BEIR folder {folder} has no qrels/{split}.tsv")
     corpus, _ = records(corpus_path, "documents")
     all_queries, _ = records(queries_path, "queries")
-    _require_file(qrels_path, "qrels file")
+    require_file(qrels_path, "qrels file")
     qrels: dict[str, dict[str, int]] = {}
     with qrels_path.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -275,19 +278,19 @@ def read_beir(folder: str | Path, split: str = "test") -> RetrievalData:
                 continue
             if len(row) < 3:
                 raise ValueError(
-                    f"{_where(qrels_path, number)}: {len(row)} column(s), need query-id, corpus-id, score"
+                    f"{file_line(qrels_path, number)}: {len(row)} column(s), need query-id, corpus-id, score"
                 )
             query_id, doc_id, value = row[0].strip(), row[1].strip(), row[2].strip()
             if query_id not in all_queries:
-                raise ValueError(f"{_where(qrels_path, number)}: query id {query_id!r} is not in {queries_path.name}")
+                raise ValueError(f"{file_line(qrels_path, number)}: query id {query_id!r} is not in {queries_path.name}")
             if doc_id not in corpus:
-                raise ValueError(f"{_where(qrels_path, number)}: corpus id {doc_id!r} is not in {corpus_path.name}")
+                raise ValueError(f"{file_line(qrels_path, number)}: corpus id {doc_id!r} is not in {corpus_path.name}")
             score = _score(value, qrels_path, number)
             if score != int(score):
-                raise ValueError(f"{_where(qrels_path, number)}: relevance {value!r} is not a whole number")
+                raise ValueError(f"{file_line(qrels_path, number)}: relevance {value!r} is not a whole number")
             qrels.setdefault(query_id, {})[doc_id] = int(score)
     if not qrels:
-        raise ValueError(f"{_where(qrels_path, 2)}: no judgements in the file")
+        raise ValueError(f"{file_line(qrels_path, 2)}: no judgements in the file")
     qrels = {q: docs for q, docs in qrels.items() if any(rel > 0 for rel in docs.values())}
     queries = {q: all_queries[q] for q in all_queries if q in qrels}
     return RetrievalData(corpus, queries, qrels, source=str(folder))
@@ -302,20 +305,20 @@ def read_texts(path: str | Path) -> Texts:
             fewer than 2 texts.
     """
     path = Path(path)
-    _require_file(path, "texts file")
+    require_file(path, "texts file")
     texts: list[str] = []
     last = 0
     if path.suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
-        for last, obj in _json_lines(path):
+        for last, obj in read_json_lines(path):
             text, title = obj.get("text"), obj.get("title") or ""
             if not isinstance(text, str) or not isinstance(title, str) or not (title + text).strip():
-                raise ValueError(f"{_where(path, last)}: missing text")
+                raise ValueError(f"{file_line(path, last)}: missing text")
             texts.append((title + " " + text).strip() if title else text.strip())
         if len(texts) < 2:
-            raise ValueError(f"{_where(path, max(last, 1))}: the file holds {len(texts)} text(s); need at least 2")
+            raise ValueError(f"{file_line(path, max(last, 1))}: the file holds {len(texts)} text(s); need at least 2")
         return Texts(texts, source=str(path))
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             for number, line in enumerate(f, start=1):
                 last = number
                 if line.strip():
@@ -324,7 +327,7 @@ def read_texts(path: str | Path) -> Texts:
         raise ValueError(f"{path}: not UTF-8 text ({error.reason})") from None
     if len(texts) < 2:
         raise ValueError(
-            f"{_where(path, max(last, 1))}: the file holds {len(texts)} non-blank text(s); calibration needs at least 2"
+            f"{file_line(path, max(last, 1))}: the file holds {len(texts)} non-blank text(s); calibration needs at least 2"
         )
     return Texts(texts, source=str(path))
 
