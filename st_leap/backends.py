@@ -568,7 +568,17 @@ class ExportedEncoder(InputModule):
         self.info = info or read_export_info(folder) or {}
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
         self.max_seq_length = self.info.get("max_seq_length") or 512
-        self.runner = open_runner(self.folder / self.info["graph"], self.info["backend"], threads or torch.get_num_threads())
+        self.threads = threads or torch.get_num_threads()
+        self.runner = open_runner(self.folder / self.info["graph"], self.info["backend"], self.threads)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A runtime session does not pickle; the folder does: a process of sentence-transformers' multi-process pool
+        # opens the graph again from it.
+        return {key: value for key, value in super().__getstate__().items() if key != "runner"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.runner = open_runner(self.folder / self.info["graph"], self.info["backend"], self.threads)
 
     def get_config_dict(self) -> dict[str, Any]:
         return dict(self.info)

@@ -462,16 +462,18 @@ def monitor_table(records: Sequence[dict[str, Any]], nn_k: int = 10, header: boo
 def plot_monitor(result: dict[str, Any], path: str | Path) -> Path:
     """PNG of an ``st-leap monitor`` replay: per window the mean exit layer (top) and the NN@k overlap (bottom)
     against the calibrated values and their alert bands, fallback windows shaded, alerts marked, one section per
-    stream."""
+    stream. A signal's alert is marked on its own panel; windows are numbered as ``st-leap monitor`` prints them."""
     plt = pyplot()
     records, reference, settings = result["windows"], result["reference"], result["settings"]
-    x = list(range(1, len(records) + 1))
+    x = list(range(len(records)))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
     series = (
-        (top, "expected_layers", "mean exit layer", reference["expected_layers"], settings["max_layer_shift"], True),
-        (bottom, "nn_overlap", f"NN@{reference['nn_k']} overlap", reference["nn_overlap"], settings["max_nn_drop"], False),
+        (top, "expected_layers", "mean_exit_layer", "mean exit layer", reference["expected_layers"],
+         settings["max_layer_shift"], True),
+        (bottom, "nn_overlap", "nn_overlap", f"NN@{reference['nn_k']} overlap", reference["nn_overlap"],
+         settings["max_nn_drop"], False),
     )
-    for ax, key, label, ref, band, absolute in series:
+    for ax, key, signal, label, ref, band, absolute in series:
         points = [(i, r[key]) for i, r in zip(x, records) if r.get(key) is not None]
         ax.plot([i for i, _ in points], [v for _, v in points], "o-", ms=3, label=label)
         ax.axhline(ref, color="black", lw=0.8, label="calibrated")
@@ -479,7 +481,7 @@ def plot_monitor(result: dict[str, Any], path: str | Path) -> Path:
             ax.axhspan(ref - band, ref + band, color="green", alpha=0.08, label=f"alert band (+/- {band:g})")
         else:
             ax.axhline(ref * (1 - band), color="red", lw=0.8, ls="--", label=f"alert below (-{100 * band:g}%)")
-        alerts = [(i, r[key]) for i, r in zip(x, records) if r.get("alert") and r.get(key) is not None]
+        alerts = [(i, r[key]) for i, r in zip(x, records) if signal in (r.get("alert") or []) and r.get(key) is not None]
         ax.scatter([i for i, _ in alerts], [v for _, v in alerts], marker="x", s=60, color="red", zorder=3, label="alert")
         for i, r in zip(x, records):
             if r.get("fallback"):
@@ -489,7 +491,7 @@ def plot_monitor(result: dict[str, Any], path: str | Path) -> Path:
     for i in range(1, len(streams)):
         if streams[i] != streams[i - 1]:
             for ax in (top, bottom):
-                ax.axvline(i + 0.5, color="grey", lw=0.8, ls=":")
+                ax.axvline(i - 0.5, color="grey", lw=0.8, ls=":")
     top.legend(fontsize=8, loc="best")
     top.set_title(f"{result.get('model', 'model')}, role {result.get('role', 'default')}: per window (orange: fallback)")
     bottom.set_xlabel("window")

@@ -47,7 +47,7 @@ def test_cli_demo_end_to_end_on_tiny_model(tiny_bert_dir, tmp_path, capsys, stsb
     """`st-leap demo` diagnoses, retrofits with LEAPLoss, and writes a before/after table for both models."""
     out = tmp_path / "demo"
     code = main(["demo", "--model", tiny_bert_dir, "--out", str(out), "--train-steps", "2", "--timing-sentences", "8",
-                 "--repeats", "1", "--thresholds", "0.5,0.95"])
+                 "--repeats", "1", "--thresholds", "0.5,0.95", "--search-steps", "0"])
     assert code == 0
     report = json.loads((out / "demo.json").read_text())
     assert set(report["table"]) == {"original", "LEAP"}
@@ -57,6 +57,61 @@ def test_cli_demo_end_to_end_on_tiny_model(tiny_bert_dir, tmp_path, capsys, stsb
     assert (out / "leap-model" / "modules.json").exists()
     assert (out / "original_diagnose.png").exists() and (out / "leap_diagnose.png").exists()
     assert "before/after" in capsys.readouterr().out
+
+
+def tiny_beir(folder, n_documents: int = 240):
+    """A BEIR folder of ``n_documents`` word-salad documents, 6 test queries (each a phrase of its document)."""
+    import random
+
+    from tests.conftest import WORDS
+
+    rng = random.Random(0)
+    (folder / "qrels").mkdir(parents=True)
+    documents = []
+    with (folder / "corpus.jsonl").open("w", encoding="utf-8") as f:
+        for i in range(n_documents):
+            text = " ".join(" ".join(rng.choice(WORDS) for _ in range(6)).capitalize() + "." for _ in range(3))
+            documents.append(text)
+            f.write(json.dumps({"_id": f"d{i}", "title": " ".join(rng.choice(WORDS) for _ in range(3)), "text": text}) + "\n")
+    with (folder / "queries.jsonl").open("w", encoding="utf-8") as f:
+        for i in range(6):
+            f.write(json.dumps({"_id": f"q{i}", "text": documents[i * 7].split(".")[0]}) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i * 7}\t1\n" for i in range(6)))
+    return folder
+
+
+def test_cli_demo_search_step_trains_a_query_encoder_for_the_index(tiny_bert_dir, tmp_path, capsys, stsb_sample):
+    """Step 4 of `st-leap demo`: a 3-layer query encoder trained on the index's documents, scored on the folder's
+    test queries against the original's full-depth index, beside the original at full depth and cut at 3."""
+    import st_leap
+    from st_leap.backends import query_side
+    from st_leap.model import num_layers
+
+    folder = tiny_beir(tmp_path / "beir")
+    out = tmp_path / "demo"
+    code = main(["demo", "--model", tiny_bert_dir, "--out", str(out), "--train-steps", "0", "--timing-sentences", "8",
+                 "--repeats", "1", "--thresholds", "0.5", "--search-steps", "2", "--search-corpus", str(folder)])
+    assert code == 0
+    search = json.loads((out / "demo.json").read_text())["search"]
+    assert [(r["query encoder"], r["layers"]) for r in search["rows"]] == [
+        ("original, full depth", 4), ("original, cut", 3), ("trained on the documents", 3)]
+    assert all(0.0 <= r["ndcg@10"] <= 1.0 and r["speedup"] > 0 for r in search["rows"])
+    assert search["steps"] == 2
+    served = st_leap.load(search["model"])
+    assert num_layers(query_side(served)) == 3
+    assert "search with an index you keep" in capsys.readouterr().out
+
+
+def test_cli_demo_checks_the_search_folder_before_loading_a_model(tmp_path, capsys):
+    """A search folder without qrels fails at once, naming the file, before the (missing) model is touched."""
+    folder = tmp_path / "beir"
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text(json.dumps({"_id": "d0", "text": "a text"}) + "\n")
+    (folder / "queries.jsonl").write_text(json.dumps({"_id": "q0", "text": "a query"}) + "\n")
+    code = main(["demo", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "out"),
+                 "--search-corpus", str(folder)])
+    assert code == 2
+    assert "qrels" in capsys.readouterr().err
 
 
 def test_cli_parser_imports_nothing_heavy():

@@ -152,3 +152,22 @@ def test_export_writes_the_query_side_as_one_graph(fitted, tmp_path):
     folder = export(model, tmp_path / "query-onnx", "onnx", depth=2)
     served = st_leap.load(str(folder))
     np.testing.assert_allclose(served.encode_query(QUERIES), model.encode_query(QUERIES), atol=1e-4)
+
+
+def test_router_model_and_its_exported_query_graph_serve_in_the_multi_process_pool(fitted, tmp_path):
+    """The saved model (both routes) and the one-graph export of its query side encode in sentence-transformers'
+    multi-process pool as they do in-process (each worker reopens the graph from its folder)."""
+    pytest.importorskip("onnxruntime")
+    from st_leap.backends import export
+
+    model = st_leap.load(fitted.path, device="cpu")
+    served = st_leap.load(str(export(model, tmp_path / "query-onnx", "onnx", depth=2)))
+    texts = QUERIES * 3
+    for encoder, calls in ((model, ("encode_query", "encode_document")), (served, ("encode_query",))):
+        pool = encoder.start_multi_process_pool(["cpu", "cpu"])
+        try:
+            for call in calls:
+                pooled = getattr(encoder, call)(texts, pool=pool, batch_size=2)
+                np.testing.assert_allclose(pooled, getattr(encoder, call)(texts, batch_size=2), atol=1e-5)
+        finally:
+            encoder.stop_multi_process_pool(pool)

@@ -2,8 +2,11 @@
 
 The model: all-MiniLM-L6-v2 with closed-form exit maps fitted on STS-B train sentences (``st_leap.fit_exit_maps``),
 calibrated on STS-B dev (``st_leap.calibrate``, exit thresholds only, so that the exit layer can move with the
-traffic; a static depth has one exit layer whatever comes in) within a 1-point drop, saved with its monitoring
-reference. Phases:
+traffic; a static depth has one exit layer whatever comes in) within a 5-point drop, saved with its monitoring
+reference. The budget is 5 points because the stock model with maps has no exits worth the name within 1 point:
+the setting that keeps STS-B, theta 0.95, runs STS-B test sentences at E[layers] 5.99, and theta 0.90 at 4.70 costs
+4.7 points (``benchmarks/results/pareto/maps.md``); a monitor of a model that never exits has nothing to watch. A LEAP-trained model exits within 1 point (the 9,000-step recipe), at 93
+minutes of training. Phases:
 
 - ``prepare``: fit, calibrate and save the model (``runs/monitoring/calibrated``);
 - ``replay``: ``st-leap monitor`` on two streams each: STS-B test sentences (the unchanged traffic: the first
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,7 @@ from benchmarks._common import command_line, meta_info, results_dir, write_resul
 from st_leap import resources
 
 RUNS = Path("runs/monitoring")
-STREAMS = {"nfcorpus_abstracts": ("nfcorpus", "corpus.jsonl"), "scifact_queries": ("scifact", "queries.jsonl")}
+STREAMS = {"nfcorpus_abstracts": ("nfcorpus", "corpus.jsonl.gz"), "scifact_queries": ("scifact", "queries.jsonl")}
 
 
 def _texts_file(path: Path, texts: list[str]) -> str:
@@ -45,7 +49,12 @@ def _texts_file(path: Path, texts: list[str]) -> str:
 
 
 def _stsb_test() -> list[str]:
-    return list(dict.fromkeys(resources.stsb_sentences("test")))
+    """STS-B test sentences in a seeded random order. In file order they come in blocks by source (captions, news,
+    forums), whose mean exit layers differ by more than a layer: a stream that changes every few windows, not
+    the unchanged traffic that calibration on the whole of STS-B dev describes."""
+    texts = list(dict.fromkeys(resources.stsb_sentences("test")))
+    random.Random(0).shuffle(texts)
+    return texts
 
 
 def prepare(max_quality_drop: float) -> dict[str, Any]:
@@ -149,11 +158,13 @@ def overhead(sample_rate: float, repeats: int, texts_per_round: dict[int, int]) 
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["# Exit monitoring on all-MiniLM-L6-v2 with exit maps, calibrated on STS-B dev", "",
-             f"Command: `{result['meta']['command']}`", ""]
+    lines = ["# Exit monitoring on all-MiniLM-L6-v2 with exit maps, calibrated on STS-B dev", "", "Commands:", ""]
+    lines += [f"    {c}" for c in result.get("commands", [result["meta"]["command"]])] + [""]
     if "prepare" in result:
-        lines += [f"Calibrated pick (within {result['prepare']['max_quality_drop']} STS-B points, thresholds only): "
-                  f"`{json.dumps(result['prepare']['pick'])}`", ""]
+        prepared = result["prepare"]
+        lines += [f"Exit maps fitted on {prepared['maps_texts']} STS-B train sentences in {prepared['maps_fit_seconds']:.0f} s. "
+                  f"Calibrated pick (within {prepared['max_quality_drop']} STS-B dev points, thresholds only):", ""]
+        lines += [f"- {role}: {entry['reason']}" for role, entry in prepared["pick"].items()] + [""]
     if "replay" in result:
         lines += ["## Replay: STS-B test sentences, then a different stream", "",
                   "| changed stream | unchanged windows | alerts on them | alert in changed window | signal(s) | "
@@ -190,7 +201,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phases", default="prepare,replay,overhead")
-    parser.add_argument("--max-quality-drop", type=float, default=1.0)
+    parser.add_argument("--max-quality-drop", type=float, default=5.0)
     parser.add_argument("--window", type=int, default=250)
     parser.add_argument("--replay-sample-rate", type=float, default=0.1)
     parser.add_argument("--unchanged-windows", type=int, default=10)
@@ -201,12 +212,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     stem = results_dir("monitoring") / "monitoring"
     previous = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
-    result = {**previous, "meta": meta_info(command_line("benchmarks.monitoring.run", argv), threads=args.threads)}
+    command = command_line("benchmarks.monitoring.run", argv)
+    result = {**previous, "meta": meta_info(command, threads=args.threads),
+              "commands": [*previous.get("commands", []), command]}
     phases = args.phases.split(",")
     if "prepare" in phases:
         result["prepare"] = prepare(args.max_quality_drop)
+        write_result(stem, result, markdown(result))  # each phase kept as it ends
     if "replay" in phases:
         result["replay"] = replay(args.window, args.replay_sample_rate, args.unchanged_windows)
+        write_result(stem, result, markdown(result))
     if "overhead" in phases:
         result["overhead"] = overhead(args.sample_rate, args.repeats, {1: 400, 32: 1280})
     write_result(stem, result, markdown(result))

@@ -90,18 +90,23 @@ def build_maps(original_path: str, save_dir: Path, n: int, result: dict[str, Any
         save_model(model, save_dir / f"maps_{name}")
 
 
-def encoders_for(task: str, original_path: str, save_dir: Path, extra: list[str]) -> dict[str, SentenceTransformer]:
-    encoders = {
-        "original, cut": st_leap.from_pretrained(original_path, device="cpu"),
-        "generic maps": st_leap.load(str(save_dir / "maps_generic"), device="cpu"),
-        "corpus maps": st_leap.load(str(save_dir / f"maps_{task}"), device="cpu"),
+def encoders_for(task: str, original_path: str, save_dir: Path, extra: list[str],
+                 only: list[str] | None = None) -> dict[str, SentenceTransformer]:
+    """The query encoders of ``task`` by name, loading only those in ``only`` when it is given."""
+    paths: dict[str, Any] = {
+        "original, cut": None,
+        "generic maps": save_dir / "maps_generic",
+        "corpus maps": save_dir / f"maps_{task}",
     }
     for spec in extra:
         where, _, path = spec.partition("=")
         spec_task, _, name = where.partition(":")
         if spec_task == task:
-            encoders[name] = st_leap.load(path, device="cpu")
-    return encoders
+            paths[name] = path
+    return {
+        name: st_leap.from_pretrained(original_path, device="cpu") if path is None else st_leap.load(str(path), device="cpu")
+        for name, path in paths.items() if not only or name in only
+    }
 
 
 def query_model(model: SentenceTransformer) -> SentenceTransformer:
@@ -284,9 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = SentenceTransformer(original_path, device="cpu")
     if "eval" in phases:
         for task in tasks:
-            encoders = encoders_for(task, original_path, save_dir, args.encoder)
-            if args.only:
-                encoders = {k: v for k, v in encoders.items() if k in args.only}
+            encoders = encoders_for(task, original_path, save_dir, args.encoder, args.only)
             block = result.setdefault("tasks", {}).setdefault(task, {})
             evaluators = {
                 "dev": corpus_depth_evaluator(resources.beir_dir(task), reference, None, dev_documents=DEV_DOCUMENTS,
@@ -303,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                     save()
     if "stsb" in phases:
         for task in tasks:
-            encoders = encoders_for(task, original_path, save_dir, args.encoder)
-            if args.only:
-                encoders = {k: v for k, v in encoders.items() if k in args.only}
+            encoders = encoders_for(task, original_path, save_dir, args.encoder, args.only)
             rows = result.setdefault("stsb", {}).setdefault(task, {})
             for name, model in encoders.items():
                 query = query_model(model)

@@ -1,5 +1,7 @@
-"""``st-leap demo``: end to end on the packaged all-MiniLM-L6-v2: diagnose, a bounded LEAP retrofit, and a
-before/after table of exit rate, E[layers], STS-B and measured speed-up."""
+"""``st-leap demo``: end to end on the packaged all-MiniLM-L6-v2: diagnose, a bounded LEAP retrofit, a
+before/after table of exit rate, E[layers], STS-B and measured speed-up, and search with an index you keep: a
+shallow query encoder trained on the index's own documents (the shared SciFact copy), against the original's
+full-depth queries."""
 
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ from st_leap.cli.common import plot_if_possible, positive_int, thresholds
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "demo",
-        help="End to end on the packaged all-MiniLM-L6-v2: diagnose, a bounded LEAP retrofit, before/after table.",
+        help="End to end on the packaged all-MiniLM-L6-v2: diagnose, a bounded LEAP retrofit, before/after table, "
+        "a query encoder for a kept index.",
         description="1) diagnose the original model, 2) a bounded LEAP retrofit (LEAPLoss, frozen original as "
-        "teacher), 3) exit rate, E[layers], STS-B test Spearman and measured encode speed-up before and after.",
+        "teacher), 3) exit rate, E[layers], STS-B test Spearman and measured encode speed-up before and after, "
+        "4) search with an index you keep: a 3-layer query encoder trained on the index's documents (SciFact), "
+        "its test NDCG@10 and measured query speed-up against the original's full-depth queries.",
     )
     parser.add_argument("--model", default=None, help="Model folder or Hub id (default: packaged all-MiniLM-L6-v2)")
     parser.add_argument("--out", default="st_leap_demo", help="Output folder (default: %(default)s)")
@@ -23,7 +28,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--thresholds", type=thresholds, default=[0.90, 0.93, 0.95], help="Thetas of the table (default: 0.90,0.93,0.95)")
     parser.add_argument("--timing-sentences", type=positive_int, default=512, help="Sentences per timed encode (default: %(default)s)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="Interleaved timing rounds (default: %(default)s)")
+    parser.add_argument("--search-steps", type=int, default=SEARCH_STEPS,
+                        help="Steps of batch 64 for the query encoder of step 4; 0 skips step 4 (default: %(default)s)")
+    parser.add_argument("--search-corpus", default=None,
+                        help="A BEIR folder with test queries and qrels (default: the shared SciFact copy)")
     return parser
+
+
+#: The demo's query-encoder budget: the SciFact index pass, the index model's pass over the training texts and these
+#: steps take about MINUTES_PLACEHOLDER on 2 cores (``benchmarks/results/demo/demo_run.md``).
+SEARCH_STEPS = 200
 
 
 def demo_config(model_path: str, output_dir: str, max_steps: int, **overrides: Any) -> Any:
@@ -58,7 +72,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     model_path = resources.resolve_model(args.model)
     sentences = resources.stsb_sentences("test")
-    steps = 3 if args.train_steps > 0 else 2
+    steps = (3 if args.train_steps > 0 else 2) + (args.search_steps > 0)
+    search_data = None
+    if args.search_steps > 0:  # a bad search folder fails here, before any model loads
+        from st_leap.evaluation.user_data import read_beir
+
+        search_folder = Path(args.search_corpus) if args.search_corpus else resources.beir_dir("scifact")
+        search_data = read_beir(search_folder)
     print(f"[1/{steps}] diagnose {model_path} on the {len(sentences)} STS-B test sentences")
     models = {"original": from_pretrained(model_path)}
     report: dict[str, Any] = {"model_path": model_path, "diagnose": {"original": diagnose(models["original"], sentences)}}
@@ -74,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         print(reporting.diagnose_report(report["diagnose"]["LEAP"], "LEAP model"))
         plot_if_possible(reporting.plot_diagnose, report["diagnose"]["LEAP"], out / "leap_diagnose.png", title="LEAP model")
 
-    print(f"\n[{steps}/{steps}] before/after: STS-B test Spearman; speed-up measured on {args.timing_sentences} sentences, "
+    table_step = 3 if args.train_steps > 0 else 2
+    print(f"\n[{table_step}/{steps}] before/after: STS-B test Spearman; speed-up measured on {args.timing_sentences} sentences, "
           f"batch 32, {torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds "
           f"(k=1, l_min={models['original'][0].exit_min_layer})")
     report["table"] = {
@@ -82,10 +103,69 @@ def run(args: argparse.Namespace) -> int:
         for name, model in models.items()
     }
     print(reporting.operating_points_table(report["table"]))
+    if args.search_steps > 0:
+        print(f"\n[{steps}/{steps}] search with an index you keep: a 3-layer query encoder trained "
+              f"{args.search_steps} steps on the index's own documents (no queries, no labels)")
+        report["search"] = search_step(model_path, search_folder, search_data, args.search_steps, out, args.repeats)
+        print(search_table(report["search"]))
     reporting.write_json(report, out / "demo.json")
     print(f"\nwrote {out}/demo.json, the diagnose plots" + (f" and the LEAP model in {out}/leap-model" if args.train_steps else ""))
     print(NEXT_STEPS.format(model=f"{out}/leap-model" if args.train_steps else model_path))
     return 0
+
+
+def search_step(model_path: str, folder: Path, data: Any, max_steps: int, out: Path, repeats: int) -> dict[str, Any]:
+    """Train a 3-layer query encoder for the index ``model_path`` built of the BEIR ``folder`` (``data``, its
+    :func:`~st_leap.evaluation.user_data.read_beir`), then score its test queries against that index (the original
+    at full depth, the original cut at 3, the trained encoder) and time query encoding at batch 1 against the
+    original at full depth."""
+    import st_leap
+    from st_leap.backends import query_side
+    from st_leap.corpus import read_corpus
+    from st_leap.diagnostics import time_encode
+    from st_leap.evaluation import QueryDepthEvaluator
+    from st_leap.model import num_layers
+    from st_leap.query_encoder import fit_query_encoder
+    from st_leap.teacher import index_embeddings
+
+    documents = read_corpus(folder)  # the test queries and qrels in ``data`` are scored here, never trained on
+    fitted = fit_query_encoder(model_path, folder, out / "query-encoder", depth=3, max_steps=max_steps,
+                               eval_steps=None, map_texts=min(20_000, 64 * max_steps))
+    encoder = query_side(st_leap.load(fitted.path))
+    original = st_leap.from_pretrained(model_path)
+    evaluator = QueryDepthEvaluator(
+        data.queries, dict(zip(documents.ids, documents.documents)),
+        {q: {d for d, s in docs.items() if s > 0} for q, docs in data.qrels.items()}, reference=original,
+        corpus_embeddings=index_embeddings(original, documents.documents), depths=[3], name="test",
+    )
+    cut = evaluator(original)["test_depth3_ndcg@10"]
+    trained = evaluator(encoder)["test_depth3_ndcg@10"]
+    queries = list(data.queries.values())[:64]
+    timings = time_encode(original, queries, {"full": {"exit_threshold": None}, "cut": {"truncate_layers": 3},
+                                              "trained": {}}, batch_size=1, repeats=repeats,
+                          models={"trained": encoder}, show_progress_bar=False)
+    return {
+        "corpus": str(folder), "model": fitted.path, "steps": fitted.steps, "train_minutes": fitted.train_seconds / 60,
+        "index_minutes": fitted.index_seconds / 60, "dev": fitted.dev,
+        "rows": [
+            {"query encoder": "original, full depth", "layers": num_layers(original), "ndcg@10": evaluator.reference_ndcg,
+             "speedup": 1.0},
+            {"query encoder": "original, cut", "layers": 3, "ndcg@10": cut, "speedup": timings["cut"]["speedup"]},
+            {"query encoder": "trained on the documents", "layers": 3, "ndcg@10": trained,
+             "speedup": timings["trained"]["speedup"]},
+        ],
+    }
+
+
+def search_table(search: dict[str, Any]) -> str:
+    """The demo's search rows as text: test NDCG@10 against the kept index and measured query speed-up."""
+    lines = [f"{'query encoder':<28} {'layers':>6} {'NDCG@10':>8} {'speed-up (batch 1)':>19}"]
+    for row in search["rows"]:
+        lines.append(f"{row['query encoder']:<28} {row['layers']:>6} {100 * row['ndcg@10']:>8.2f} "
+                     f"{row['speedup']:>18.2f}x")
+    lines.append(f"index: {search['corpus']} (documents by the original at full depth); training "
+                 f"{search['train_minutes']:.1f} min, index pass {search['index_minutes']:.1f} min; model: {search['model']}")
+    return "\n".join(lines)
 
 
 NEXT_STEPS = """
@@ -94,4 +174,5 @@ Next, on your own data (MODEL: {model}, or your own model folder or Hub id):
   st-leap calibrate MODEL --beir your_beir_folder --max-quality-drop 1        # the same, judged by retrieval
   st-leap fit-maps MODEL --texts your_texts.txt --out DIR                     # fit exit maps on your texts
   st-leap export MODEL --backend onnx --quantize int8                         # the fastest full-depth CPU path
+  st-leap fit-query-encoder MODEL --corpus your_documents --depth 3 --out DIR # queries for an index you keep
 What to use for your case, and what each option measured: README.md, "What to use for your case"."""

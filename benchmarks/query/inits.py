@@ -1,0 +1,98 @@
+"""Which start and loss make the best query encoder for a kept index, on the corpus's own dev signal.
+
+Reads the ``query_encoder.json`` that ``st-leap fit-query-encoder`` writes beside each model (its dev evaluations
+every ``eval_steps``, its minutes) and compares the runs at the steps they share: the initialisation (``first``,
+``spread``, ``leap``) and, with it, the loss (``first`` / ``spread``: the final embedding toward the index model's
+plus retrieval of the text's own document; ``leap``: LEAPLoss at every depth plus the same retrieval term). Dev is
+texts of held-out documents retrieving their own document from the whole index (never a query set or qrels).
+
+Example::
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.query.inits runs/qe/scifact_d3 runs/qe/scifact_d3_spread_250 \\
+        runs/qe/scifact_d3_leap_250
+
+Writes ``benchmarks/results/query/inits.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import command_line, meta_info, results_dir, write_plot, write_result
+from benchmarks.query.curve import curve
+from st_leap.query_encoder import read_result
+
+
+def run_summary(folder: Path) -> dict[str, Any]:
+    record = read_result(folder)
+    depth = record["depth"]
+    points = [{"step": row["step"], "ndcg@10": row["ndcg@10"][depth], "cosine": row["cosine"][depth],
+               "reference_ndcg@10": row.get("reference_ndcg@10")} for row in curve(record["log_history"])]
+    return {
+        "path": str(folder), "init": record["init"], "depth": depth, "steps": record["steps"],
+        "max_steps": record["config"]["max_steps"], "train_minutes": record["train_seconds"] / 60,
+        "index_minutes": record["index_seconds"] / 60, "maps": record["maps"], "final_dev": record["dev"],
+        "curve": points,
+    }
+
+
+def markdown(command: str, runs: list[dict[str, Any]]) -> str:
+    shared = sorted(set.intersection(*[{p["step"] for p in r["curve"]} for r in runs])) if runs else []
+    reference = next((p["reference_ndcg@10"] for r in runs for p in r["curve"] if p.get("reference_ndcg@10")), None)
+    lines = ["# Query encoder for a kept index: initialisation and loss, on the corpus dev split", "",
+             f"Command: `{command}`", "",
+             "Dev: texts of 200 held-out documents retrieving their own document from the whole index (the index "
+             f"model at full depth: {100 * reference:.2f} NDCG@10)." if reference else "", "",
+             "| run | init | steps (of schedule) | " + " | ".join(f"dev NDCG@10 at step {s}" for s in shared)
+             + " | final dev NDCG@10 (cosine) | maps | training min | index pass min |",
+             "| --- | --- | ---: |" + " ---: |" * len(shared) + " ---: | --- | ---: | ---: |"]
+    for r in runs:
+        at = {p["step"]: p for p in r["curve"]}
+        cells = [f"{100 * at[s]['ndcg@10']:.2f}" for s in shared]
+        lines.append(f"| `{r['path']}` | {r['init']} | {r['steps']} ({r['max_steps']}) | " + " | ".join(cells)
+                     + f" | {100 * r['final_dev']['ndcg@10']:.2f} ({r['final_dev']['cosine']:.3f}) | {r['maps']} | "
+                     f"{r['train_minutes']:.1f} | {r['index_minutes']:.1f} |")
+    lines += ["", "Learning curves (dev NDCG@10 x 100 per evaluation):", ""]
+    for r in runs:
+        lines.append(f"- {r['init']} (`{r['path']}`): "
+                     + ", ".join(f"step {p['step']}: {100 * p['ndcg@10']:.2f}" for p in r["curve"]))
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    from st_leap.reporting import pyplot, save_figure
+
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in runs:
+        steps = [p["step"] for p in r["curve"]]
+        left.plot(steps, [100 * p["ndcg@10"] for p in r["curve"]], marker="o", label=f"{r['init']} ({r['steps']} steps)")
+        right.plot(steps, [p["cosine"] for p in r["curve"]], marker="o", label=r["init"])
+    reference = next((p["reference_ndcg@10"] for r in runs for p in r["curve"] if p.get("reference_ndcg@10")), None)
+    if reference:
+        left.axhline(100 * reference, color="black", linestyle="--", label="index model, full depth")
+    left.set(title="dev NDCG@10 x 100 (held-out documents)", xlabel="step")
+    right.set(title="cosine to the index model's query embedding", xlabel="step")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="Folders written by st-leap fit-query-encoder --out")
+    parser.add_argument("--out", default=str(results_dir("query") / "inits"))
+    args = parser.parse_args(argv)
+    command = command_line("benchmarks.query.inits", argv)
+    runs = [run_summary(Path(folder)) for folder in args.runs]
+    write_result(args.out, {"runs": runs, "meta_info": meta_info(command)}, markdown(command, runs))
+    write_plot(plot, runs, args.out)
+    print(f"wrote {Path(args.out).with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
