@@ -2,8 +2,8 @@
 
 :func:`fit_query_encoder` (``st-leap fit-query-encoder``) builds it from st_leap's existing pieces:
 
-1. the student: ``depth`` layers of the index model itself (its first ones, ``init="first"``, or spread across the
-   stack, ``init="spread"``), with a closed-form exit map from its output into the index model's space fitted on
+1. the student: ``depth`` layers of the index model itself (spread across the stack from the first to the last,
+   ``init="spread"``, the default, which won on the corpus dev split; or its first ones, ``init="first"``), with a closed-form exit map from its output into the index model's space fitted on
    the corpus (:func:`st_leap.fit_exit_maps`);
 2. training with :func:`st_leap.training.train` on the corpus (a config's ``corpus`` key): query-like texts of the
    training documents toward the index model's embedding of the same text (:class:`~st_leap.losses.LEAPLoss`, its
@@ -133,7 +133,7 @@ def fit_query_encoder(
     out: str | Path,
     *,
     depth: int = 3,
-    init: str = "first",
+    init: str = "spread",
     max_steps: int = 1000,
     stop_at_step: int | None = None,
     batch_size: int = 64,
@@ -158,7 +158,8 @@ def fit_query_encoder(
             line (:func:`st_leap.corpus.read_corpus`). Checked before any model loads.
         out: Folder of the finished model.
         depth: Layers of the query encoder.
-        init: ``"first"`` (the index model's first ``depth`` layers), ``"spread"`` (:func:`pick_layers`) or
+        init: ``"spread"`` (``depth`` layers from the first to the last, :func:`pick_layers`; the default, chosen
+            on the corpus dev split: ``benchmarks/results/query/inits.md``), ``"first"`` (the first ``depth``) or
             ``"leap"`` (the whole index model trained at every depth with LEAPLoss, served at ``depth``; queries can
             exit per sample instead with ``encode_query(..., truncate_layers=None, exit_threshold=...)``).
         max_steps: The step budget (the learning-rate schedule runs over it).

@@ -24,10 +24,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--model", default=None, help="Model folder or Hub id (default: packaged all-MiniLM-L6-v2)")
     parser.add_argument("--out", default="st_leap_demo", help="Output folder (default: %(default)s)")
-    parser.add_argument("--train-steps", type=int, default=600, help="LEAP retrofit steps of batch 32; 0 skips training (default: %(default)s)")
+    parser.add_argument("--train-steps", type=int, default=400, help="LEAP retrofit steps of batch 32; 0 skips training (default: %(default)s)")
     parser.add_argument("--thresholds", type=thresholds, default=[0.90, 0.93, 0.95], help="Thetas of the table (default: 0.90,0.93,0.95)")
     parser.add_argument("--timing-sentences", type=positive_int, default=512, help="Sentences per timed encode (default: %(default)s)")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="Interleaved timing rounds (default: %(default)s)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="Interleaved timing rounds (default: %(default)s)")
     parser.add_argument("--search-steps", type=int, default=SEARCH_STEPS,
                         help="Steps of batch 64 for the query encoder of step 4; 0 skips step 4 (default: %(default)s)")
     parser.add_argument("--search-corpus", default=None,
@@ -35,9 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-#: The demo's query-encoder budget: the SciFact index pass, the index model's pass over the training texts and these
-#: steps take about MINUTES_PLACEHOLDER on 2 cores (``benchmarks/results/demo/demo_run.md``).
-SEARCH_STEPS = 200
+#: The demo's query-encoder budget (steps of batch 64). With the index model's pass over SciFact's documents and over
+#: the training texts, step 4 takes the minutes that ``benchmarks/results/demo/demo_run.md`` reports.
+SEARCH_STEPS = 150
 
 
 def demo_config(model_path: str, output_dir: str, max_steps: int, **overrides: Any) -> Any:
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
         search_folder = Path(args.search_corpus) if args.search_corpus else resources.beir_dir("scifact")
         search_data = read_beir(search_folder)
+    clock = _Clock()
     print(f"[1/{steps}] diagnose {model_path} on the {len(sentences)} STS-B test sentences")
     models = {"original": from_pretrained(model_path)}
     report: dict[str, Any] = {"model_path": model_path, "diagnose": {"original": diagnose(models["original"], sentences)}}
@@ -88,12 +89,14 @@ def run(args: argparse.Namespace) -> int:
     if args.train_steps > 0:
         from st_leap.training import train
 
+        clock.lap("diagnose")
         print(f"\n[2/{steps}] LEAP retrofit: {args.train_steps} steps of batch 32, frozen original as teacher")
         models["LEAP"] = train(demo_config(model_path, str(out / "leap-model"), args.train_steps)).model
         report["diagnose"]["LEAP"] = diagnose(models["LEAP"], sentences)
         print(reporting.diagnose_report(report["diagnose"]["LEAP"], "LEAP model"))
         plot_if_possible(reporting.plot_diagnose, report["diagnose"]["LEAP"], out / "leap_diagnose.png", title="LEAP model")
 
+    clock.lap("LEAP retrofit" if args.train_steps > 0 else "diagnose")
     table_step = 3 if args.train_steps > 0 else 2
     print(f"\n[{table_step}/{steps}] before/after: STS-B test Spearman; speed-up measured on {args.timing_sentences} sentences, "
           f"batch 32, {torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds "
@@ -103,15 +106,37 @@ def run(args: argparse.Namespace) -> int:
         for name, model in models.items()
     }
     print(reporting.operating_points_table(report["table"]))
+    clock.lap("before/after table")
     if args.search_steps > 0:
         print(f"\n[{steps}/{steps}] search with an index you keep: a 3-layer query encoder trained "
               f"{args.search_steps} steps on the index's own documents (no queries, no labels)")
         report["search"] = search_step(model_path, search_folder, search_data, args.search_steps, out, args.repeats)
         print(search_table(report["search"]))
+        clock.lap("search")
+    report["minutes"] = clock.minutes
+    print("\nminutes: " + ", ".join(f"{name} {m:.1f}" for name, m in clock.minutes.items())
+          + f"; total {sum(clock.minutes.values()):.1f}")
     reporting.write_json(report, out / "demo.json")
-    print(f"\nwrote {out}/demo.json, the diagnose plots" + (f" and the LEAP model in {out}/leap-model" if args.train_steps else ""))
+    print(f"\nwrote {out}/demo.json, the diagnose plots" + (f", the LEAP model in {out}/leap-model" if args.train_steps else "")
+          + (f", the query encoder in {out}/query-encoder" if args.search_steps > 0 else ""))
     print(NEXT_STEPS.format(model=f"{out}/leap-model" if args.train_steps else model_path))
     return 0
+
+
+class _Clock:
+    """Wall-clock minutes of each demo step, for the closing line and ``demo.json``."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._time = time.perf_counter
+        self._last = self._time()
+        self.minutes: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = self._time()
+        self.minutes[name] = self.minutes.get(name, 0.0) + (now - self._last) / 60
+        self._last = now
 
 
 def search_step(model_path: str, folder: Path, data: Any, max_steps: int, out: Path, repeats: int) -> dict[str, Any]:
