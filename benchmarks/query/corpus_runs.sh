@@ -4,14 +4,14 @@
 # --resume. Models go under runs/qe/ (git-ignored); the index model's passes are cached in the st_leap cache, so the
 # runs after the first of a corpus skip them.
 #
-#   bash benchmarks/query/corpus_runs.sh [scifact] [inits] [nfcorpus] [eval]     (default: all four, in this order)
+#   bash benchmarks/query/corpus_runs.sh [scifact] [inits] [nfcorpus] [eval] [d2]   (default: all five, in this order)
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$(dirname "$0")/../.."
 fit() { python -m st_leap fit-query-encoder minilm "$@"; }
 data=../shared/data/beir
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(scifact inits nfcorpus eval)
+[ ${#parts[@]} -gt 0 ] || parts=(scifact inits nfcorpus eval d2)
 for part in "${parts[@]}"; do
   case "$part" in
     scifact)   # the default recipe (init "spread", 1,000 steps, dev every 250): the learning curve and the minutes
@@ -23,6 +23,11 @@ for part in "${parts[@]}"; do
       fit --corpus "$data/scifact" --depth 3 --init leap --stop-at-step 250 --out runs/qe/scifact_d3_leap_250 ;;
     nfcorpus)
       fit --corpus "$data/nfcorpus" --depth 3 --out runs/qe/nfcorpus_d3_spread ;;
+    d2)        # depth 2, the same recipe (layers 1 and 6 of the index model), and its dev and test rows
+      fit --corpus "$data/scifact" --depth 2 --out runs/qe/scifact_d2_spread
+      fit --corpus "$data/nfcorpus" --depth 2 --out runs/qe/nfcorpus_d2_spread
+      python -m benchmarks.query.corpus --phases eval --only "trained d2" \
+        --encoder "scifact:trained d2=runs/qe/scifact_d2_spread" --encoder "nfcorpus:trained d2=runs/qe/nfcorpus_d2_spread" ;;
     eval)      # dev and test NDCG@10 per depth, STS-B, the int8 graphs; the comparison of the starts
       python -m benchmarks.query.corpus --phases eval --tasks scifact \
         --only "first, 1000 steps" --only "spread, 250 steps" --only "leap, 250 steps" \
@@ -34,6 +39,6 @@ for part in "${parts[@]}"; do
         --int8 "scifact:trained d3=runs/qe/scifact_d3_spread" --int8 "nfcorpus:trained d3=runs/qe/nfcorpus_d3_spread"
       python -m benchmarks.query.inits runs/qe/scifact_d3_spread runs/qe/scifact_d3_first \
         runs/qe/scifact_d3_spread_250 runs/qe/scifact_d3_leap_250 ;;
-    *) echo "unknown part $part (scifact, inits, nfcorpus, eval)" >&2; exit 2 ;;
+    *) echo "unknown part $part (scifact, inits, nfcorpus, eval, d2)" >&2; exit 2 ;;
   esac
 done

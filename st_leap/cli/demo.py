@@ -144,6 +144,8 @@ def search_step(model_path: str, folder: Path, data: Any, max_steps: int, out: P
     :func:`~st_leap.evaluation.user_data.read_beir`), then score its test queries against that index (the original
     at full depth, the original cut at 3, the trained encoder) and time query encoding at batch 1 against the
     original at full depth."""
+    from sentence_transformers import SentenceTransformer
+
     import st_leap
     from st_leap.backends import query_side
     from st_leap.corpus import read_corpus
@@ -158,10 +160,11 @@ def search_step(model_path: str, folder: Path, data: Any, max_steps: int, out: P
                                eval_steps=None, map_texts=min(20_000, 64 * max_steps))
     encoder = query_side(st_leap.load(fitted.path))
     original = st_leap.from_pretrained(model_path)
+    index = SentenceTransformer(model_path)  # as fit_query_encoder loads it: its document pass comes from the cache
     evaluator = QueryDepthEvaluator(
         data.queries, dict(zip(documents.ids, documents.documents)),
-        {q: {d for d, s in docs.items() if s > 0} for q, docs in data.qrels.items()}, reference=original,
-        corpus_embeddings=index_embeddings(original, documents.documents), depths=[3], name="test",
+        {q: {d for d, s in docs.items() if s > 0} for q, docs in data.qrels.items()}, reference=index,
+        corpus_embeddings=index_embeddings(index, documents.documents), depths=[3], name="test",
     )
     cut = evaluator(original)["test_depth3_ndcg@10"]
     trained = evaluator(encoder)["test_depth3_ndcg@10"]
