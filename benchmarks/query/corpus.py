@@ -159,6 +159,17 @@ def int8_phase(specs: list[str], original_path: str, save_dir: Path, reference: 
         torch.set_num_threads(2)
 
 
+def _speedup_rows(cell: dict[str, Any], prefix: str, reference: str) -> list[str]:
+    """One table row per timed setting of ``cell`` but the reference: ``prefix`` (with ``{name}``), then the
+    median speed-up and its 25th-75th band."""
+    rows = []
+    for name, timing in cell["timings"].items():
+        if name != reference:
+            band = timing["speedup_band"]
+            rows.append(prefix.format(name=name) + f" {timing['speedup']:.2f}x ({band[0]:.2f}-{band[1]:.2f}) |")
+    return rows
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = ["# Queries adapted to the index's own documents", "", "Commands:", ""]
     lines += [f"    {c}" for c in result.get("commands", [result["meta_info"]["command"]])] + [""]
@@ -190,12 +201,7 @@ def markdown(result: dict[str, Any]) -> str:
                   "rounds, 25th-75th band)", "", "| task | encoder | threads | batch | speed-up |",
                   "| --- | --- | ---: | ---: | ---: |"]
         for cell in result["speed"]:
-            for name, row in cell["timings"].items():
-                if name == "full":
-                    continue
-                band = row["speedup_band"]
-                lines.append(f"| {cell['task']} | {name} | {cell['threads']} | {cell['batch_size']} | "
-                             f"{row['speedup']:.2f}x ({band[0]:.2f}-{band[1]:.2f}) |")
+            lines += _speedup_rows(cell, f"| {cell['task']} | {{name}} | {cell['threads']} | {cell['batch_size']} |", "full")
         lines.append("")
     for task, rows in result.get("int8", {}).items():
         for name, row in rows.items():
@@ -204,12 +210,7 @@ def markdown(result: dict[str, Any]) -> str:
                       "", "| threads | batch | setting | speed-up over st torch fp32 full (25th-75th) |",
                       "| ---: | ---: | --- | ---: |"]
             for cell in row["speed"]:
-                for setting, timing in cell["timings"].items():
-                    if setting == "st torch fp32 full":
-                        continue
-                    band = timing["speedup_band"]
-                    lines.append(f"| {cell['threads']} | {cell['batch_size']} | {setting} | "
-                                 f"{timing['speedup']:.2f}x ({band[0]:.2f}-{band[1]:.2f}) |")
+                lines += _speedup_rows(cell, f"| {cell['threads']} | {cell['batch_size']} | {{name}} |", "st torch fp32 full")
             lines.append("")
     if result.get("fits"):
         lines += ["## Closed-form maps fitted", ""]
