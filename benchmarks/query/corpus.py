@@ -37,7 +37,7 @@ from sentence_transformers import SentenceTransformer
 import st_leap
 from benchmarks._common import command_line, meta_info, results_dir, write_plot, write_result
 from st_leap import resources
-from st_leap.corpus import query_texts, read_corpus, split_documents
+from st_leap.corpus import QUERY_KINDS, query_texts, read_corpus, split_documents
 from st_leap.diagnostics import time_encode
 from st_leap.evaluation import QueryDepthEvaluator
 from st_leap.evaluation.dev import corpus_depth_evaluator
@@ -74,14 +74,18 @@ def scores(evaluator: QueryDepthEvaluator, model: SentenceTransformer, depths: l
     }
 
 
-def build_maps(original_path: str, save_dir: Path, n: int, result: dict[str, Any]) -> None:
-    """Fit and save the generic-map model and one corpus-map model per task."""
+def build_maps(original_path: str, save_dir: Path, n: int, result: dict[str, Any], tasks: tuple[str, ...] = TASKS,
+               kinds: tuple[str, ...] = QUERY_KINDS) -> None:
+    """Fit and save the generic-map model and one corpus-map model per task (``maps_<task>``). With other ``kinds``
+    of corpus texts than the default: only the corpus maps, saved as ``maps_<task>_<kind+kind>``."""
     target = SentenceTransformer(original_path, device="cpu")
-    jobs = {"generic": resources.query_sentences(n, seed=SEED, held_out_documents=2000)}
-    for task in TASKS:
+    default = tuple(kinds) == QUERY_KINDS
+    jobs = {"generic": resources.query_sentences(n, seed=SEED, held_out_documents=2000)} if default else {}
+    for task in tasks:
         corpus = read_corpus(resources.beir_dir(task))
         train, _ = split_documents(corpus, DEV_DOCUMENTS, seed=SEED)
-        jobs[task] = query_texts(corpus, train, max_texts=n, seed=SEED)[0]
+        name = task if default else f"{task}_{'+'.join(kinds)}"
+        jobs[name] = query_texts(corpus, train, kinds=kinds, max_texts=n, seed=SEED)[0]
     for name, texts in jobs.items():
         model = st_leap.from_pretrained(original_path, device="cpu")
         start = time.perf_counter()
@@ -257,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--original", default="minilm")
     parser.add_argument("--map-texts", type=int, default=20000)
+    parser.add_argument("--map-kinds", default=",".join(QUERY_KINDS),
+                        help="Kinds of corpus texts the corpus maps are fitted on (maps phase); other than the default, "
+                        "only the corpus maps are fitted, saved as maps_<task>_<kinds>")
     parser.add_argument("--phases", default="maps,eval")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--encoder", action="append", default=[], help="TASK:NAME=PATH, a trained query encoder")
@@ -285,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         write_result(args.out, result, markdown(result))
 
     if "maps" in phases:
-        build_maps(original_path, save_dir, args.map_texts, result)
+        build_maps(original_path, save_dir, args.map_texts, result, tuple(tasks), tuple(args.map_kinds.split(",")))
         save()
     reference = SentenceTransformer(original_path, device="cpu")
     if "eval" in phases:
