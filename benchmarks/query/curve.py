@@ -61,22 +61,32 @@ def markdown(command: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_curves(series: list[tuple[str, list[int], list[float], list[float]]], reference: float | None,
+                path: Path) -> None:
+    """Two panels against the step: dev NDCG@10 x 100 (left, with the index model's full-depth score dashed) and the
+    cosine to the index model's query embedding (right), one line per ``(label, steps, ndcg, cosine)``."""
     from st_leap.reporting import pyplot, save_figure
 
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    steps = [row["step"] for row in rows]
-    for depth in sorted(rows[0]["ndcg@10"]):
-        left.plot(steps, [100 * row["ndcg@10"][depth] for row in rows], marker="o", label=f"depth {depth}")
-        right.plot(steps, [row["cosine"][depth] for row in rows], marker="o", label=f"depth {depth}")
-    left.axhline(100 * rows[0]["reference_ndcg@10"], color="black", linestyle="--", label="original")
-    left.set(title="dev NDCG@10 x 100 (original's documents)", xlabel="step")
-    right.set(title="cosine to the original's query embedding", xlabel="step")
+    for label, steps, ndcg, cosine in series:
+        left.plot(steps, [100 * v for v in ndcg], marker="o", label=label)
+        right.plot(steps, cosine, marker="o", label=label)
+    if reference is not None:
+        left.axhline(100 * reference, color="black", linestyle="--", label="index model, full depth")
+    left.set(title="dev NDCG@10 x 100 (the index model's documents)", xlabel="step")
+    right.set(title="cosine to the index model's query embedding", xlabel="step")
     for ax in (left, right):
         ax.grid(alpha=0.3)
     left.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    steps = [row["step"] for row in rows]
+    series = [(f"depth {d}", steps, [row["ndcg@10"][d] for row in rows], [row["cosine"][d] for row in rows])
+              for d in sorted(rows[0]["ndcg@10"])]
+    plot_curves(series, rows[0].get("reference_ndcg@10"), path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import command_line, meta_info, results_dir, write_plot, write_result
-from benchmarks.query.curve import curve
+from benchmarks.query.curve import curve, plot_curves
 from st_leap.query_encoder import read_result
 
 
@@ -62,23 +62,10 @@ def markdown(command: str, runs: list[dict[str, Any]]) -> str:
 
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
-    from st_leap.reporting import pyplot, save_figure
-
-    plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in runs:
-        steps = [p["step"] for p in r["curve"]]
-        left.plot(steps, [100 * p["ndcg@10"] for p in r["curve"]], marker="o", label=f"{r['init']} ({r['steps']} steps)")
-        right.plot(steps, [p["cosine"] for p in r["curve"]], marker="o", label=r["init"])
+    series = [(f"{r['init']} ({r['steps']} steps)", [p["step"] for p in r["curve"]], [p["ndcg@10"] for p in r["curve"]],
+               [p["cosine"] for p in r["curve"]]) for r in runs]
     reference = next((p["reference_ndcg@10"] for r in runs for p in r["curve"] if p.get("reference_ndcg@10")), None)
-    if reference:
-        left.axhline(100 * reference, color="black", linestyle="--", label="index model, full depth")
-    left.set(title="dev NDCG@10 x 100 (held-out documents)", xlabel="step")
-    right.set(title="cosine to the index model's query embedding", xlabel="step")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    left.legend(fontsize=8)
-    save_figure(fig, path)
+    plot_curves(series, reference, path)
 
 
 def main(argv: list[str] | None = None) -> int:
