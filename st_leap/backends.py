@@ -31,6 +31,9 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import InputModule, Router
 from torch import Tensor, nn
 
+from st_leap.backbone import Backbone
+from st_leap.exit_policy import ROLE_TASKS, role_of
+
 BACKENDS = ("torch", "onnx", "openvino")
 QUANTIZATIONS = (None, "int8")
 SEGMENT_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
@@ -294,7 +297,6 @@ class _SegmentLayer:
 
 # ------------------------------------------------------------------------------------------ export of the pick
 EXPORT_FILE = "st_leap_export.json"  # the exported folder's metadata (and the ExportedEncoder's config)
-ROLE_TASKS = {"query": "query", "document": "document", "default": None}
 
 
 class _StaticGraph(nn.Module):
@@ -350,14 +352,29 @@ def _served_roles(module: Any, role: str | None, depth: int, explicit: bool) -> 
     return served
 
 
+def route_modules(model: SentenceTransformer, role: str | None = "default") -> list[nn.Module]:
+    """The modules that encode the texts of ``role`` (``"query"``, ``"document"``, ``"default"`` or ``None`` for
+    plain ``encode``): the route a ``Router`` model (a query encoder for a kept index) sends them to, or every
+    module of any other model."""
+    first = model[0] if len(model) else None
+    if not isinstance(first, Router):
+        return list(model)
+    route = first._resolve_route(task=ROLE_TASKS[role_of(role)], modality=None)
+    return list(first.sub_modules[route])
+
+
+def route_side(model: SentenceTransformer, role: str) -> SentenceTransformer:
+    """The modules a ``Router`` model runs for ``role`` as a model of its own, modules shared, not copied; any
+    other model is returned as it is."""
+    if not isinstance(model[0], Router):
+        return model
+    return SentenceTransformer(modules=route_modules(model, role), device=str(model.device))
+
+
 def query_side(model: SentenceTransformer) -> SentenceTransformer:
     """The query encoder of a model built by :func:`st_leap.fit_query_encoder` (its ``Router``'s query route, modules
     shared, not copied) as a model of its own; any other model is returned as it is."""
-    first = model[0]
-    if not isinstance(first, Router):
-        return model
-    route = first._resolve_route(task="query", modality=None)
-    return SentenceTransformer(modules=list(first.sub_modules[route]), device=str(model.device))
+    return route_side(model, "query")
 
 
 def export(
@@ -382,13 +399,15 @@ def export(
 
     Args:
         model: An st_leap ``SentenceTransformer`` (first module an :class:`~st_leap.EarlyExitTransformer`), or a
-            query encoder for a kept index (:func:`st_leap.query_encoder.fit_query_encoder`), whose query side is
-            exported.
+            query encoder for a kept index (:func:`st_leap.query_encoder.fit_query_encoder`, a ``Router``): without
+            ``role`` one graph per route (``query/``: the query encoder at its depth or ``depth``; ``document/``:
+            the index model whole), loaded back as a ``Router``, a drop-in for the whole model; with ``role`` that
+            route alone, which refuses the other roles.
         out_dir: The folder to write (created; files of an earlier export there are replaced).
         backend: ``"onnx"`` or ``"openvino"``.
         quantize: ``"int8"`` or ``None``.
         role: ``"query"``, ``"document"`` or ``"default"`` (plain ``encode``): whose exit setting to export;
-            ``None`` is ``"default"``.
+            ``None`` is ``"default"`` (for a ``Router`` model: every route).
         depth: Export this static depth instead of the model's setting.
 
     Returns:
@@ -410,30 +429,103 @@ def export(
         raise ValueError("export writes an ONNX Runtime or OpenVINO folder: backend must be 'onnx' or 'openvino'")
     if role is not None and role not in ROLE_TASKS:
         raise ValueError(f"role must be one of {list(ROLE_TASKS)} or None, got {role!r}")
-    if isinstance(model[0], Router):  # a query encoder for a kept index: its query side is what gets faster
-        if role not in (None, "query"):
-            raise ValueError("a query encoder for a kept index exports its query side only (role 'query')")
-        model = query_side(model)
-    module = model[0]
-    if not hasattr(module, "exit_settings_for"):
-        raise ValueError("export needs an st_leap model; load it with st_leap.from_pretrained(...)")
-    if module._backbone.model_type not in SEGMENT_MODEL_TYPES:
-        raise ValueError(f"export supports model types {list(SEGMENT_MODEL_TYPES)}, got {module._backbone.model_type!r}")
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()) and read_export_info(out) is None:
         raise ValueError(f"{out} is not empty and holds no st_leap export: export into a new folder")
+    if isinstance(model[0], Router):  # a query encoder for a kept index: one graph per route
+        return _export_routes(model, out, backend, quantize, role, depth)
+    module = model[0]
+    if not hasattr(module, "exit_settings_for"):
+        raise ValueError("export needs an st_leap model; load it with st_leap.from_pretrained(...)")
+    _check_graph_model_type(module)
     static = _static_depth(module, role, depth)
-    info: dict[str, Any] = {
+    info = _export_info(module, backend, quantize, role or "default")
+    if static is None:
+        _clear_export(out)
+        return _export_segmented(model, out, info)
+    return _export_static(model, out, static, _served_roles(module, role, static, depth is not None), info)
+
+
+#: What each route of a query encoder for a kept index serves: queries the shallow encoder, documents and plain
+#: ``encode`` the index model.
+ROUTE_ROLES = {"query": ["query"], "document": ["document", "default"]}
+
+
+def _export_info(module: Any, backend: str, quantize: str | None, role: str) -> dict[str, Any]:
+    return {
         "export_version": EXPORT_VERSION,
         "backend": backend,
         "quantize": quantize,
-        "role": role or "default",
-        "source_num_layers": module.num_layers,
+        "role": role,
+        "source_num_layers": len(Backbone(module.auto_model).layers),
         "fingerprint": model_fingerprint(module),
     }
-    if static is None:
-        return _export_segmented(model, out, info)
-    return _export_static(model, out, static, _served_roles(module, role, static, depth is not None), info)
+
+
+def _check_graph_model_type(module: Any) -> None:
+    model_type = Backbone(module.auto_model).model_type
+    if model_type not in SEGMENT_MODEL_TYPES:
+        raise ValueError(f"export supports model types {list(SEGMENT_MODEL_TYPES)}, got {model_type!r}")
+
+
+def _clear_export(out: Path) -> None:
+    """Remove what an earlier export left in ``out`` (its graphs and its route folders), so that nothing of another
+    model or depth can be served from the folder."""
+    import shutil
+
+    for old in out.glob("model*.*"):
+        old.unlink()
+    for name in (*ROUTE_ROLES, "st_leap_export"):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+    if (out / EXPORT_FILE).exists():
+        (out / EXPORT_FILE).unlink()
+
+
+def _export_routes(
+    model: SentenceTransformer, out: Path, backend: str, quantize: str | None, role: str | None, depth: int | None
+) -> Path:
+    """A query encoder for a kept index (a ``Router``): without ``role``, one graph per route (``query/``: the
+    shallow encoder at its depth, or ``depth``; ``document/``: the index model at full depth), the folder a drop-in
+    for the whole model; with ``role``, that route's graph alone, which refuses the other roles."""
+    sides = list(ROUTE_ROLES) if role is None else ["query" if role == "query" else "document"]
+    if depth is not None and "query" not in sides:
+        raise ValueError("depth applies to the query side; the index model's documents run at full depth")
+    graphs: dict[str, tuple[SentenceTransformer, int]] = {}
+    for side in sides:
+        sub = route_side(model, side)
+        module = sub[0]
+        _check_graph_model_type(module)
+        if side == "query":
+            if not hasattr(module, "exit_settings_for"):
+                raise ValueError("the query route of this model is not an st_leap encoder; load it with st_leap.load")
+            static = _static_depth(module, None, depth)
+            if static is None:
+                raise ValueError(
+                    "the query side exits per sample (an exit_threshold): export a static depth with depth=N "
+                    "(--depth N); per-sample exit of the query side runs on torch"
+                )
+        else:
+            static = len(Backbone(module.auto_model).layers)  # the index model, whole
+        graphs[side] = (sub, static)
+    _clear_export(out)
+    if role is not None:
+        side = sides[0]
+        sub, static = graphs[side]
+        info = {**_export_info(sub[0], backend, quantize, role), "route_of": "query encoder for a kept index"}
+        return _export_static(sub, out, static, ROUTE_ROLES[side], info)
+    routes = {}
+    for side, (sub, static) in graphs.items():
+        info = {**_export_info(sub[0], backend, quantize, side), "route_of": "query encoder for a kept index"}
+        _export_static(sub, out / side, static, ROUTE_ROLES[side], info)
+        routes[side] = {"folder": side, "depth": static, "roles": ROUTE_ROLES[side]}
+    info = {
+        "export_version": EXPORT_VERSION, "backend": backend, "quantize": quantize, "role": "all", "kind": "routes",
+        "routes": routes, "roles": [r for side in routes for r in ROUTE_ROLES[side]], "default_route": "document",
+    }
+    _write_json(info, out / EXPORT_FILE)
+    (out / "README.md").write_text(_export_card(info), encoding="utf-8")
+    return out
 
 
 def _export_segmented(model: Any, out: Path, info: dict[str, Any]) -> Path:
@@ -461,12 +553,11 @@ def _export_static(model: Any, out: Path, depth: int, roles: list[str], info: di
         if type(extra).__name__ not in ("Pooling", "Dense", "Normalize", "ExitMaps"):
             raise ValueError(f"a static-depth export runs Pooling, Dense, Normalize and ExitMaps; got {type(extra).__name__}")
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("model*.*"):  # a graph of an earlier export
-        old.unlink()
+    _clear_export(out)  # a graph of an earlier export
     hf = copy.deepcopy(module.auto_model).eval().float()
     if hasattr(hf, "set_attn_implementation"):
         hf.set_attn_implementation("eager")
-    layers = list(module._backbone.__class__(hf).layers[:depth])
+    layers = list(Backbone(hf).layers[:depth])
     graph = _StaticGraph(hf.embeddings, layers, copy.deepcopy(post), depth).eval()
     ids = torch.ones(2, 7, dtype=torch.long)
     axes = {0: "batch", 1: "sequence"}
@@ -510,6 +601,18 @@ def _export_static(model: Any, out: Path, depth: int, roles: list[str], info: di
 def _export_card(info: dict[str, Any]) -> str:
     """The exported folder's model card: what was exported and how to load it."""
     quant = info["quantize"] or "none (fp32)"
+    if info["kind"] == "routes":
+        rows = "".join(
+            f"| `{route['folder']}/` | {', '.join(route['roles'])} | {route['depth']} |\n" for route in info["routes"].values()
+        )
+        return (
+            "## st_leap export\n\n"
+            f"A query encoder for a kept index as one {info['backend']} graph per route ({quant} weights): queries run "
+            "the shallow query encoder, documents and plain `encode` the index model, whole.\n\n"
+            "| folder | roles | layers |\n| --- | --- | --- |\n" + rows + "\n"
+            "Load it with `st_leap.load(path)`: `encode_query` and `encode_document` route as in the source model. "
+            "Metadata in `st_leap_export.json`.\n"
+        )
     if info["kind"] == "static":
         what = (
             f"One {info['backend']} graph (`{info['graph']}`): embeddings, the first {info['depth']} of "
@@ -600,6 +703,12 @@ class ExportedEncoder(InputModule):
     def forward(self, features: dict[str, Any], task: str | None = None, **kwargs: Any) -> dict[str, Any]:
         role = {"query": "query", "document": "document"}.get(task or "", "default")
         if role not in self.info["roles"]:
+            if self.info.get("route_of"):
+                raise ValueError(
+                    f"This export holds only the {'/'.join(self.info['roles'])} side of a query encoder for a kept "
+                    f"index, not {role!r}: export the model without a role (st-leap export MODEL --backend ...) for "
+                    "both graphs, queries and documents"
+                )
             raise ValueError(
                 f"This export computes the {'/'.join(self.info['roles'])} role(s) at depth {self.info['depth']}, not "
                 f"{role!r}; export the model again with role={role!r} for it"

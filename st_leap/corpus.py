@@ -5,12 +5,16 @@ query encoder can get: the same protocol as unsupervised domain adaptation (inve
 target corpus and never its queries. This module reads a corpus and makes the texts:
 
 - :func:`read_corpus`: a BEIR folder (``corpus.jsonl[.gz]`` inside), a ``corpus.jsonl[.gz]`` file (``_id``,
-  ``text``, optional ``title``) or a text file of one document per line (ids are the line numbers). A malformed or
-  empty corpus raises ``ValueError`` naming the file and the line, before any model loads.
+  ``text``, optional ``title``) or a text file of one document per line (ids are the line numbers, blank lines are
+  not documents). A malformed corpus, or one without any text, raises ``ValueError`` naming the file and the line,
+  before any model loads. A record with an empty title and text is a document all the same: it stays in the corpus,
+  in file order (your index holds it, and your document embeddings keep their rows), gives no query-like text, and
+  one warning counts such documents (:attr:`Corpus.empty`).
 - :func:`query_texts`: query-like texts of documents (titles, sentences, short spans of a sentence),
   deduplicated, shuffled with a seed, each with the index of the document it came from.
-- :func:`split_documents` and :func:`corpus_dev`: documents held out of training, and a dev split made from them
-  only (their texts retrieving their own documents from the whole index; never a query set or a qrels file).
+- :func:`split_documents` and :func:`corpus_dev`: documents held out of training (documents with text only), and a
+  dev split made from them only (their texts retrieving their own documents from the whole index; never a query set
+  or a qrels file).
 
 Example:
     ::
@@ -26,11 +30,12 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from st_leap.evaluation.user_data import file_line, open_text, read_json_lines, require_file
+from st_leap.files import file_line, open_text, read_json_lines, require_file
 
 __all__ = ["Corpus", "QUERY_KINDS", "read_corpus", "query_texts", "split_documents", "corpus_dev", "read_document_embeddings"]
 
@@ -39,12 +44,22 @@ QUERY_KINDS = ("title", "sentence", "span")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 
+#: How many ids of empty documents the warning of :func:`read_corpus` names.
+EMPTY_IDS_SHOWN = 5
+
+_warned: set[str] = set()  # the empty-document warnings given in this process: each is given once
+
 
 @dataclass
 class Corpus:
     """Documents of an index: ``ids``, ``titles`` (``""`` when none) and ``texts``, in file order.
 
     ``documents`` is what the index model reads: ``title + " " + text`` (as mteb and BEIR do), or the text alone.
+    A document with neither (``""``) keeps its place, as the index keeps it: :attr:`empty` lists such documents; they
+    give no query-like text (:func:`query_texts`) and are never held out as dev documents (:func:`split_documents`).
+
+    Raises:
+        ValueError: the lists differ in length, there is no document, an id repeats, or no document has any text.
     """
 
     ids: list[str]
@@ -59,13 +74,30 @@ class Corpus:
             raise ValueError(f"{self.source or 'the corpus'}: no documents")
         if len(set(self.ids)) != len(self.ids):
             raise ValueError(f"{self.source or 'the corpus'}: document ids repeat")
+        if not self.with_text:
+            raise ValueError(f"{self.source or 'the corpus'}: no document has any text (all have an empty title and text)")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def documents(self) -> list[str]:
+        """The text the index model reads of each document, in corpus order (``""`` for an empty document)."""
         return [(t + " " + x).strip() if t else x.strip() for t, x in zip(self.titles, self.texts)]
+
+    @property
+    def empty(self) -> list[int]:
+        """The indices of the documents whose title and text are both empty (or blank), in corpus order."""
+        return [i for i in range(len(self.ids)) if not _has_text(self, i)]
+
+    @property
+    def with_text(self) -> list[int]:
+        """The indices of the other documents, in corpus order: those that give query-like texts."""
+        return [i for i in range(len(self.ids)) if _has_text(self, i)]
+
+
+def _has_text(corpus: Corpus, i: int) -> bool:
+    return bool(corpus.titles[i].strip() or corpus.texts[i].strip())
 
 
 def _corpus_file(path: Path) -> Path:
@@ -81,12 +113,26 @@ def _corpus_file(path: Path) -> Path:
 
 def read_corpus(path: str | Path) -> Corpus:
     """Read and check a corpus: a BEIR folder, a ``corpus.jsonl[.gz]`` file, or a text file of one document a line
-    (``.txt``, ``.txt.gz`` or any other name that is not ``.jsonl``; blank lines skipped, ids are line numbers).
+    (``.txt``, ``.txt.gz`` or any other name that is not ``.jsonl``; blank lines are not documents, ids are line
+    numbers).
+
+    A JSON record with an empty (or blank) title and text is a document all the same and keeps its place: the index
+    holds it, the index model embeds it, and document embeddings keep one row per id (:func:`read_document_embeddings`).
+    It gives no training, map-fitting or dev text. One ``UserWarning`` (once per file in a process) says how many
+    there are and names the first ids; :attr:`Corpus.empty` lists them.
+
+    Args:
+        path: A BEIR folder (``corpus.jsonl`` or ``corpus.jsonl.gz`` inside), a ``corpus.jsonl[.gz]`` file (``_id``,
+            ``text``, optional ``title``) or a text file.
+
+    Returns:
+        The :class:`Corpus`, in file order.
 
     Raises:
         FileNotFoundError: naming the missing file or folder.
-        ValueError: naming the file and the line of a record that is not a JSON object, lacks ``_id`` or ``text``,
-            repeats an id, or has an empty title and text; or an empty file.
+        ValueError: naming the file and the line of a record that is not a JSON object, lacks ``_id`` or a string
+            ``text``, has a title that is not a string, or repeats an id; of an empty file or one without documents;
+            or of the first record when every document has an empty title and text.
     """
     file = _corpus_file(Path(path))
     require_file(file, "corpus file")
@@ -106,8 +152,6 @@ def read_corpus(path: str | Path) -> Corpus:
                 raise ValueError(f"{file_line(file, number)}: missing text")
             if not isinstance(title, str):
                 raise ValueError(f"{file_line(file, number)}: title is not a string")
-            if not (title.strip() or text.strip()):
-                raise ValueError(f"{file_line(file, number)}: empty title and text")
             lines[key] = number
             ids.append(key)
             titles.append(title.strip())
@@ -124,7 +168,32 @@ def read_corpus(path: str | Path) -> Corpus:
             raise ValueError(f"{file}: not UTF-8 text ({error.reason})") from None
     if not ids:
         raise ValueError(f"{file_line(file, 1)}: no documents in the file")
-    return Corpus(ids, titles, texts, source=str(file))
+    if not any(titles) and not any(texts):  # only JSON records can get here: blank lines of a text file are skipped
+        first = min(lines.values()) if lines else 1
+        raise ValueError(
+            f"{file_line(file, first)}: no document has any text (all {len(ids):,} have an empty title and text)"
+        )
+    corpus = Corpus(ids, titles, texts, source=str(file))
+    _warn_empty(corpus)
+    return corpus
+
+
+def _warn_empty(corpus: Corpus) -> None:
+    """One ``UserWarning`` per corpus file and process: how many documents are empty, and the first ids."""
+    empty = corpus.empty
+    if not empty:
+        return
+    one = len(empty) == 1
+    ids = ", ".join(repr(corpus.ids[i]) for i in empty[:EMPTY_IDS_SHOWN])
+    more = ", ..." if len(empty) > EMPTY_IDS_SHOWN else ""
+    message = (
+        f"{corpus.source}: {len(empty):,} of {len(corpus):,} documents {'has' if one else 'have'} an empty title and "
+        f"text (id{'' if one else 's'} {ids}{more}); {'it stays' if one else 'they stay'} in the index, in order, but "
+        f"{'gives' if one else 'give'} no training, map-fitting or dev text"
+    )
+    if message not in _warned:  # each step of a run reads the corpus again: say it once
+        _warned.add(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def sentences(text: str) -> list[str]:
@@ -166,7 +235,8 @@ def query_texts(
     """Query-like texts of a corpus, each with the index (into ``corpus``) of the document it came from.
 
     From each document: its title (two words or more), each of its sentences of ``min_words`` words or more (cut at
-    ``max_words``) and, per sentence, one span of ``span_words`` consecutive words (keyword-like queries). Texts are
+    ``max_words``) and, per sentence, one span of ``span_words`` consecutive words (keyword-like queries); an empty
+    document (:attr:`Corpus.empty`) gives none. Texts are
     deduplicated (a text that occurs in two documents keeps the first), shuffled with ``seed``, capped at
     ``max_per_document`` per document, then at ``max_texts``.
 
@@ -184,6 +254,9 @@ def query_texts(
 
     Returns:
         ``(texts, owners)``: the texts and each one's document index.
+
+    Raises:
+        ValueError: unknown ``kinds``, a bad ``span_words``, or no text could be made.
     """
     bad = [k for k in kinds if k not in QUERY_KINDS]
     if bad or not kinds:
@@ -195,6 +268,8 @@ def query_texts(
     seen: set[str] = set()
     pairs: list[tuple[str, int]] = []
     for i in indices:
+        if not _has_text(corpus, i):
+            continue  # an empty document: in the index, but nothing to make a query of
         for text in _document_queries(corpus.titles[i], corpus.texts[i], kinds, rng, min_words, max_words, span_words):
             key = " ".join(text.lower().split())
             if key and key not in seen:
@@ -217,13 +292,31 @@ def query_texts(
 
 
 def split_documents(corpus: Corpus, dev_documents: int, seed: int = 12345) -> tuple[list[int], list[int]]:
-    """``(train, dev)`` document indices: ``dev_documents`` documents held out at random (``seed``), the rest for
-    training. Nothing of a dev document is ever a training text."""
-    if not 0 <= dev_documents < len(corpus):
-        raise ValueError(f"dev_documents must be in 0..{len(corpus) - 1} for {len(corpus)} documents, got {dev_documents}")
-    order = list(range(len(corpus)))
-    random.Random(seed).shuffle(order)
-    return sorted(order[dev_documents:]), sorted(order[:dev_documents])
+    """Hold ``dev_documents`` documents out of training, drawn at random (``seed``); nothing of a dev document is ever
+    a training text.
+
+    Dev documents are drawn from the documents with text only (:attr:`Corpus.with_text`): an empty document stays on
+    the training side, where it gives no text. Without empty documents this is a draw from all of them.
+
+    Args:
+        corpus: The documents (:func:`read_corpus`).
+        dev_documents: How many documents to hold out.
+        seed: Seed of the draw.
+
+    Returns:
+        ``(train, dev)``: sorted document indices, together every document of the corpus.
+
+    Raises:
+        ValueError: ``dev_documents`` is negative or would leave no document with text for training.
+    """
+    candidates = corpus.with_text
+    if not 0 <= dev_documents < len(candidates):
+        empty = len(corpus) - len(candidates)
+        documents = f"{len(candidates)} documents" + (f" with text ({empty} empty)" if empty else "")
+        raise ValueError(f"dev_documents must be in 0..{len(candidates) - 1} for {documents}, got {dev_documents}")
+    random.Random(seed).shuffle(candidates)
+    dev = set(candidates[:dev_documents])
+    return [i for i in range(len(corpus)) if i not in dev], sorted(dev)
 
 
 def corpus_dev(
@@ -231,8 +324,19 @@ def corpus_dev(
 ) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
     """A dev split from held-out documents only: up to ``num_queries`` query-like texts of the ``dev`` documents
     (at most two per document), each relevant to its own document, against the whole corpus (the index keeps every
-    document). Returns ``(queries, corpus, relevant_docs)`` in the format of sentence-transformers'
-    ``InformationRetrievalEvaluator``."""
+    document, empty ones too; an empty document is never the source of a dev query, :func:`query_texts`).
+
+    Args:
+        corpus: The documents (:func:`read_corpus`).
+        dev: The held-out document indices (:func:`split_documents`).
+        num_queries: Cap on the number of dev queries.
+        kinds: Which query-like texts to make (:func:`query_texts`).
+        seed: Seed of the texts.
+
+    Returns:
+        ``(queries, corpus, relevant_docs)`` in the format of sentence-transformers'
+        ``InformationRetrievalEvaluator``.
+    """
     texts, owners = query_texts(corpus, dev, kinds=kinds, max_texts=num_queries, max_per_document=2, seed=seed + 1)
     queries = {f"dev{i}": text for i, text in enumerate(texts)}
     relevant = {f"dev{i}": {corpus.ids[owner]} for i, owner in enumerate(owners)}

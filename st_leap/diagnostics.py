@@ -27,6 +27,7 @@ from st_leap.exit_policy import (
     mean_pool,
     validate_exit_args,
 )
+from st_leap.model import require_torch_encoder, router_of
 from st_leap.modules import EarlyExitTransformer
 
 # Verdict rules (documented in docs/diagnostics.md).
@@ -204,7 +205,8 @@ def diagnose(
 
     Args:
         model: A SentenceTransformer whose first module is a ``Transformer`` or an ``EarlyExitTransformer``
-            (not modified).
+            (not modified). A query encoder for a kept index (a ``Router`` model) is refused: diagnose its query
+            route, ``st_leap.backends.query_side(model)``, or the index model.
         sentences: The texts to measure on (e.g. ``st_leap.resources.stsb_sentences("test")``).
         thresholds: The thetas at which to report exit rate and E[layers].
         exit_patience: k of the exit rule.
@@ -221,6 +223,13 @@ def diagnose(
     """
     if isinstance(sentences, str):
         raise ValueError("sentences must be a list of strings, not a single string")
+    if router_of(model) is not None:
+        raise ValueError(
+            "this is a query encoder for a kept index (a Router: queries to a shallow encoder, documents to the index "
+            "model); diagnose one encoder: its query route, st_leap.diagnose(st_leap.backends.query_side(model), "
+            "texts), or the index model"
+        )
+    require_torch_encoder(model, "diagnose")
     sentences = [s for s in sentences]
     if not sentences:
         raise ValueError("diagnose needs at least one sentence")

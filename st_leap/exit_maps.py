@@ -33,6 +33,9 @@ from tqdm.auto import tqdm
 #: Strong ridges (1e-2 * n) shrink the maps toward the mean and make retrieval worse than no map at all.
 RIDGE_GRID = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
 
+#: The fewest non-empty texts :func:`fit_exit_maps` fits on (a tenth is held out to choose the ridge).
+MIN_FIT_TEXTS = 20
+
 
 class ExitMaps(Module):
     """Per-layer affine maps into the final embedding space, applied at each sample's exit layer (ours).
@@ -371,8 +374,8 @@ def fit_exit_maps(
     if target_embeddings is not None and len(kept) != len(texts):
         raise ValueError("with target_embeddings every text must be a non-empty string (rows are matched by position)")
     texts = kept
-    if len(texts) < 20:
-        raise ValueError(f"fit_exit_maps needs at least 20 non-empty texts, got {len(texts)}")
+    if len(texts) < MIN_FIT_TEXTS:
+        raise ValueError(f"fit_exit_maps needs at least {MIN_FIT_TEXTS} non-empty texts, got {len(texts)}")
     if not 0.0 < heldout_fraction < 0.5:
         raise ValueError(f"heldout_fraction must be in (0, 0.5), got {heldout_fraction!r}")
     if not ridge_grid or any(not (isinstance(c, (int, float)) and c > 0 and math.isfinite(c)) for c in ridge_grid):

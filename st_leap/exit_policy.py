@@ -65,6 +65,8 @@ def validate_truncate_layers(truncate_layers: int | None, num_layers: int) -> in
 #: The roles an exit setting can be given per role: sentence-transformers' ``task`` of ``encode_query``
 #: (``"query"``) and ``encode_document`` (``"document"``), and ``"default"`` for every other call (plain ``encode``).
 ROLES = ("query", "document", "default")
+#: The sentence-transformers ``task`` of each role: ``encode_query``, ``encode_document``, plain ``encode``.
+ROLE_TASKS = {"query": "query", "document": "document", "default": None}
 
 
 def role_of(task: str | None) -> str:

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.modules import Transformer
+from sentence_transformers.base.modules import Router, Transformer
 
+from st_leap.backends import route_modules
 from st_leap.exit_maps import ExitMaps
 from st_leap.exit_policy import ROLES, ExitStats, role_of
 from st_leap.model_card import install_card_data
@@ -75,19 +76,73 @@ def early_exit_module(model: SentenceTransformer) -> EarlyExitTransformer | None
     return first if isinstance(first, EarlyExitTransformer) else None
 
 
-def num_layers(model: SentenceTransformer) -> int | None:
-    """Number of encoder layers of the model's first module (``None`` when it cannot be told)."""
-    module = early_exit_module(model)
-    if module is not None:
-        return int(module.num_layers)
+def router_of(model: SentenceTransformer) -> Router | None:
+    """The model's ``Router`` when its first module is one, else ``None``.
+
+    Such a model is a query encoder for a kept index (:func:`st_leap.fit_query_encoder`): ``encode_query`` runs the
+    Router's ``query`` route (a shallow st_leap encoder), ``encode_document`` and plain ``encode`` its ``document``
+    route (the index model, unchanged).
+    """
     try:
-        config = model[0].auto_model.config
-    except (AttributeError, IndexError, TypeError, KeyError):
+        first = model[0]
+    except (IndexError, TypeError, KeyError):
+        return None
+    return first if isinstance(first, Router) else None
+
+
+def _encoder_layers(module: Any) -> int | None:
+    if isinstance(module, EarlyExitTransformer):
+        return int(module.num_layers)
+    exported = getattr(module, "info", None)  # an exported graph (st_leap.backends.ExportedEncoder): its depth
+    if isinstance(exported, dict) and isinstance(exported.get("depth"), int):
+        return int(exported["depth"])
+    try:
+        config = module.auto_model.config
+    except AttributeError:
         return None
     for key in ("num_hidden_layers", "n_layers", "num_layers"):
         if isinstance(getattr(config, key, None), int):
             return int(getattr(config, key))
     return None
+
+
+def num_layers(model: SentenceTransformer, role: str | None = "default") -> int | None:
+    """Number of encoder layers of the model's first module (``None`` when it cannot be told).
+
+    For a ``Router`` model (:func:`router_of`), the layers of the encoder that serves ``role``: ``"query"`` is the
+    query route, ``"document"`` and ``"default"`` (plain ``encode``) the index model.
+    """
+    modules = route_modules(model, role)
+    return _encoder_layers(modules[0]) if modules else None
+
+
+def describe_routes(model: SentenceTransformer) -> dict[str, str] | None:
+    """What a ``Router`` model (:func:`router_of`) runs for each role, in words: ``{"query": ..., "document": ...}``
+    (``"document"`` also serves plain ``encode``); ``None`` for any other model."""
+    if router_of(model) is None:
+        return None
+    query = route_modules(model, "query")
+    first = query[0] if query else None
+    if isinstance(first, EarlyExitTransformer):
+        settings = first.exit_settings_for("query")
+        depth = f"a {first.num_layers}-layer st_leap encoder"
+        if settings["exit_threshold"] is not None:
+            depth += f" exiting per text at theta {settings['exit_threshold']:g}"
+            if settings["truncate_layers"] is not None:
+                depth += f" within depth {settings['truncate_layers']}"
+        elif settings["truncate_layers"] is not None:
+            depth += f" served at depth {settings['truncate_layers']}"
+    else:
+        layers = _encoder_layers(first)
+        depth = f"a {layers}-layer encoder" if layers else f"a {type(first).__name__}"
+    if any(type(module).__name__ == "ExitMaps" for module in query):
+        depth += ", with its exit map into the index model's space"
+    index_layers = num_layers(model, "document")
+    index = f"a {index_layers}-layer encoder" if index_layers else "its encoder"
+    return {
+        "query": f"encode_query runs the query route: {depth}",
+        "document": f"encode_document and plain encode run the index model: {index}, unchanged",
+    }
 
 
 def effective_exit_settings(
@@ -118,13 +173,15 @@ def per_role_settings(model: SentenceTransformer, kwargs: dict[str, Any] | None 
     return {role: effective_exit_settings(model, kwargs or {}, tasks[role]) for role in ROLES}
 
 
-def last_call_stats(model: SentenceTransformer, num_samples: int) -> ExitStats:
+def last_call_stats(model: SentenceTransformer, num_samples: int, role: str | None = "default") -> ExitStats:
     """The exit statistics of the model's last ``encode`` call of ``num_samples`` texts (a model without early
-    exit ran them all at full depth)."""
-    module = early_exit_module(model)
+    exit ran them all at full depth). For a ``Router`` model (:func:`router_of`) ``role`` says which route the call
+    ran: ``"query"`` (``encode_query``), ``"document"`` or ``"default"`` (plain ``encode``)."""
+    first = next(iter(route_modules(model, role)), None) if router_of(model) is not None else None
+    module = first if isinstance(first, EarlyExitTransformer) else early_exit_module(model)
     if module is not None:
         return ExitStats(module.num_layers, list(module.exit_stats.counts))
-    depth = num_layers(model) or 0
+    depth = num_layers(model, role) or 0
     stats = ExitStats(depth)
     if depth:
         stats.counts[-1] = num_samples
@@ -354,22 +411,23 @@ def from_pretrained(
     folder = Path(model_name_or_path).expanduser()
     info = backends.read_export_info(folder) if folder.is_dir() else None
     export_dir = None
-    if info is not None and info.get("kind") == "static":
+    if info is not None and info.get("kind") in ("static", "routes"):
         given = exit_kwargs(exit_threshold, exit_patience, exit_min_layer, truncate_layers)
         if given or (backend or info["backend"]) != info["backend"] or (quantize or info["quantize"]) != info["quantize"]:
+            what = f"at depth {info['depth']}" if info["kind"] == "static" else "with one graph per route"
             raise ValueError(
-                f"{folder} is a {info['backend']} export at depth {info['depth']}: it runs that setting only "
+                f"{folder} is a {info['backend']} export {what}: it runs that setting only "
                 "(export the source model again for other exit settings or backends)"
             )
+        if info["kind"] == "routes":
+            return _load_routes(folder, info, **kwargs)
         encoder = backends.ExportedEncoder
         return _load(str(folder), {f"{encoder.__module__}.{encoder.__name__}": encoder}, **kwargs)
     if info is not None and info.get("kind") == "segments" and backend is None:
         backend, quantize, export_dir = info["backend"], info["quantize"], str(folder / info["segments"])
     backend = backend or "torch"
     model = _load(model_name_or_path, **kwargs)
-    from sentence_transformers.base.modules import Router
-
-    if isinstance(model[0], Router):
+    if router_of(model) is not None:
         # A query encoder for a kept index (st_leap.fit_query_encoder): each route keeps the settings it was saved
         # with; encode_query runs the shallow query side, encode_document the index model.
         if exit_kwargs(exit_threshold, exit_patience, exit_min_layer, truncate_layers) or backend != "torch":
@@ -395,20 +453,93 @@ def from_pretrained(
     return model
 
 
+def _load_routes(folder: Path, info: dict[str, Any], **kwargs: Any) -> SentenceTransformer:
+    """An export of a query encoder for a kept index (:func:`st_leap.backends.export` of a ``Router`` model): a
+    ``Router`` over the exported graphs, queries to ``query/``, documents and plain ``encode`` to ``document/``."""
+    from sentence_transformers.base.modules import Router
+
+    from st_leap.backends import ExportedEncoder, read_export_info
+
+    routes = {}
+    for side, route in info["routes"].items():
+        sub = folder / route["folder"]
+        sub_info = read_export_info(sub)
+        if sub_info is None:
+            raise FileNotFoundError(f"{sub} holds no st_leap_export.json: copy the whole exported folder again")
+        routes[side] = ExportedEncoder(sub, **sub_info)
+    router = Router.for_query_document([routes["query"]], [routes["document"]], default_route=info["default_route"])
+    return SentenceTransformer(modules=[router], device=kwargs.get("device") or "cpu")
+
+
+def require_torch_encoder(model: SentenceTransformer, command: str) -> None:
+    """Refuse an exported graph, or a query encoder exported as one graph per route, for ``command`` (what needs
+    the encoder's layers: diagnose, calibrate, monitor), saying what to pass instead."""
+    for role in ("query", "document"):
+        modules = route_modules(model, role)
+        info = getattr(modules[0], "info", None) if modules else None
+        if type(modules[0] if modules else None).__name__ == "ExportedEncoder" and isinstance(info, dict):
+            raise ValueError(
+                f"{command} needs the encoder's layers, and this is an exported {info['backend']} graph of depth "
+                f"{info['depth']}: pass the model it was exported from"
+            )
+
+
+def _export_info(model: SentenceTransformer) -> dict[str, Any] | None:
+    """The ``st_leap_export.json`` of a single exported graph (:class:`st_leap.backends.ExportedEncoder` as the
+    first module), else ``None``."""
+    first = model[0] if len(model) else None
+    info = getattr(first, "info", None)
+    return info if type(first).__name__ == "ExportedEncoder" and isinstance(info, dict) else None
+
+
 def load(path: str, **kwargs: Any) -> SentenceTransformer:
     """Reload a model saved with ``model.save(path)``, with the exit defaults it was saved with."""
     return from_pretrained(path, **kwargs)
 
 
-def load_model(model: str | SentenceTransformer, **kwargs: Any) -> SentenceTransformer:
+def load_model(
+    model: str | SentenceTransformer, *, allow_router: bool = False, **kwargs: Any
+) -> SentenceTransformer:
     """An st_leap early-exit model from a path, Hub id or already loaded ``SentenceTransformer``.
 
     A model that already is an st_leap model is returned as is; a plain one is converted in place (its saved exit
     defaults, if any, are kept).
+
+    Args:
+        model: Path, Hub id or ``SentenceTransformer``.
+        allow_router: Return a query encoder for a kept index (a ``Router`` model, :func:`router_of`) as it is.
+            Left ``False``, such a model is refused with a message that names its query side, for callers that
+            need one early-exit encoder.
+        **kwargs: Passed to :func:`from_pretrained` for a path or Hub id.
+
+    Raises:
+        ValueError: for a ``Router`` model without ``allow_router``.
     """
     if isinstance(model, SentenceTransformer):
-        return model if early_exit_module(model) is not None else as_early_exit(model)
-    return from_pretrained(str(model), **kwargs)
+        ready = early_exit_module(model) is not None or router_of(model) is not None or _export_info(model)
+        loaded = model if ready else as_early_exit(model)
+    else:
+        loaded = from_pretrained(str(model), **kwargs)
+    exported = _export_info(loaded)
+    if exported:
+        what = f"an exported {exported['backend']} graph of depth {exported['depth']} (roles {', '.join(exported['roles'])})"
+        if exported.get("route_of"):
+            raise ValueError(
+                f"this is {what}: the {'/'.join(exported['roles'])} side of a query encoder for a kept index only. "
+                "Export the query encoder without a role (one graph per route, queries and documents), or pass the "
+                "query encoder itself"
+            )
+        raise ValueError(
+            f"this is {what}: it runs that one setting, and this command needs the model it was exported from "
+            "(pass that folder), or encode with st_leap.load(folder) directly"
+        )
+    if router_of(loaded) is not None and not allow_router:
+        raise ValueError(
+            "this is a query encoder for a kept index: a Router that sends encode_query to a shallow encoder and "
+            "encode_document to the index model. This needs one early-exit encoder: pass its query side, "
+            "st_leap.backends.query_side(model), or the index model"
+        )
+    return loaded
 
 
 def model_name(
@@ -416,13 +547,19 @@ def model_name(
 ) -> str:
     """A readable name: ``names[fallback]`` (a mapping from resolved local folder to Hub id, e.g.
     ``st_leap.resources.known_local_models()``, given by the caller), else the model card name, else the folder
-    name of ``fallback``, else ``"unnamed"``."""
+    name of ``fallback``, else ``"unnamed"``.
+
+    The card's base model names a query encoder for a kept index (a ``Router`` model) only as
+    ``"query encoder for <base model>"``, after the folder name: it is the index model's name, not this model's.
+    """
     if fallback and names:
         resolved = str(Path(str(fallback)).resolve()) if Path(str(fallback)).exists() else str(fallback)
         if resolved in names:
             return names[resolved]
     card = getattr(model, "model_card_data", None)
-    name = getattr(card, "model_name", None) or getattr(card, "base_model", None)
+    base = getattr(card, "base_model", None)
+    router = router_of(model) is not None
+    name = getattr(card, "model_name", None) or (None if router else base)
     if name:
         return str(name)
     if fallback:
@@ -430,4 +567,4 @@ def model_name(
         if path.exists():
             return path.name if path.name != "model" else path.parent.name
         return str(fallback)
-    return "unnamed"
+    return f"query encoder for {base}" if router and base else "unnamed"

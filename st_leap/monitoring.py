@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from st_leap.exit_policy import ROLES, ExitStats, role_of
-from st_leap.model import EXIT_KEYS, ExitEncoding, early_exit_module, effective_exit_settings, encode_with_exits
+from st_leap.model import (
+    EXIT_KEYS,
+    ExitEncoding,
+    early_exit_module,
+    effective_exit_settings,
+    encode_with_exits,
+    router_of,
+)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -464,6 +471,12 @@ class ExitMonitor:
         history: int | None = 1000,
     ) -> None:
         module = early_exit_module(model)
+        if module is None and router_of(model) is not None:
+            raise ValueError(
+                "ExitMonitor watches one early-exit encoder, and this is a query encoder for a kept index (a Router: "
+                "queries to a shallow encoder, documents to the index model): watch its query route, "
+                "ExitMonitor(st_leap.backends.query_side(model), reference=...), and encode with task='query'"
+            )
         if module is None:
             raise ValueError("ExitMonitor needs an st_leap model; load it with st_leap.from_pretrained(...)")
         depth = int(module.num_layers)

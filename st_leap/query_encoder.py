@@ -13,7 +13,7 @@
 3. the map refitted in closed form on the trained student, kept only if the dev signal says so;
 4. one sentence-transformers model with a ``Router``: ``encode_query`` runs the student, ``encode_document`` (and
    plain ``encode``) the index model, unchanged. It loads with ``SentenceTransformer(DIR)`` or
-   ``st_leap.load(DIR)``; ``st-leap export DIR --depth D`` exports the query side as one graph.
+   ``st_leap.load(DIR)``; ``st-leap export DIR`` exports one graph per route (``--role query``: the query side alone).
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ def build_router(student: SentenceTransformer, index_model: SentenceTransformer)
 
 @dataclass
 class QueryEncoderResult:
-    """What :func:`fit_query_encoder` did: where the model is, how long each part took, and its dev signal."""
+    """What :func:`fit_query_encoder` did: where the model is, how long each part took, and its dev signal;
+    ``empty_documents`` counts the corpus's documents with an empty title and text (in the index, no training text)
+    and ``map_fit_texts`` the texts the closed-form maps were fitted on."""
 
     path: str
     student_path: str
@@ -114,6 +116,8 @@ class QueryEncoderResult:
     dev: dict[str, float] = field(default_factory=dict)
     maps: str = "trained"
     resumed_from: str | None = None
+    empty_documents: int = 0
+    map_fit_texts: int = 0
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +156,9 @@ def fit_query_encoder(
     """Train a ``depth``-layer query encoder for an index that ``index_model`` built of ``corpus``, and save one
     model to ``out`` that serves queries with it and documents with ``index_model`` (see the module docstring).
 
+    Documents with an empty title and text stay in the index (the index model embeds them, and they can be
+    retrieved) but give no training, map-fitting or dev text; the result counts them (``empty_documents``).
+
     Args:
         index_model: The model that embedded your documents (folder, Hub id, or ``"minilm"`` / ``"mpnet"``).
         corpus: The documents of the index: a BEIR folder, a ``corpus.jsonl[.gz]`` or a text file of one document a
@@ -168,7 +175,9 @@ def fit_query_encoder(
         learning_rate: Peak learning rate (linear schedule, 5% warm-up).
         max_seq_length: Token length the query texts are trained at (queries are short).
         kinds: Which query-like texts to make of each document (:func:`st_leap.corpus.query_texts`).
-        map_texts: Corpus texts the closed-form maps are fitted on.
+        map_texts: How many query-like texts of the training documents the closed-form maps are fitted on, whatever
+            the step budget (fewer when the documents give fewer; at least
+            :data:`st_leap.exit_maps.MIN_FIT_TEXTS`).
         dev_documents: Documents held out of training; their texts retrieving them from the whole index are the dev
             signal (never a query set or qrels).
         dev_queries: How many dev texts.
@@ -181,9 +190,15 @@ def fit_query_encoder(
 
     Returns:
         A :class:`QueryEncoderResult`.
+
+    Raises:
+        FileNotFoundError: a missing corpus or document embeddings file, before any model loads.
+        ValueError: before any model loads: a malformed corpus or one without text (naming the file and line),
+            document embeddings that miss a corpus id, a bad ``init`` or ``depth``, ``dev_documents`` that leave no
+            training document, or training documents that give fewer texts than the map fit needs.
     """
     from st_leap.evaluation.dev import corpus_depth_evaluator
-    from st_leap.exit_maps import fit_exit_maps
+    from st_leap.exit_maps import MIN_FIT_TEXTS, fit_exit_maps
     from st_leap.model import load
     from st_leap.teacher import compute_teacher_embeddings, index_embeddings
     from st_leap.training import TrainConfig, corpus_training_texts, train
@@ -198,6 +213,8 @@ def fit_query_encoder(
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+    if isinstance(map_texts, bool) or not isinstance(map_texts, int) or map_texts < MIN_FIT_TEXTS:
+        raise ValueError(f"map_texts must be an int >= {MIN_FIT_TEXTS} (the closed-form map fit), got {map_texts!r}")
     index_path = resources.resolve_model(index_model)
     leap = init == "leap"
     work = Path(work_dir) if work_dir is not None else Path(f"{out}-training")
@@ -218,23 +235,38 @@ def fit_query_encoder(
         eval_steps=eval_steps, dev_queries=dev_queries, dev_documents=max(dev_documents, dev_queries),
         dev_depths=[depth],
     )
+    # Texts only, before any model loads: the training texts (the step budget's worth) and the map-fitting texts
+    # (``map_texts`` of the same seeded order, whatever the budget).
+    texts = corpus_training_texts(config)[0]
+    map_fit_texts = corpus_training_texts(config, max_texts=map_texts)[0]
+    if len(map_fit_texts) < MIN_FIT_TEXTS:
+        raise ValueError(
+            f"{documents.source}: the training documents give {len(map_fit_texts)} query-like texts; the closed-form "
+            f"map fit needs at least {MIN_FIT_TEXTS} (hold out fewer dev documents, or give more documents)"
+        )
+    empty = len(documents.empty)
+    if empty:
+        logger.info("%d of %d documents have an empty title and text: kept in the index, skipped for training",
+                    empty, len(documents))
     index = SentenceTransformer(index_path)
     start = time.perf_counter()
     document_vectors = index_embeddings(index, documents.documents, given)  # once, into the shared cache
     index_seconds = time.perf_counter() - start
-    texts = corpus_training_texts(config)[0]
-    # The index model's embeddings of the training texts, at the training length: the labels train() reads from
-    # the same shared cache, and the targets of both closed-form map fits.
+    # The index model's embeddings at the training length: the targets of both closed-form map fits. When the
+    # training texts begin with the map texts (a budget of ``map_texts`` texts or more), one pass over the training
+    # texts gives both the targets and the labels train() reads from the same shared cache.
+    shared = texts[: len(map_fit_texts)] == map_fit_texts
     serving_length, index.max_seq_length = index.max_seq_length, max_seq_length
     try:
-        targets = compute_teacher_embeddings(index, texts, None, shared_cache=True)[:map_texts]
+        targets = compute_teacher_embeddings(index, texts if shared else map_fit_texts, None, shared_cache=True)
+        targets = targets[: len(map_fit_texts)]
     finally:
         index.max_seq_length = serving_length
     name = Path(index_path).name if Path(index_path).exists() else index_path
     maps_fit = {"target_embeddings": targets, "target_name": name, "seed": seed}
     if not (work / "init" / "modules.json").exists():
         student = init_student(index_path, depth, init)
-        fit_exit_maps(student, texts[:map_texts], **maps_fit)
+        fit_exit_maps(student, map_fit_texts, **maps_fit)
         save_model(student, work / "init")
     evaluator = corpus_depth_evaluator(
         documents, index, [depth], dev_documents=dev_documents, seed=seed, num_queries=dev_queries,
@@ -247,7 +279,7 @@ def fit_query_encoder(
     dev = _dev_score(evaluator, student, depth)
     maps = "trained"
     refit = load(str(config.output_dir))
-    fit_exit_maps(refit, texts[:map_texts], **maps_fit)
+    fit_exit_maps(refit, map_fit_texts, **maps_fit)
     refit_dev = _dev_score(evaluator, refit, depth)
     if refit_dev["ndcg@10"] > dev["ndcg@10"]:
         student, dev, maps = refit, refit_dev, "refit"
@@ -260,7 +292,7 @@ def fit_query_encoder(
     save_model(model, out)
     result = QueryEncoderResult(
         path=str(out), student_path=str(work / "query_encoder"), depth=depth, init=init, steps=trained.steps,
-        resumed_from=trained.resumed_from,
+        resumed_from=trained.resumed_from, empty_documents=empty, map_fit_texts=len(map_fit_texts),
         train_seconds=train_seconds, index_seconds=index_seconds, dev=dev, maps=maps, config=config.to_dict(),
     )
     write_json({**result.to_dict(), "dev_refit": refit_dev, "log_history": trained.log_history},

@@ -407,6 +407,26 @@ def evaluate_markdown(result: dict[str, Any]) -> str:
         "",
         f"Command: `{result['run_info']['command']}`",
         "",
+    ]
+    if result.get("routes"):  # a query encoder for a kept index: one run, as saved, layers per role
+        lines += [
+            "A query encoder for a kept index, evaluated as saved: "
+            f"{result['routes']['query']}; {result['routes']['document']}. mteb encodes retrieval queries with "
+            "encode_query, documents with encode_document and STS pairs with plain encode (the index model).",
+            "",
+            "| task | metric | score | E[layers] queries | E[layers] documents / plain encode |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
+        for run in result["runs"]:
+            for t in tasks:
+                row = run["tasks"][t]
+                by_role = row.get("exit_stats_by_role", {})
+                query = by_role.get("query", {}).get("expected_layers")
+                other = [by_role[role]["expected_layers"] for role in ("document", "default") if role in by_role]
+                cells = [f"{query:.3f}" if query is not None else "-", " / ".join(f"{v:.3f}" for v in other) or "-"]
+                lines.append(f"| {t} | {row['metric']} | {row['score']:.2f} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+    lines += [
         "| theta | " + " | ".join(f"{t} | E[layers] | exit rate" for t in tasks) + " |",
         "| --- | " + " | ".join("---: | ---: | ---:" for _ in tasks) + " |",
     ]

@@ -301,14 +301,26 @@ def load_student(name: str) -> SentenceTransformer:
     return from_pretrained(resources.resolve_model(name))
 
 
-def corpus_training_texts(config: TrainConfig) -> tuple[list[str], list[int], Any]:
-    """``(texts, owners, corpus)`` of a config with ``corpus``: query-like texts of the training documents (the
-    ``dev_documents`` held out by :func:`st_leap.corpus.split_documents`), each with its document's index."""
+def corpus_training_texts(config: TrainConfig, max_texts: int | None = None) -> tuple[list[str], list[int], Any]:
+    """Query-like texts of the training documents of a config with ``corpus`` (the ``dev_documents`` held out by
+    :func:`st_leap.corpus.split_documents` give none, nor do empty documents), each with its document's index.
+
+    Args:
+        config: A config with ``corpus``.
+        max_texts: How many texts at most. Default: the training texts, ``num_sentences`` or ``max_steps *
+            batch_size``. The texts come in one seeded order, so a smaller cap gives a prefix of a larger one (the
+            closed-form map fit of :func:`st_leap.query_encoder.fit_query_encoder` takes its own number of them,
+            whatever the step budget).
+
+    Returns:
+        ``(texts, owners, corpus)``: the texts, each one's document index, and the
+        :class:`~st_leap.corpus.Corpus`.
+    """
     from st_leap.corpus import QUERY_KINDS, query_texts, read_corpus, split_documents
 
     corpus = read_corpus(config.corpus["path"])
     train_documents, _ = split_documents(corpus, int(config.corpus.get("dev_documents", 200)), seed=config.sentence_seed)
-    n = config.num_sentences or config.max_steps * config.batch_size
+    n = max_texts if max_texts is not None else config.num_sentences or config.max_steps * config.batch_size
     texts, owners = query_texts(
         corpus, train_documents, kinds=config.corpus.get("kinds", QUERY_KINDS), max_texts=n, seed=config.sentence_seed
     )

@@ -45,6 +45,37 @@ SENTENCES = [
 
 ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert")
 
+#: How far a test's exit threshold stays from every cosine the exit rule reads. The same text's cosines differ by
+#: about 1e-5 between a batch of one and a padded batch (kernel choice, transformers' attention path); a threshold
+#: this much farther away cannot flip an exit decision, whatever the installed versions.
+THRESHOLD_MARGIN = 1e-4
+
+
+def threshold_between(
+    split: torch.Tensor,
+    read: torch.Tensor | None = None,
+    margin: float = THRESHOLD_MARGIN,
+    middle: tuple = (0.25, 0.75),
+    lowest: float = 0.0,
+) -> float:
+    """A threshold strictly between two of the ``split`` values (in their ``middle`` quantile range, so that some
+    values fall on each side), the one farthest from every value of ``read`` (default ``split``): every cosine a
+    test's exit rule compares with it. Fails the test when no such threshold keeps ``margin`` from them all,
+    instead of returning one that sits on a sample's own value. Only splits at or above ``lowest`` count (an exit
+    threshold is > 0)."""
+    values = sorted(float(v) for v in split.flatten())  # ``lowest``: exit thresholds are > 0
+    read_values = (split if read is None else read).flatten().double()
+    n = len(values)
+    lo, hi = max(0, int(n * middle[0])), min(n - 1, max(int(n * middle[0]) + 1, int(n * middle[1])))
+    candidates = [
+        (values[i] + values[i + 1]) / 2 for i in range(lo, hi) if values[i + 1] > values[i] and values[i] >= lowest
+    ]
+    assert candidates, f"no two distinct values at or above {lowest} to put a threshold between: {values}"
+    theta = max(candidates, key=lambda t: float((read_values - t).abs().min()))
+    distance = float((read_values - theta).abs().min())
+    assert distance > margin, f"every threshold between the values sits within {distance:.2e} of one (need > {margin:.0e})"
+    return theta
+
 
 def _config(
     model_type: str,
@@ -131,8 +162,10 @@ def tiny_bert_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def smooth_bert_dir(tmp_path_factory) -> str:
-    """A tiny BERT with initializer_range 0.02: adjacent layers have cosine ~1, so any low threshold fires."""
-    return build_tiny_model_dir(tmp_path_factory.mktemp("smooth"), "bert", initializer_range=0.02)
+    """A tiny BERT with initializer_range 0.1: adjacent layers have cosine 0.87-0.95, so any low threshold fires,
+    and the texts' cosines lie far enough apart (about 1e-3) for a threshold between them to keep
+    :data:`THRESHOLD_MARGIN` from each (at 0.02 they crowd within 1e-5 of each other: any split sits on noise)."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("smooth"), "bert", initializer_range=0.1)
 
 
 def stock_model(model_dir: str) -> SentenceTransformer:

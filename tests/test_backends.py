@@ -173,3 +173,109 @@ def test_export_refuses_a_folder_that_holds_something_else(tiny_bert_dir, tmp_pa
     (tmp_path / "modules.json").write_text("[]")
     with pytest.raises(ValueError, match="not empty"):
         export(st_leap.from_pretrained(tiny_bert_dir), tmp_path, "onnx")
+
+
+# ------------------------------------------------------------------ a query encoder for a kept index (a Router)
+@pytest.fixture(scope="module")
+def router_model(tmp_path_factory):
+    """A Router model as ``fit_query_encoder`` saves it, from tiny encoders: queries -> a 2-layer student (the
+    index model's layers 1 and 4, with an exit map), documents and plain encode -> the 4-layer index model."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize
+
+    from st_leap.exit_maps import fit_exit_maps
+    from st_leap.query_encoder import build_router, init_student
+    from tests.conftest import WORDS, build_tiny_model_dir
+
+    index_dir = build_tiny_model_dir(tmp_path_factory.mktemp("router_index"), "bert", num_layers=4)
+    index = SentenceTransformer(index_dir, device="cpu")
+    index.append(Normalize())
+    student = init_student(index_dir, 2, "spread")
+    rng = __import__("random").Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) for _ in range(200)]
+    fit_exit_maps(student, texts, target_embeddings=index.encode(texts), show_progress_bar=False)
+    folder = tmp_path_factory.mktemp("router") / "qe"
+    build_router(student, index).save(str(folder))
+    return st_leap.load(str(folder), device="cpu")
+
+
+def _cosines(a, b):
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1)
+
+
+ROLE_CALLS = {"query": "encode_query", "document": "encode_document", "default": "encode"}
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_router_export_serves_every_role_as_the_source_model(router_model, tmp_path, quantize):
+    """Without a role, the export of a query encoder holds a query graph and a document graph: every role of the
+    folder matches the same role of the source model (fp32 cosine >= 0.999; int8 >= 0.99 on these tiny random
+    encoders), and queries and documents really go to different encoders."""
+    pytest.importorskip("onnxruntime")
+    from st_leap.backends import export, read_export_info
+
+    out = export(router_model, tmp_path / "qe-onnx", "onnx", quantize=quantize)
+    info = read_export_info(out)
+    assert info["kind"] == "routes" and info["roles"] == ["query", "document", "default"]
+    assert read_export_info(out / "query")["depth"] == 2 and read_export_info(out / "document")["depth"] == 4
+    served = st_leap.load(str(out))
+    floor = 0.999 if quantize is None else 0.99
+    for role, call in ROLE_CALLS.items():
+        want = getattr(router_model, call)(SENTENCES, batch_size=4)
+        got = getattr(served, call)(SENTENCES, batch_size=4)
+        assert _cosines(got, want).min() >= floor, role
+    # the two routes are different models: serving one for the other would be caught above
+    assert _cosines(router_model.encode_query(SENTENCES), router_model.encode_document(SENTENCES)).min() < 0.99
+
+
+def test_router_export_of_one_role_refuses_the_others(router_model, tmp_path):
+    """``role="query"`` exports the shallow query graph alone: documents and plain encode raise, naming the role
+    and what to export; ``role="document"`` exports the index model, and queries raise."""
+    pytest.importorskip("onnxruntime")
+    from st_leap.backends import export, read_export_info
+
+    query = st_leap.load(str(export(router_model, tmp_path / "q", "onnx", quantize="int8", role="query")))
+    assert read_export_info(tmp_path / "q")["roles"] == ["query"]
+    assert _cosines(query.encode_query(SENTENCES), router_model.encode_query(SENTENCES)).min() >= 0.99
+    for call in ("encode_document", "encode"):
+        with pytest.raises(ValueError, match="query side of a query encoder.*without a role"):
+            getattr(query, call)(SENTENCES)
+    document = st_leap.load(str(export(router_model, tmp_path / "d", "onnx", role="document")))
+    assert read_export_info(tmp_path / "d")["roles"] == ["document", "default"]
+    for call in ("encode_document", "encode"):
+        assert _cosines(getattr(document, call)(SENTENCES), getattr(router_model, call)(SENTENCES)).min() >= 0.999
+    with pytest.raises(ValueError, match="'query'"):
+        document.encode_query(SENTENCES)
+    with pytest.raises(ValueError, match="full depth"):
+        export(router_model, tmp_path / "d2", "onnx", role="document", depth=2)
+
+
+def test_an_export_folder_reused_for_one_route_keeps_nothing_of_the_other(router_model, tmp_path):
+    """Exporting into a folder that held both routes, then only the query side, leaves no document graph behind."""
+    pytest.importorskip("onnxruntime")
+    from st_leap.backends import export
+
+    out = tmp_path / "reused"
+    export(router_model, out, "onnx")
+    assert (out / "document").is_dir()
+    export(router_model, out, "onnx", role="query")
+    assert not (out / "document").exists() and not (out / "query").exists()
+    with pytest.raises(ValueError, match="query side"):
+        st_leap.load(str(out)).encode_document(SENTENCES)
+
+
+def test_cli_export_of_a_query_encoder(router_model, tmp_path, capsys):
+    """``st-leap export QE --backend onnx --quantize int8 --role query`` writes the query side only, and without
+    --role both routes."""
+    pytest.importorskip("onnxruntime")
+    from st_leap.backends import read_export_info
+    from st_leap.cli import main
+
+    source = tmp_path / "qe"
+    router_model.save(str(source))
+    assert main(["export", str(source), "--backend", "onnx", "--quantize", "int8", "--role", "query", "--out", str(tmp_path / "q")]) == 0
+    assert read_export_info(tmp_path / "q")["roles"] == ["query"]
+    assert main(["export", str(source), "--backend", "onnx", "--out", str(tmp_path / "both")]) == 0
+    assert read_export_info(tmp_path / "both")["kind"] == "routes"
+    assert "one graph per route" in capsys.readouterr().out

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
+import warnings
 
 import numpy as np
 import pytest
@@ -60,7 +62,7 @@ def test_read_beir_folder_jsonl_gz_and_text_file(tmp_path):
         ({"_id": "d9", "title": "x"}, "line 2: missing text"),
         ({"_id": "d1", "text": "again"}, "line 2: _id 'd1' repeats line 1"),
         ({"_id": "d9", "title": 3, "text": "y"}, "line 2: title is not a string"),
-        ({"_id": "d9", "title": " ", "text": "  "}, "line 2: empty title and text"),
+        ({"_id": "d9", "title": "x", "text": 5}, "line 2: missing text"),
     ],
 )
 def test_malformed_corpus_names_file_and_line(tmp_path, row, message):
@@ -150,3 +152,80 @@ def test_read_document_embeddings(corpus_file, tmp_path):
         read_document_embeddings(tmp_path / "rows.npy", corpus)
     with pytest.raises(FileNotFoundError):
         read_document_embeddings(tmp_path / "absent.npz", corpus)
+
+
+EMPTY = [{"_id": "e1", "title": " ", "text": "  "}, {"_id": "e2", "text": ""}]
+
+
+def test_empty_documents_keep_their_place_and_give_no_text(tmp_path):
+    """A document with an empty title and text stays in the corpus, in file order (the index holds it), with one
+    warning naming the count and the first id; no query, training or dev text is ever made of it."""
+    path = write_jsonl(tmp_path / "corpus.jsonl", [DOCS[0], DOCS[1], EMPTY[0], DOCS[2], DOCS[3], EMPTY[1]])
+    with pytest.warns(UserWarning, match=r"2 of 6 documents have an empty title and text \(ids 'e1', 'e2'\)"):
+        corpus = read_corpus(path)
+    assert corpus.ids == ["d1", "d2", "e1", "d3", "d4", "e2"]
+    assert corpus.empty == [2, 5] and corpus.with_text == [0, 1, 3, 4]
+    assert corpus.documents[2] == corpus.documents[5] == ""  # what the index model embeds, as the index holds it
+    _, owners = query_texts(corpus)
+    assert owners and not set(owners) & {2, 5}
+    for seed in range(20):
+        train, dev = split_documents(corpus, 3, seed=seed)
+        assert sorted(train + dev) == list(range(6)) and not set(dev) & {2, 5}  # empty documents are never held out
+        queries, documents, relevant = corpus_dev(corpus, dev, seed=seed)
+        assert documents["e1"] == "" and len(documents) == 6  # still in the index, retrievable
+        assert queries and all(not docs & {"e1", "e2"} for docs in relevant.values())
+    with pytest.raises(ValueError, match=r"dev_documents must be in 0..3 for 4 documents with text \(2 empty\)"):
+        split_documents(corpus, 4)
+    # document embeddings line up row for row, the empty documents' rows included
+    vectors = np.arange(18, dtype=np.float32).reshape(6, 3)
+    order = [5, 2, 0, 4, 1, 3]
+    np.savez(tmp_path / "index.npz", ids=np.array([corpus.ids[i] for i in order]), embeddings=vectors[order])
+    np.testing.assert_array_equal(read_document_embeddings(tmp_path / "index.npz", corpus), vectors)
+    np.savez(tmp_path / "no_empty.npz", ids=np.array(corpus.ids[:2]), embeddings=vectors[:2])
+    with pytest.raises(ValueError, match="4 corpus id"):
+        read_document_embeddings(tmp_path / "no_empty.npz", corpus)
+
+
+def test_without_empty_documents_the_split_is_unchanged(corpus_file):
+    corpus = read_corpus(corpus_file)
+    assert corpus.empty == []
+    order = list(range(4))
+    random.Random(7).shuffle(order)  # the draw of earlier releases: benchmark splits stay the same
+    assert split_documents(corpus, 2, seed=7) == (sorted(order[2:]), sorted(order[:2]))
+
+
+def test_empty_document_warning_names_the_first_ids_once(tmp_path):
+    rows = [DOCS[0]] + [{"_id": f"e{i}", "text": ""} for i in range(7)]
+    path = write_jsonl(tmp_path / "corpus.jsonl", rows)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # the filters would show it again: read_corpus itself says it once
+        read_corpus(path)
+        read_corpus(path)
+    (warning,) = [w for w in caught if "empty title and text" in str(w.message)]
+    message = str(warning.message)
+    assert str(path) in message and "7 of 8 documents have" in message
+    assert "'e0', 'e1', 'e2', 'e3', 'e4', ..." in message and "'e5'" not in message
+
+
+def test_a_corpus_without_any_text_fails_naming_file_and_line(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n" + "\n".join(json.dumps(row) for row in EMPTY) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"corpus.jsonl, line 2: no document has any text \(all 2 have an empty"):
+        read_corpus(path)
+    with pytest.raises(ValueError, match="no document has any text"):
+        Corpus(["a", "b"], ["", " "], ["", ""])
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"_id": "e1", "text": "again"}, "line 3: _id 'e1' repeats line 2"),
+        ("[1, 2]", "line 3: not a JSON object"),
+        ({"_id": "d9", "title": ""}, "line 3: missing text"),
+        ({"title": "", "text": ""}, "line 3: missing _id"),
+    ],
+)
+def test_malformed_line_after_an_empty_document_still_fails(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "corpus.jsonl", [DOCS[0], EMPTY[0], row])
+    with pytest.raises(ValueError, match=f"corpus.jsonl, {message}"):
+        read_corpus(path)

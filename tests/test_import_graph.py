@@ -1,5 +1,6 @@
-"""The import graph of st_leap: no circle, and the layer loop, loading and backends stay clear of the CLI-side
-helpers (data and model names: ``resources``) and of the report writers (``reporting``).
+"""The import graph of st_leap: no circle; the layer loop, loading and backends stay clear of the CLI-side
+helpers (data and model names: ``resources``) and of the report writers (``reporting``); and the file helpers
+(``files``, a leaf) and the corpus reader (``corpus``) sit below the evaluation layer.
 
 Every ``import st_leap...`` / ``from st_leap... import ...`` statement counts, at module level or inside a function
 (a lazy import is still a dependency); ``from st_leap.pkg import name`` points at ``st_leap.pkg.name`` when that is a
@@ -18,6 +19,10 @@ KEPT_APART = {
     "st_leap.modules": {"st_leap.resources", "st_leap.reporting"},
     "st_leap.backends": {"st_leap.resources", "st_leap.reporting"},
 }
+#: Modules that import nothing from st_leap.
+LEAVES = ("st_leap.files",)
+#: Modules that reach nothing of ``st_leap.evaluation``, directly or through other st_leap modules.
+BELOW_EVALUATION = ("st_leap.files", "st_leap.corpus")
 
 
 def _modules() -> dict[str, Path]:
@@ -53,6 +58,24 @@ def import_graph() -> dict[str, set[str]]:
                 continue
             graph[name].update(target for target in targets if target != name)
     return graph
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through the modules it imports (``start`` itself not included
+    unless a circle leads back to it)."""
+    seen: set[str] = set()
+    todo = list(graph.get(start, ()))
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.get(node, ()))
+    return seen
+
+
+def in_package(modules: set[str], package: str) -> list[str]:
+    """The modules of ``modules`` that are ``package`` or inside it, sorted."""
+    return sorted(m for m in modules if m == package or m.startswith(package + "."))
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -98,3 +121,19 @@ def test_loop_loading_and_backends_import_no_cli_helpers_or_writers():
     graph = import_graph()
     for module, forbidden in KEPT_APART.items():
         assert not graph[module] & forbidden, f"{module} imports {sorted(graph[module] & forbidden)}"
+
+
+def test_reachable_follows_chains_into_a_package():
+    graph = {"a": {"b"}, "b": {"pkg.sub"}, "pkg.sub": set(), "c": {"pkgx"}}
+    assert reachable(graph, "a") == {"b", "pkg.sub"}
+    assert in_package(reachable(graph, "a"), "pkg") == ["pkg.sub"]
+    assert in_package(reachable(graph, "c"), "pkg") == []  # a name that only starts alike is another package
+
+
+def test_file_helpers_and_corpus_sit_below_evaluation():
+    graph = import_graph()
+    for module in LEAVES:
+        assert not graph[module], f"{module} imports {sorted(graph[module])}"
+    for module in BELOW_EVALUATION:
+        upward = in_package(reachable(graph, module), "st_leap.evaluation")
+        assert not upward, f"{module} reaches the evaluation layer: {upward}"

@@ -10,8 +10,8 @@ from transformers import AlbertConfig, AlbertModel
 
 import st_leap
 from st_leap.diagnostics import layer_pooled_states
-from st_leap.exit_policy import ExitStats, exit_layers_from_pooled, mean_pool
-from tests.conftest import SENTENCES, VOCAB, stock_model
+from st_leap.exit_policy import ExitStats, exit_layers_from_pooled, first_checked_layer, mean_pool
+from tests.conftest import SENTENCES, VOCAB, stock_model, threshold_between
 
 
 def early_model(model_dir: str, **exit_kwargs) -> SentenceTransformer:
@@ -19,11 +19,19 @@ def early_model(model_dir: str, **exit_kwargs) -> SentenceTransformer:
     return SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension())], device="cpu")
 
 
-def mixed_threshold(model: SentenceTransformer, sentences: list[str], min_layer: int = 2) -> float:
-    """A theta at which some sentences exit at ``min_layer`` and others run on: the median adjacent cosine there."""
+def mixed_threshold(model: SentenceTransformer, sentences: list[str], min_layer: int = 2, patience: int = 1) -> float:
+    """A theta at which some sentences exit at their first checked layer and others run on, kept
+    :data:`~tests.conftest.THRESHOLD_MARGIN` away from every cosine the exit rule reads at any layer, so that no
+    sentence sits on it (alone or batched, any installed transformers)."""
     pooled = layer_pooled_states(model, sentences, show_progress_bar=False)
-    cos = torch.nn.functional.cosine_similarity(pooled[:, min_layer], pooled[:, min_layer - 1], dim=-1)
-    return float(cos.median().clamp(min=1e-3, max=1.0))
+    first = first_checked_layer(patience, min_layer)
+    cos = [
+        torch.nn.functional.cosine_similarity(pooled[:, layer], pooled[:, layer - patience], dim=-1)
+        for layer in range(first, pooled.shape[1] - 1)  # the last layer exits whatever the cosine
+    ]
+    theta = threshold_between(cos[0], torch.cat(cos))
+    assert 0.0 < theta <= 1.0, f"the split threshold {theta} is not a valid exit_threshold"
+    return theta
 
 
 def test_early_exit_transformer_full_depth_equals_stock(tiny_model_dir):
@@ -77,7 +85,7 @@ def test_early_exit_transformer_exits_match_exit_policy(tiny_bert_dir):
     model = early_model(tiny_bert_dir)
     pooled = layer_pooled_states(model, SENTENCES, show_progress_bar=False)
     for patience, min_layer in [(1, 2), (2, 3), (1, 3)]:
-        theta = mixed_threshold(model, SENTENCES, min_layer=max(min_layer, patience + 1))
+        theta = mixed_threshold(model, SENTENCES, min_layer=min_layer, patience=patience)
         out = model.encode(
             SENTENCES, exit_threshold=theta, exit_patience=patience, exit_min_layer=min_layer, output_value=None
         )

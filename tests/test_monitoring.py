@@ -22,7 +22,7 @@ import st_leap
 from st_leap.cli import main
 from st_leap.diagnostics import layer_pooled_states
 from st_leap.monitoring import ExitMonitor, build_reference, load_references, save_references
-from tests.conftest import WORDS
+from tests.conftest import WORDS, threshold_between
 from tests.test_modules import early_model
 
 
@@ -37,10 +37,8 @@ def served(tiny_bert_dir):
     model = early_model(tiny_bert_dir, exit_min_layer=2)
     pool = _sentences(120, seed=3)
     pooled = layer_pooled_states(model, pool, show_progress_bar=False)
-    cos = sorted(torch.nn.functional.cosine_similarity(pooled[:, 2], pooled[:, 1], dim=-1).tolist())
-    middle = range(len(cos) // 3, 2 * len(cos) // 3)
-    gap = max(middle, key=lambda i: cos[i + 1] - cos[i])
-    theta = (cos[gap] + cos[gap + 1]) / 2  # no text's cosine is near theta
+    cos = [torch.nn.functional.cosine_similarity(pooled[:, layer], pooled[:, layer - 1], dim=-1) for layer in (2, 3)]
+    theta = threshold_between(cos[0], torch.cat(cos), middle=(1 / 3, 2 / 3))  # no text's cosine is near theta
     model[0].set_exit_defaults(theta, 1, 2, None)
     layers = st_leap.encode_with_exits(model, pool).exit_layers
     early = [t for t, layer in zip(pool, layers) if layer == 2]

@@ -11,6 +11,7 @@ from sentence_transformers import SentenceTransformer
 import st_leap
 from st_leap.backends import query_side
 from st_leap.corpus import read_corpus
+from st_leap.exit_maps import MIN_FIT_TEXTS
 from st_leap.model import num_layers
 from st_leap.modules import encoder_layers
 from st_leap.query_encoder import fit_query_encoder, init_student, pick_layers, read_result
@@ -142,6 +143,60 @@ def test_bad_inputs_fail_before_any_model_loads(tmp_path, corpus_path):
         fit_query_encoder(missing_model, corpus_path, tmp_path / "out", document_embeddings=tmp_path / "short.npz")
     with pytest.raises(ValueError, match="init"):
         fit_query_encoder(missing_model, corpus_path, tmp_path / "out", init="middle")
+
+
+def test_a_short_budget_fits_the_maps_on_the_corpus(index_dir, corpus_path, tmp_path):
+    """2 steps of 8 texts are 16 training texts, fewer than the map fit needs: the maps take their own ``map_texts``
+    texts of the training documents."""
+    assert 2 * 8 < MIN_FIT_TEXTS
+    result = fit_query_encoder(index_dir, corpus_path, tmp_path / "short", **dict(SMALL, max_steps=2))
+    assert result.steps == 2
+    assert result.map_fit_texts == read_result(result.path)["map_fit_texts"] == SMALL["map_texts"]
+
+
+def test_a_corpus_too_small_for_the_map_fit_is_refused_before_any_model_loads(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    rows = [{"_id": f"d{i}", "text": f"The dog number {i} runs in the park."} for i in range(4)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    missing_model = str(tmp_path / "no-such-model")  # never loaded
+    with pytest.raises(ValueError, match=f"map fit needs at least {MIN_FIT_TEXTS}"):
+        fit_query_encoder(missing_model, path, tmp_path / "out", dev_documents=1, max_steps=2, batch_size=8)
+    with pytest.raises(ValueError, match=f"map_texts must be an int >= {MIN_FIT_TEXTS}"):
+        fit_query_encoder(missing_model, path, tmp_path / "out", map_texts=MIN_FIT_TEXTS - 1)
+
+
+def test_empty_documents_stay_in_the_index_and_are_counted(index_dir, tmp_path, capsys):
+    """A corpus with an empty document in the middle trains from the CLI: one warning, the document keeps its row
+    of the index, the count is printed and recorded, and no training text comes from it."""
+    from st_leap.cli import main
+    from st_leap.training import TrainConfig, corpus_training_texts
+
+    rows = [json.loads(line) for line in tiny_corpus(tmp_path / "full.jsonl").read_text().splitlines()]
+    rows.insert(20, {"_id": "blank", "title": "", "text": "  "})
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    index = SentenceTransformer(index_dir, device="cpu")
+    ids = [row["_id"] for row in rows]
+    embeddings = index.encode([(row["title"] + " " + row["text"]).strip() for row in rows])
+    np.savez(tmp_path / "index.npz", ids=np.array(ids[::-1]), embeddings=embeddings[::-1])
+    out = tmp_path / "model"
+    argv = ["fit-query-encoder", index_dir, "--corpus", str(path), "--out", str(out), "--depth", "2",
+            "--max-steps", "4", "--batch-size", "8", "--eval-steps", "2", "--dev-documents", "8",
+            "--document-embeddings", str(tmp_path / "index.npz")]
+    with pytest.warns(UserWarning, match="empty title and text") as caught:
+        assert main(argv) == 0
+    (warning,) = [w for w in caught if "empty title and text" in str(w.message)]  # read often, said once
+    assert "1 of 41 documents has" in str(warning.message) and "'blank'" in str(warning.message)
+    assert "empty documents: 1" in capsys.readouterr().out
+    saved = read_result(out)
+    assert saved["empty_documents"] == 1
+    corpus = read_corpus(path)
+    assert corpus.ids == ids and corpus.empty == [20]
+    texts, owners, _ = corpus_training_texts(TrainConfig.from_dict(saved["config"]))
+    assert len(texts) == 32 and 20 not in owners
+    # the empty document is in the index the model serves against: its document embedding is the index's row
+    model = st_leap.load(str(out), device="cpu")
+    np.testing.assert_allclose(model.encode_document([""]), embeddings[20:21], atol=1e-4)
 
 
 def test_export_writes_the_query_side_as_one_graph(fitted, tmp_path):

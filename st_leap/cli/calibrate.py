@@ -21,7 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "vs full depth is at most --max-quality-drop points are ranked by layer reduction L/E[layers]; the best "
             "few are timed against full depth on a sample of the role's texts and the one measured fastest is "
             "picked, with the reason. --save-model saves the model with the picks as its defaults, and beside it the "
-            "monitoring reference of each role (st-leap monitor)."
+            "monitoring reference of each role (st-leap monitor). A query encoder for a kept index (st-leap "
+            "fit-query-encoder) is calibrated on its query route, with --beir or --texts."
         ),
     )
     add_sweep_arguments(parser, "Comma-separated thetas (default: the paper's grid)")
@@ -126,6 +127,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     json_path = reporting.write_json(result, out / "calibrate.json")
     md_path = reporting.write_text(calibration_markdown(result), out / "calibrate.md")
+    if "routes" in result:
+        print(
+            f"{args.model} is a query encoder for a kept index: calibrated its query route, the part that can exit "
+            f"({result['routes']['query']}), as the 'query' role; documents run the index model, unchanged, and "
+            "were not calibrated."
+        )
     print(md_path.read_text(encoding="utf-8"))
     for role, entry in result["roles"].items():
         picked = entry["picked"]

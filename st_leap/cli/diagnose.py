@@ -20,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "diagnose",
         help="Is a model exit-compatible? Per-layer similarity, exit rates, overhead and a verdict.",
-        description="Paper section 5.2 diagnostics: prints a table, writes diagnose.json and diagnose.png.",
+        description="Paper section 5.2 diagnostics: prints a table, writes diagnose.json and diagnose.png. A query "
+        "encoder for a kept index (st-leap fit-query-encoder) is diagnosed on its query route.",
     )
     add_model_argument(parser)
     parser.add_argument("--sentences", default=None, help="Text file, one sentence per line (default: STS-B test sentences)")
@@ -35,12 +36,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from st_leap import diagnose, from_pretrained, reporting, resources
+    from st_leap.backends import query_side
     from st_leap.exit_policy import PAPER_THRESHOLDS
+    from st_leap.model import describe_routes
 
     grid = [t for t in (args.thresholds or PAPER_THRESHOLDS) if t is not None]
     sentences = read_lines(args.sentences, args.max_sentences) or resources.stsb_sentences("test")[: args.max_sentences]
     model_path = resources.resolve_model(args.model)
     model = from_pretrained(model_path, base_model=hub_id_of(model_path))
+    routes = describe_routes(model)
+    if routes is not None:
+        print(
+            f"{args.model} is a query encoder for a kept index: diagnosing its query route, the part that can exit "
+            f"({routes['query']}). Documents run the index model, unchanged; diagnose it on its own "
+            "(st-leap diagnose INDEX_MODEL) to see whether documents could exit too.",
+            flush=True,
+        )
+        model = query_side(model)
     result = diagnose(
         model,
         sentences,
@@ -51,10 +63,16 @@ def run(args: argparse.Namespace) -> int:
         measure_overhead=not args.no_overhead,
     )
     result = {"model": args.model or "all-MiniLM-L6-v2 (packaged)", "model_path": model_path, **result}
+    if routes is not None:
+        result["diagnosed"] = "the query route of a query encoder for a kept index"
+        result["routes"] = routes
     result["sentences"] = args.sentences or "STS-B test (unique sentences)"
     out = Path(args.out)
-    print(reporting.diagnose_report(result, result["model"]))
+    title = result["model"] + (" (query route)" if routes is not None else "")
+    print(reporting.diagnose_report(result, title))
     reporting.write_json(result, out / "diagnose.json")
-    plotted = plot_if_possible(reporting.plot_diagnose, result, out / "diagnose.png", title=f"st_leap diagnose: {result['model']}")
+    plotted = plot_if_possible(
+        reporting.plot_diagnose, result, out / "diagnose.png", title=f"st_leap diagnose: {title}"
+    )
     print(f"\nwrote {out / 'diagnose.json'}" + (f" and {out / 'diagnose.png'}" if plotted else ""))
     return 0

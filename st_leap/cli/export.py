@@ -13,6 +13,10 @@ is exported as ONE graph: embeddings, the first N layers, pooling, normalize and
 the map of layer N. A per-sample exit (an exit threshold) is exported as segments (one graph per layer) with the
 exit loop between them. The folder loads with st_leap.load(OUT) and holds a README.md and st_leap_export.json.
 
+A query encoder for a kept index (st-leap fit-query-encoder) exports one graph per route: queries run the shallow
+encoder (its depth, or --depth N), documents and plain encode the index model at full depth, so the folder serves
+both as the model did. --role query (or document) exports that route alone; the folder then refuses the others.
+
 example: st-leap export my-model --backend onnx --quantize int8 --role query --out my-model-onnx"""
 
 
@@ -48,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"{Path(model_path).name or 'model'}{suffix}")
     export(model, out, args.backend, quantize=args.quantize, role=args.role, depth=args.depth)
     info = read_export_info(out) or {}
-    what = f"one graph at depth {info['depth']}" if info.get("kind") == "static" else "segments (per-sample exit)"
+    what = {
+        "static": f"one graph at depth {info.get('depth')}",
+        "routes": "one graph per route: queries the query encoder, documents the index model",
+    }.get(info.get("kind"), "segments (per-sample exit)")
     print(f"exported {model_path} ({what}, {args.backend}, {args.quantize or 'fp32'}, role {info.get('role')}) to {out}")
     print(f"load it with: st_leap.load({str(out)!r})")
     return 0

@@ -48,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
         corpus, texts = read_corpus(args.corpus), None
     else:
         texts = read_lines(args.texts, args.max_texts)
-        if not texts or len(texts) < 20:
-            raise ValueError(f"{args.texts}: needs at least 20 non-empty lines, found {len(texts or [])}")
+        from st_leap.exit_maps import MIN_FIT_TEXTS
+
+        if not texts or len(texts) < MIN_FIT_TEXTS:
+            raise ValueError(f"{args.texts}: needs at least {MIN_FIT_TEXTS} non-empty lines, found {len(texts or [])}")
     from sentence_transformers import SentenceTransformer
 
     from st_leap import from_pretrained, reporting, resources

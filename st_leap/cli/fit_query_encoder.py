@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="The model that built your index: a folder, a Hub id, or minilm / mpnet")
     parser.add_argument("--corpus", required=True,
                         help="The index's documents: a BEIR folder, a corpus.jsonl(.gz), or a text file of one document "
-                        "per line")
+                        "per line (a document with an empty title and text stays in the index but gives no training text)")
     parser.add_argument("--depth", type=positive_int, default=3, help="Layers of the query encoder (default 3)")
     parser.add_argument("--out", required=True, help="Folder of the finished model")
     parser.add_argument("--init", choices=("spread", "first", "leap"), default="spread",
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     )
     dev = result.dev
     print(f"steps: {result.steps}; training {result.train_seconds / 60:.1f} min, index pass {result.index_seconds / 60:.1f} min")
+    if result.empty_documents:
+        print(f"empty documents: {result.empty_documents} (empty title and text: kept in the index, no training text)")
     print(f"dev (held-out documents): NDCG@10 {100 * dev['ndcg@10']:.2f} at depth {result.depth} "
           f"(index model at full depth {100 * dev['reference_ndcg@10']:.2f}); cosine to its query embedding "
           f"{dev['cosine']:.3f}; maps {result.maps}")

@@ -21,7 +21,8 @@ than --max-nn-drop (relative) below the calibrated one, raises an alert; the rol
 
 The reference is the one `st-leap calibrate --save-model DIR` saved in DIR/st_leap_monitor/ (the model folder by
 default, or --reference), or one measured here on --reference-texts at the model's setting. Prints one line per
-window and writes monitor.json and monitor.png into --out.
+window and writes monitor.json and monitor.png into --out. A query encoder for a kept index (st-leap
+fit-query-encoder) is monitored on its query route, with the streams as query traffic.
 
 example: st-leap monitor calibrated --stream usual_queries.txt --stream new_queries.jsonl --role query"""
 
@@ -72,7 +73,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="Traffic: a text file (one text a line) or a .jsonl with a text field; repeat to replay several in order",
     )
     parser.add_argument(
-        "--role", choices=["query", "document", "default"], default="default", help="The role of the traffic"
+        "--role",
+        choices=["query", "document", "default"],
+        default=None,
+        help="The role of the traffic (default: 'default', plain encode; 'query' for a query encoder for a kept "
+        "index, whose query route is what can exit)",
     )
     parser.add_argument(
         "--reference", default=None, help="Folder holding the monitoring reference (default: the model folder)"
@@ -113,11 +118,28 @@ def run(args: argparse.Namespace) -> int:
     reference_texts = read_texts(args.reference_texts).texts if args.reference_texts else None
 
     from st_leap import from_pretrained, reporting, resources
+    from st_leap.backends import query_side
+    from st_leap.model import describe_routes, require_torch_encoder
     from st_leap.monitoring import ExitMonitor, build_reference, load_references
 
     model_path = resources.resolve_model(args.model)
     model = from_pretrained(model_path, base_model=hub_id_of(model_path))
-    task = None if args.role == "default" else args.role
+    require_torch_encoder(model, "monitor")
+    routes = describe_routes(model)
+    if routes is not None:
+        if args.role not in (None, "query"):
+            raise ValueError(
+                f"{args.model} is a query encoder for a kept index: its {args.role!r} traffic runs the index model, "
+                "unchanged, which never exits. Monitor its query traffic (--role query), or the index model itself"
+            )
+        print(
+            f"{args.model} is a query encoder for a kept index: monitoring its query route ({routes['query']}) on "
+            "the streams as query traffic; documents run the index model, unchanged, and are not monitored.",
+            flush=True,
+        )
+        model = query_side(model)
+    role = "query" if routes is not None else args.role or "default"
+    task = None if role == "default" else role
     if reference_texts is not None:
         reference = build_reference(model, reference_texts, task=task, batch_size=args.batch_size)
     else:
@@ -139,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     role_reference = monitor.reference_for(task)
     if role_reference is None:
         raise ValueError(
-            f"the reference holds the roles {sorted(monitor.references)}, none for {args.role!r}: calibrate that role "
+            f"the reference holds the roles {sorted(monitor.references)}, none for {role!r}: calibrate that role "
             "(st-leap calibrate --role ... --save-model) or give --reference-texts"
         )
     print(reporting.monitor_table([], role_reference.nn_k))
@@ -155,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "model": hub_id_of(model_path) or args.model or "minilm",
         "model_path": model_path,
-        "role": args.role,
+        "role": role,
+        **({"monitored": "the query route of a query encoder for a kept index", "routes": routes} if routes else {}),
         "streams": [{"path": name, "num_texts": len(texts)} for name, texts in streams],
         "settings": {**snapshot["settings"], "request_size": args.request_size, "batch_size": args.batch_size},
         "reference": role_reference.to_dict(),

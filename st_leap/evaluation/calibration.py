@@ -84,7 +84,9 @@ def _label(row: dict[str, Any]) -> str:
 class _RoleMeasure:
     """Quality of one role's embeddings under a setting, for one kind of data."""
 
-    def __init__(self, model: SentenceTransformer, data: Any, role: str, encode: Any) -> None:
+    def __init__(
+        self, model: SentenceTransformer, data: Any, role: str, encode: Any, encode_documents: Any = None
+    ) -> None:
         self.data, self.role, self.encode = data, role, encode
         self.task = _TASKS[role]
         if isinstance(data, ScoredPairs):
@@ -100,7 +102,11 @@ class _RoleMeasure:
             self.metric = "ndcg@10"
             if role == "query":
                 self.texts = [data.queries[q] for q in self.query_ids]
-                self.other = encode([data.corpus[d] for d in self.doc_ids], "document", {})[0]
+                documents = [data.corpus[d] for d in self.doc_ids]
+                if encode_documents is not None:  # the index model of a query encoder for a kept index
+                    self.other = encode_documents(documents)
+                else:
+                    self.other = encode(documents, "document", {})[0]
             else:
                 self.texts = [data.corpus[d] for d in self.doc_ids]
                 self.other = encode([data.queries[q] for q in self.query_ids], "query", {})[0]
@@ -172,6 +178,13 @@ def calibrate(
     ``time_sample`` of the role's texts, and the measured fastest is picked. A point measured no faster than full
     depth is never picked: full depth is returned instead.
 
+    A query encoder for a kept index (a ``Router`` model, :func:`st_leap.model.router_of`) is calibrated on its
+    query route, the part that can exit, in the ``"query"`` role: with a BEIR folder its queries at each point are
+    scored against the documents as the index model encodes them (``encode_document``, as served), with texts
+    against the query route at its own full depth. Every point keeps the route's exit maps (they carry it into the
+    index model's space). Scored pairs and the ``"document"`` / ``"default"`` roles are refused for it (documents
+    run the index model, unchanged), and ``save_model`` saves the whole model with the query route's pick.
+
     Each role's entry also holds ``reference``, a :class:`~st_leap.monitoring.RoleReference` measured at the pick
     on up to ``reference_size`` of the role's texts: the exit-layer histogram (E[layers], exit rate), the texts with
     their full-depth embeddings and the NN@``nn_k`` overlap and cosine at the pick. It is what
@@ -226,7 +239,7 @@ def calibrate(
     if isinstance(reference_size, bool) or not isinstance(reference_size, int) or reference_size < 0:
         raise ValueError(f"reference_size must be an int >= 0, got {reference_size!r}")
     parsed = as_user_data(data, split=split)  # read and checked before any model loads
-    from st_leap.model import MODEL_DEFAULT, load_model
+    from st_leap.model import MODEL_DEFAULT, describe_routes, load_model, require_torch_encoder
 
     overrides = {
         "exit_patience": MODEL_DEFAULT if exit_patience is None else exit_patience,
@@ -240,9 +253,21 @@ def calibrate(
         roles = ["query", "document"] if role == "all" else [role]
     else:
         roles = [role]
-    st_model = load_model(model)
+    st_model = load_model(model, allow_router=True)
+    require_torch_encoder(st_model, "calibrate")
+    encoder, encode_documents = st_model, None
+    routes = describe_routes(st_model)
+    if routes is not None:
+        encoder, roles = _query_route(st_model, parsed, role)
+        if isinstance(parsed, RetrievalData):
+
+            def encode_documents(texts: list[str]) -> np.ndarray:
+                return st_model.encode_document(
+                    texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True
+                )
+
     result = _calibrate_roles(
-        st_model,
+        encoder,
         parsed,
         roles,
         max_quality_drop,
@@ -256,11 +281,35 @@ def calibrate(
         timed_candidates,
         reference_size,
         show_progress_bar,
+        compare_maps=routes is None,
+        encode_documents=encode_documents,
     )
+    if routes is not None:
+        result["calibrated"] = "the query route of a query encoder for a kept index (role 'query')"
+        result["routes"] = routes
     result["model"] = _model_name(st_model, model)
     if save_model is not None:
         result["saved"] = save_calibrated(st_model, result, save_model)
     return result
+
+
+def _query_route(model: SentenceTransformer, data: Any, role: str) -> tuple[SentenceTransformer, list[str]]:
+    """The query route of a query encoder for a kept index and the roles to calibrate it in (``["query"]``), or a
+    ``ValueError`` that says what to pass instead."""
+    from st_leap.backends import query_side
+
+    if role not in ("all", "query"):
+        raise ValueError(
+            f"this is a query encoder for a kept index: its {role!r} texts run the index model, unchanged, which is "
+            "not calibrated here. Calibrate its query route (role 'query' or 'all'), or the index model itself"
+        )
+    if isinstance(data, ScoredPairs):
+        raise ValueError(
+            "this is a query encoder for a kept index: scored pairs (STS-B by default) do not measure its query "
+            "route against the index. Calibrate on a BEIR folder of your queries and documents ({'beir': folder}, "
+            "st-leap calibrate --beir) or on query texts ({'texts': path}, st-leap calibrate --texts)"
+        )
+    return query_side(model), ["query"]
 
 
 def _model_name(model: SentenceTransformer, given: Any) -> str:
@@ -284,6 +333,8 @@ def _calibrate_roles(
     timed_candidates: int,
     reference_size: int,
     show_progress_bar: bool,
+    compare_maps: bool = True,
+    encode_documents: Any = None,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -307,14 +358,14 @@ def _calibrate_roles(
         return out.embeddings, out.exit_layers
 
     points: list[dict[str, Any]] = []
-    for use_maps in [True, False] if maps else [None]:
+    for use_maps in [True, False] if maps and compare_maps else [None]:
         extra = {} if use_maps is None else {"exit_maps": use_maps}
         points += [{"exit_threshold": t, **extra} for t in dict.fromkeys(float(t) for t in thresholds)]
         points += [{"truncate_layers": int(n), **extra} for n in depths]
 
     per_role: dict[str, Any] = {}
     for role in roles:
-        measure = _RoleMeasure(model, data, role, encode)
+        measure = _RoleMeasure(model, data, role, encode, encode_documents)
         progress = tqdm(total=len(points) + 1, desc=f"calibrating the {role} role", disable=not show_progress_bar)
 
         def row_for(
@@ -403,10 +454,11 @@ def _calibrate_roles(
             "reference": reference,
         }
     result: dict[str, Any] = {
-        "measured": _measured_text(data, nn_k),
+        "measured": _measured_text(data, nn_k, index_documents=encode_documents is not None),
         "data": {"kind": data.kind, "source": data.source, **_data_sizes(data)},
         "num_layers": depth,
         "exit_maps": maps,
+        "maps_compared": bool(maps and compare_maps),
         "max_quality_drop": max_quality_drop,
         "thresholds": [float(t) for t in thresholds],
         "static_depths": depths,
@@ -515,11 +567,13 @@ def _data_sizes(data: Any) -> dict[str, int]:
     return {"num_queries": len(data.queries), "num_documents": len(data.corpus)}
 
 
-def _measured_text(data: Any, nn_k: int) -> str:
+def _measured_text(data: Any, nn_k: int, index_documents: bool = False) -> str:
     if isinstance(data, ScoredPairs):
         what = "cosine Spearman x100 of the scored pairs"
     elif isinstance(data, Texts):
         what = f"agreement with full depth x100: the smaller of the mean cosine and the NN@{nn_k} overlap"
+    elif index_documents:
+        what = "NDCG@10 x100 (queries via encode_query against the documents as the index model encodes them)"
     else:
         what = "NDCG@10 x100 (queries via encode_query against documents at full depth, and the reverse)"
     return (
@@ -538,12 +592,19 @@ def save_calibrated(model: SentenceTransformer, result: dict[str, Any], path: st
     ``st_leap_monitor/`` (replacing what was there), so that
     ``st_leap.ExitMonitor(st_leap.load(path), reference=path)`` watches the loaded model. The model is changed
     in place.
+
+    For a query encoder for a kept index (a ``Router`` model), the picks go to its query route and the whole model
+    is saved (the index model unchanged); its monitor watches the query route,
+    ``ExitMonitor(query_side(st_leap.load(path)), reference=path)``.
     """
     from st_leap import reporting
+    from st_leap.backends import query_side
     from st_leap.exit_policy import with_role
-    from st_leap.model import as_early_exit
+    from st_leap.model import as_early_exit, router_of
     from st_leap.monitoring import RoleReference, save_references
 
+    router = router_of(model) is not None
+    saved_model, model = model, query_side(model)  # the query route's modules are the Router's own, not copies
     module = model[0]
     threshold, truncate = module.exit_threshold, module.truncate_layers
     patience, min_layer = module.exit_patience, module.exit_min_layer
@@ -558,6 +619,8 @@ def save_calibrated(model: SentenceTransformer, result: dict[str, Any], path: st
     )
     notes = []
     without_maps = [role for role, entry in result["roles"].items() if entry["picked"].get("exit_maps") is False]
+    if without_maps and router:
+        raise ValueError("the query route of a query encoder for a kept index keeps its exit maps")
     if without_maps and len(without_maps) == len(result["roles"]):
         for name in [name for name, m in model._modules.items() if type(m).__name__ == "ExitMaps"]:
             del model._modules[name]
@@ -584,8 +647,11 @@ def save_calibrated(model: SentenceTransformer, result: dict[str, Any], path: st
         )
         measurements[f"layer reduction L / E[layers] ({where})"] = f"{picked['layer_reduction']:.2f}x"
     measurements["quality budget"] = f"{result['max_quality_drop']:g} points (x100)"
-    model.model_card_data.leap_measurements = measurements
-    reporting.save_model(model, path)
+    if router:  # sentence-transformers' own card: the measurements stay in the calibration report
+        notes.append("the picks apply to the query route; documents and plain encode run the index model, unchanged")
+    else:
+        model.model_card_data.leap_measurements = measurements
+    reporting.save_model(saved_model, path)
     references = {
         role: e["reference"] for role, e in result["roles"].items() if isinstance(e.get("reference"), RoleReference)
     }
@@ -620,8 +686,14 @@ def calibration_markdown(result: dict[str, Any]) -> str:
     """A readable report of a :func:`calibrate` result: per role, the pick and why, then every point."""
     lines = [f"# Calibration of {result.get('model', 'the model')}", "", result["measured"], ""]
     lines.append(f"Budget: a drop of at most {result['max_quality_drop']:g} points (x100).")
-    if result.get("exit_maps"):
+    if result.get("routes"):
+        lines.append(
+            f"Calibrated: {result['calibrated']}. {result['routes']['query']}; {result['routes']['document']}."
+        )
+    if result.get("exit_maps") and result.get("maps_compared", True):
         lines.append("The model carries exit maps: every point was measured with and without them.")
+    elif result.get("exit_maps"):
+        lines.append("Every point kept the exit maps (they carry the query route into the index model's space).")
     for role, entry in result["roles"].items():
         picked = entry["picked"]
         lines += [

@@ -11,7 +11,18 @@ from st_leap import resources
 from st_leap.evaluation.beir import evaluate_beir, load_beir_folder
 from st_leap.evaluation.early_exit import EarlyExitEmbeddingSimilarityEvaluator
 from st_leap.exit_policy import ExitStats, role_of
-from st_leap.model import MODEL_DEFAULT, effective_exit_settings, exit_kwargs, last_call_stats, load_model, model_name
+from st_leap.model import (
+    EXIT_KEYS,
+    MODEL_DEFAULT,
+    describe_routes,
+    effective_exit_settings,
+    exit_kwargs,
+    last_call_stats,
+    load_model,
+    model_name,
+    route_modules,
+    router_of,
+)
 from st_leap.reporting import run_info, write_json
 
 if TYPE_CHECKING:
@@ -100,13 +111,34 @@ def _wrapper_class() -> type:
 
         def encode(self, inputs: Any, *, task_metadata: Any, prompt_type: Any = None, **kwargs: Any) -> Any:
             embeddings = super().encode(inputs, task_metadata=task_metadata, prompt_type=prompt_type, **kwargs)
-            stats = last_call_stats(self.model, len(embeddings))
-            self.exit_counters.setdefault(task_metadata.name, ExitStats()).merge(stats)
             role = role_of(getattr(prompt_type, "value", prompt_type))
+            stats = last_call_stats(self.model, len(embeddings), role)
+            merge_layers(self.exit_counters.setdefault(task_metadata.name, ExitStats()), stats)
             self.role_counters.setdefault(task_metadata.name, {}).setdefault(role, ExitStats()).merge(stats)
             return embeddings
 
     return EarlyExitEncoderWrapper
+
+
+def merge_layers(total: ExitStats, stats: ExitStats) -> ExitStats:
+    """Add ``stats`` to ``total`` as layers run per text, even when the two come from encoders of different depths
+    (the query and document routes of a query encoder for a kept index): the shallower counts are padded to the
+    deeper depth, so a text that ran 2 layers counts at layer 2 of 6. Returns ``total``."""
+    depth = max(total.num_layers, stats.num_layers)
+    if total.num_layers and total.num_layers < depth:
+        total.counts, total.num_layers = total.counts + [0] * (depth - total.num_layers), depth
+    counts = stats.counts + [0] * (depth - stats.num_layers) if stats.num_layers else stats.counts
+    return total.merge(ExitStats(depth if stats.num_layers else 0, list(counts)))
+
+
+def router_exit_settings(model: SentenceTransformer) -> dict[str, dict[str, Any]]:
+    """The exit settings a query encoder for a kept index (a ``Router`` model) runs with, per role: its query route's
+    saved settings for ``"query"``; the index model (``"document"``) has none (``None``: full depth)."""
+    from st_leap.modules import EarlyExitTransformer
+
+    first = next(iter(route_modules(model, "query")), None)
+    query = first.exit_settings_for("query") if isinstance(first, EarlyExitTransformer) else dict.fromkeys(EXIT_KEYS)
+    return {key: {"query": query[key], "document": None} for key in EXIT_KEYS}
 
 
 def mteb_wrapper(
@@ -123,7 +155,10 @@ def mteb_wrapper(
     """
     wrapper = _wrapper_class()(model)
     meta = wrapper.mteb_model_meta
-    settings = exit_settings if exit_settings is not None else effective_exit_settings(model, {})
+    if exit_settings is not None:
+        settings = exit_settings
+    else:
+        settings = router_exit_settings(model) if router_of(model) is not None else effective_exit_settings(model, {})
     experiment: dict[str, Any] = {}
     for key, value in settings.items():
         for role, role_value in (value.items() if isinstance(value, dict) else [(None, value)]):
@@ -228,6 +263,11 @@ def run_mteb(
     result for another threshold can never be served. Exit settings left out are not passed, so the model's saved
     defaults apply (and are recorded).
 
+    A query encoder for a kept index (a ``Router`` model, :func:`st_leap.model.router_of`) is evaluated as saved,
+    as mteb itself evaluates it: retrieval queries go through ``encode_query`` (its query route), documents through
+    ``encode_document`` and STS pairs through plain ``encode`` (both the index model). Exit settings are refused
+    for it; the summary's ``routes`` says what ran for each role.
+
     Args:
         model: st_leap model, or a path / Hub id (loaded with :func:`st_leap.from_pretrained`).
         tasks: Short names (``stsb``, ``scifact``, ``nfcorpus``) or mteb task names, list or comma-separated.
@@ -252,9 +292,18 @@ def run_mteb(
 
     if source not in ("auto", "hub", "local"):
         raise ValueError(f"source must be 'auto', 'hub' or 'local', got {source!r}")
-    st_model = load_model(model)
+    st_model = load_model(model, allow_router=True)
     kwargs = exit_kwargs(exit_threshold, exit_patience, exit_min_layer)
-    settings = effective_exit_settings(st_model, kwargs)
+    routes = describe_routes(st_model)
+    if routes is not None:
+        if kwargs:
+            raise ValueError(
+                "a query encoder for a kept index (a Router model) is evaluated as saved; exit settings apply to "
+                "its query route only: save the query route with the settings you want, or leave them out"
+            )
+        settings = router_exit_settings(st_model)
+    else:
+        settings = effective_exit_settings(st_model, kwargs)
     display_name = name or model_name(st_model, model if isinstance(model, str) else None)
     wrapper = mteb_wrapper(st_model, name=display_name, revision=revision, exit_settings=settings)
 
@@ -275,7 +324,9 @@ def run_mteb(
     seconds = time.perf_counter() - start
 
     summary: dict[str, Any] = {
-        "measured": "mteb.evaluate main scores with early exit",
+        "measured": "mteb.evaluate main scores with early exit"
+        if routes is None
+        else "mteb.evaluate main scores of a query encoder for a kept index, as saved",
         "model": display_name,
         "model_meta": {
             "name": wrapper.mteb_model_meta.name,
@@ -289,6 +340,8 @@ def run_mteb(
         "seconds": seconds,
         "run_info": run_info(batch_size=batch_size, encode_kwargs=encode_kwargs),
     }
+    if routes is not None:
+        summary["routes"] = routes
     cache = None
     if output_folder is not None:
         cache = mteb.ResultCache(cache_path=Path(output_folder))
@@ -336,13 +389,20 @@ def score_tasks(
 
     ``backend="mteb"`` runs :func:`run_mteb` (mteb result files under ``output_folder``); ``backend="beir"`` scores
     the retrieval tasks with :func:`st_leap.evaluation.beir.evaluate_beir` on the local BEIR folders and STS-B with
-    sentence-transformers' evaluator. ``tasks`` are short names of :data:`TASKS`.
+    sentence-transformers' evaluator. ``tasks`` are short names of :data:`TASKS`. A query encoder for a kept index
+    (a ``Router`` model) runs through mteb only, as saved (see :func:`run_mteb`); each task's
+    ``exit_stats_by_role`` then says how many layers each route ran.
     """
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
     if backend not in ("mteb", "beir"):
         raise ValueError(f"backend must be 'mteb' or 'beir', got {backend!r}")
+    if backend == "beir" and router_of(model) is not None:
+        raise ValueError(
+            "a query encoder for a kept index (a Router model) is evaluated through mteb (backend 'mteb'), which "
+            "sends queries to encode_query and documents to encode_document"
+        )
     if backend == "mteb":
         summary = run_mteb(
             model,
@@ -359,6 +419,7 @@ def score_tasks(
                 "score": 100 * summary["tasks"][TASKS[t]]["main_score"],
                 "metric": summary["tasks"][TASKS[t]]["main_metric"],
                 "exit_stats": summary["tasks"][TASKS[t]]["exit_stats"],
+                "exit_stats_by_role": summary["tasks"][TASKS[t]]["exit_stats_by_role"],
             }
             for t in tasks
         }

@@ -20,13 +20,15 @@ not after a model has loaded and encoded for minutes.
 from __future__ import annotations
 
 import csv
-import gzip
-import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# The file helpers live in st_leap.files (below both this module and st_leap.corpus); imported here by name, as
+# before, for code that imports them from this module.
+from st_leap.files import file_line, open_text, read_json_lines, require_file
 
 __all__ = [
     "ScoredPairs",
@@ -106,11 +108,6 @@ class Texts:
 UserData = ScoredPairs | RetrievalData | Texts
 
 
-def file_line(path: Path | str, line: int) -> str:
-    """``"PATH, line N"``: where an error in a user's file is."""
-    return f"{path}, line {line}"
-
-
 def _score(value: Any, path: Path, line: int) -> float:
     try:
         score = float(value)
@@ -125,37 +122,6 @@ def _text(value: Any, name: str, path: Path, line: int) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{file_line(path, line)}: {name} is missing or empty")
     return value
-
-
-def open_text(path: Path) -> Any:
-    """A text file opened for reading as UTF-8, gzip-compressed when its name ends in ``.gz``."""
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8", newline="")
-
-
-def read_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` of every non-blank line of a JSON-lines file."""
-    try:
-        with open_text(path) as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{file_line(path, number)}: not a JSON object ({error.msg})") from None
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{file_line(path, number)}: not a JSON object")
-                yield number, obj
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error.reason})") from None
-
-
-def require_file(path: Path, what: str) -> None:
-    """Raise, naming ``path``, when it is not a file or is empty."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{file_line(path, 1)}: the file is empty")
 
 
 def read_pairs(path: str | Path) -> ScoredPairs:
@@ -224,8 +190,9 @@ def read_beir(folder: str | Path, split: str = "test") -> RetrievalData:
 
     Raises:
         FileNotFoundError: naming the missing file.
-        ValueError: naming the file and the line of a bad record, a non-integer relevance, qrels naming a query or
-            document the folder does not hold, or an empty file.
+        ValueError: naming the file and the line of a bad record (an empty query among them; an empty document
+            stays in the corpus, with one warning), a non-integer relevance, qrels naming a query or document the
+            folder does not hold, or an empty file.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -254,11 +221,20 @@ def read_beir(folder: str | Path, split: str = "test") -> RetrievalData:
             if not isinstance(title, str):
                 raise ValueError(f"{file_line(path, number)}: title is not a string")
             full = (title + " " + text).strip() if title else text.strip()
-            if not full:
+            if not full and what != "documents":  # an empty document stays in the index; an empty query is an error
                 raise ValueError(f"{file_line(path, number)}: empty title and text")
             texts[key], lines[key] = full, number
-        if not texts:
-            raise ValueError(f"{file_line(path, 1)}: no {what} in the file")
+        if not any(texts.values()):
+            raise ValueError(f"{file_line(path, 1)}: no {what} with text in the file")
+        empty = [key for key, value in texts.items() if not value]
+        if empty:
+            import warnings
+
+            warnings.warn(
+                f"{path}: {len(empty)} of {len(texts)} {what} have an empty title and text (ids "
+                f"{', '.join(map(repr, empty[:5]))}{', ...' if len(empty) > 5 else ''}); they stay in the corpus",
+                stacklevel=3,
+            )
         return texts, lines
 
     corpus_path, queries_path = find("corpus"), find("queries")

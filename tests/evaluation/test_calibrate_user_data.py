@@ -165,6 +165,27 @@ def test_readers_parse_each_format(tmp_path):
     assert read_texts(queries).texts == ["first", "T second"]
 
 
+def test_read_beir_keeps_an_empty_document_and_refuses_an_empty_query(tmp_path):
+    """An empty document is part of the index (one warning naming it); an empty query, or a corpus with no text at
+    all, fails naming the file and line."""
+    folder = write_beir(tmp_path / "beir", 3, 6)
+    lines = (folder / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    lines[2] = json.dumps({"_id": "d2", "title": "", "text": "  "})
+    (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="1 of 6 documents have an empty title and text \\(ids 'd2'\\)"):
+        beir = read_beir(folder)
+    assert list(beir.corpus)[2] == "d2" and beir.corpus["d2"] == "" and len(beir.corpus) == 6
+    (folder / "corpus.jsonl").write_text("\n".join(json.dumps({"_id": f"d{i}", "text": ""}) for i in range(6)) + "\n")
+    with pytest.raises(ValueError, match="corpus.jsonl, line 1: no documents with text"):
+        read_beir(folder)
+    queries = tmp_path / "beir" / "queries.jsonl"
+    queries.write_text('{"_id": "q0", "text": "a b"}\n{"_id": "q1", "text": ""}\n', encoding="utf-8")
+    write = folder / "corpus.jsonl"
+    write.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="queries.jsonl, line 2: empty title and text"):
+        read_beir(folder)
+
+
 def _pairs(tmp_path, name: str, text: str):
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
