@@ -13,7 +13,7 @@ int8 weight compression (``nncf.compress_weights``) to the OpenVINO ones.
 
 Exports are cached in the model folder, ``<model>/st_leap_export/<backend>[-int8]/``, or under the st_leap cache
 (``$ST_LEAP_CACHE``, else ``~/.cache/st_leap``) for a Hub model, and reused while ``export.json`` matches the model.
-Supported: the BERT family (BERT, MiniLM, RoBERTa, XLM-R, CamemBERT). Loading is one call,
+Supported: the BERT family (BERT, MiniLM, RoBERTa, XLM-R, CamemBERT), MPNet and DistilBERT. Loading is one call,
 ``st_leap.from_pretrained(path, backend="onnx")``.
 """
 
@@ -36,8 +36,8 @@ from st_leap.exit_policy import ROLE_TASKS, role_of
 
 BACKENDS = ("torch", "onnx", "openvino")
 QUANTIZATIONS = (None, "int8")
-SEGMENT_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
-EXPORT_VERSION = 1  # bump when the segment graphs change: older exports are then rebuilt
+SEGMENT_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert")
+EXPORT_VERSION = 2  # bump when the segment graphs change: older exports are then rebuilt
 
 
 def check_backend(backend: str, quantize: str | None) -> None:
@@ -50,24 +50,34 @@ def check_backend(backend: str, quantize: str | None) -> None:
 
 
 class _EmbeddingSegment(nn.Module):
-    def __init__(self, embeddings: nn.Module) -> None:
+    """The encoder's embeddings, as :class:`~st_leap.backbone.Backbone` computes them for its architecture
+    (``token_type_ids`` is read by the BERT family only)."""
+
+    def __init__(self, hf: nn.Module) -> None:
         super().__init__()
-        self.embeddings = embeddings
+        self.hf = hf
+        self.backbone = Backbone(hf)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
-        return self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return self.backbone.embed({"input_ids": input_ids, "token_type_ids": token_type_ids})
 
 
 class _LayerSegment(nn.Module):
-    """One encoder layer taking the ``(B, T)`` attention mask; the additive mask is built inside the graph."""
+    """One encoder layer taking the ``(B, T)`` attention mask; the additive mask is built inside the graph, and so
+    is MPNet's relative position bias (from the running hidden states, so the layer works on any batch)."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: nn.Module, backbone: Backbone | None = None) -> None:
         super().__init__()
         self.layer = layer
+        self.backbone = backbone if backbone is not None and backbone.model_type == "mpnet" else None
+        if self.backbone is not None:
+            self.relative_attention_bias = backbone.model.encoder.relative_attention_bias  # its weights, in the graph
 
-    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, attention_mask: Tensor, **kwargs: Tensor) -> Tensor:
         additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        out = self.layer(hidden, additive)
+        if self.backbone is not None and not kwargs:
+            kwargs = self.backbone.layer_kwargs(hidden)
+        out = self.layer(hidden, additive, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
 
@@ -108,8 +118,21 @@ def _export_onnx(module: nn.Module, args: tuple[Tensor, ...], names: list[str], 
     tmp.replace(path)
 
 
+#: Weight matrices kept in fp32 by the ONNX Runtime int8 export, per architecture (node-name fragments of the
+#: graph's MatMuls). MPNet's feed-forward output projection reads GELU activations with large outliers, and ONNX
+#: Runtime's dynamic int8 quantises activations with one scale per tensor: quantised, all-mpnet-base-v2's whole
+#: graph fell to cosine 0.873 (min 0.621) to fp32 on STS-B test sentences; with these 12 of its 72 weight
+#: MatMuls in fp32, 0.989 (min 0.941) (``benchmarks/results/backends/int8_mpnet.md``).
+INT8_FP32_NODES = {"mpnet": ("/output/dense/",)}
+
+
 def convert_onnx(
-    onnx_file: str | Path, target: str | Path, backend: str, quantize: str | None = None, per_channel: bool = True
+    onnx_file: str | Path,
+    target: str | Path,
+    backend: str,
+    quantize: str | None = None,
+    per_channel: bool = True,
+    model_type: str | None = None,
 ) -> Path:
     """An fp32 ONNX graph made ready for ``backend``: ONNX Runtime's dynamic int8 quantisation
     (``quantize_dynamic``) for ``"onnx"`` + ``"int8"``; OpenVINO's ``convert_model`` (with NNCF's int8 weight
@@ -117,12 +140,16 @@ def convert_onnx(
 
     ``per_channel`` (ONNX Runtime int8): one weight scale per output channel instead of one per tensor. It keeps a
     shallow encoder with an exit map much closer to fp32 (mean cosine 0.994 instead of 0.945 at depth 3 of our
-    mapped query encoder on STS-B test sentences; ``docs/backends.md``)."""
+    mapped query encoder on STS-B test sentences; ``docs/backends.md``). ``model_type`` (the encoder's, e.g.
+    ``"mpnet"``) keeps the MatMuls of :data:`INT8_FP32_NODES` in fp32 for ONNX Runtime int8."""
     check_backend(backend, quantize)
     if backend == "onnx" and quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(onnx_file), str(target), weight_type=QuantType.QInt8, per_channel=per_channel)
+        keep = int8_fp32_nodes(onnx_file, model_type)
+        quantize_dynamic(
+            str(onnx_file), str(target), weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_exclude=keep
+        )
     elif backend == "openvino":
         import openvino as ov
 
@@ -135,6 +162,18 @@ def convert_onnx(
     else:
         raise ValueError(f"nothing to convert for backend={backend!r}, quantize={quantize!r}")
     return Path(target)
+
+
+def int8_fp32_nodes(onnx_file: str | Path, model_type: str | None) -> list[str]:
+    """The MatMul nodes of ``onnx_file`` that the int8 export of a ``model_type`` encoder keeps in fp32
+    (:data:`INT8_FP32_NODES`)."""
+    patterns = INT8_FP32_NODES.get(model_type or "", ())
+    if not patterns:
+        return []
+    import onnx
+
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type == "MatMul" and any(p in n.name for p in patterns)]
 
 
 def export_segments(module: Any, folder: str | Path, backend: str, quantize: str | None = None) -> Path:
@@ -167,7 +206,8 @@ def export_segments(module: Any, folder: str | Path, backend: str, quantize: str
     hf = copy.deepcopy(module.auto_model).eval().float()
     if hasattr(hf, "set_attn_implementation"):
         hf.set_attn_implementation("eager")  # plain matmul + softmax: exports and quantises everywhere
-    layers = module._backbone.__class__(hf).layers
+    backbone = Backbone(hf)
+    layers = backbone.layers
     ids = torch.ones(2, 7, dtype=torch.long)
     hidden = torch.randn(2, 7, hf.config.hidden_size)
     mask = torch.ones(2, 7, dtype=torch.long)
@@ -177,7 +217,7 @@ def export_segments(module: Any, folder: str | Path, backend: str, quantize: str
     files = ["embeddings", *(f"layer_{i:02d}" for i in range(len(layers)))]
     with torch.no_grad():
         _export_onnx(
-            _EmbeddingSegment(hf.embeddings),
+            _EmbeddingSegment(hf),
             (ids, torch.zeros_like(ids)),
             ["input_ids", "token_type_ids"],
             onnx_dir / "embeddings.onnx",
@@ -185,7 +225,7 @@ def export_segments(module: Any, folder: str | Path, backend: str, quantize: str
         )
         for i, layer in enumerate(layers):
             _export_onnx(
-                _LayerSegment(layer),
+                _LayerSegment(layer, backbone),
                 (hidden, mask),
                 ["hidden_in", "attention_mask"],
                 onnx_dir / f"layer_{i:02d}.onnx",
@@ -194,7 +234,7 @@ def export_segments(module: Any, folder: str | Path, backend: str, quantize: str
     if backend != "onnx" or quantize is not None:
         for name in files:
             suffix = ".onnx" if backend == "onnx" else ".xml"
-            convert_onnx(onnx_dir / f"{name}.onnx", folder / f"{name}{suffix}", backend, quantize)
+            convert_onnx(onnx_dir / f"{name}.onnx", folder / f"{name}{suffix}", backend, quantize, model_type=backbone.model_type)
     _write_json(meta, meta_path)  # last: a folder without it is rebuilt
     return folder
 
@@ -301,19 +341,22 @@ EXPORT_FILE = "st_leap_export.json"  # the exported folder's metadata (and the E
 
 class _StaticGraph(nn.Module):
     """Embeddings, the first ``depth`` layers and the post-transformer pipeline (pooling, dense, normalize, the
-    exit map of layer ``depth``) as one module: ``(input_ids, attention_mask, token_type_ids) -> embedding``."""
+    exit map of layer ``depth``) as one module: ``(input_ids, attention_mask, token_type_ids) -> embedding``. The
+    architecture's own pieces (embeddings, MPNet's relative position bias, computed once for all layers as the
+    model does) come from :class:`~st_leap.backbone.Backbone`."""
 
-    def __init__(self, embeddings: nn.Module, layers: list[nn.Module], post: list[nn.Module], depth: int) -> None:
+    def __init__(self, hf: nn.Module, post: list[nn.Module], depth: int) -> None:
         super().__init__()
-        self.embeddings = embeddings
-        self.layers = nn.ModuleList(_LayerSegment(layer) for layer in layers)
+        self.embed = _EmbeddingSegment(hf)
+        self.layers = nn.ModuleList(_LayerSegment(layer) for layer in Backbone(hf).layers[:depth])
         self.post = nn.ModuleList(post)
         self.depth = depth
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
-        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        hidden = self.embed(input_ids, token_type_ids)
+        extra = self.embed.backbone.layer_kwargs(hidden)  # MPNet: the position bias, shared by every layer
         for layer in self.layers:
-            hidden = layer(hidden, attention_mask)
+            hidden = layer(hidden, attention_mask, **extra)
         features: dict[str, Any] = {"token_embeddings": hidden, "attention_mask": attention_mask}
         for module in self.post:
             if _is_exit_maps(module):
@@ -557,8 +600,7 @@ def _export_static(model: Any, out: Path, depth: int, roles: list[str], info: di
     hf = copy.deepcopy(module.auto_model).eval().float()
     if hasattr(hf, "set_attn_implementation"):
         hf.set_attn_implementation("eager")
-    layers = list(Backbone(hf).layers[:depth])
-    graph = _StaticGraph(hf.embeddings, layers, copy.deepcopy(post), depth).eval()
+    graph = _StaticGraph(hf, copy.deepcopy(post), depth).eval()
     ids = torch.ones(2, 7, dtype=torch.long)
     axes = {0: "batch", 1: "sequence"}
     fp32 = out / "model.onnx" if backend == "onnx" and quantize is None else out / ".model-fp32.onnx"
@@ -569,7 +611,7 @@ def _export_static(model: Any, out: Path, depth: int, roles: list[str], info: di
         )
     name = "model.onnx" if backend == "onnx" else "model.xml"
     if fp32.name != name:
-        convert_onnx(fp32, out / name, backend, quantize)
+        convert_onnx(fp32, out / name, backend, quantize, model_type=Backbone(module.auto_model).model_type)
         fp32.unlink()
     module.tokenizer.save_pretrained(str(out))
     dim = model.get_embedding_dimension()

@@ -393,8 +393,8 @@ def from_pretrained(
             default or ``None`` (the whole encoder).
         backend: ``"torch"`` (default), or ``"onnx"`` (ONNX Runtime) / ``"openvino"``: the encoder exported as
             segments, one per layer, with the exit loop between them (:mod:`st_leap.backends`); exported on first
-            use and cached beside the model. BERT-family encoders. Left out for an exported folder: the backend it
-            was exported for.
+            use and cached beside the model. BERT family, MPNet and DistilBERT. Left out for an exported folder: the
+            backend it was exported for.
         quantize: ``"int8"`` with ``backend="onnx"`` / ``"openvino"``.
         base_model: The Hub id a local folder is a copy of, named by the model card of a converted model (a Hub
             id names itself).

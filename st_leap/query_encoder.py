@@ -3,8 +3,10 @@
 :func:`fit_query_encoder` (``st-leap fit-query-encoder``) builds it from st_leap's existing pieces:
 
 1. the student: ``depth`` layers of the index model itself (spread across the stack from the first to the last,
-   ``init="spread"``, the default, which won on the corpus dev split; or its first ones, ``init="first"``), with a closed-form exit map from its output into the index model's space fitted on
-   the corpus (:func:`st_leap.fit_exit_maps`);
+   ``init="spread"``, the default, which won on the corpus dev split; or its first ones, ``init="first"``), or of
+   another, smaller model (``student=``: a small student for a big index, e.g. all-MiniLM-L6-v2 for an
+   all-mpnet-base-v2 index), with a closed-form exit map from its output into the index model's space (of the
+   index's width) fitted on the corpus (:func:`st_leap.fit_exit_maps`);
 2. training with :func:`st_leap.training.train` on the corpus (a config's ``corpus`` key): query-like texts of the
    training documents toward the index model's embedding of the same text (:class:`~st_leap.losses.LEAPLoss`, its
    final cosine and in-batch similarity terms, read through the map) and toward their own document among the index
@@ -113,6 +115,7 @@ class QueryEncoderResult:
     steps: int
     train_seconds: float
     index_seconds: float
+    student: str | None = None
     dev: dict[str, float] = field(default_factory=dict)
     maps: str = "trained"
     resumed_from: str | None = None
@@ -138,6 +141,7 @@ def fit_query_encoder(
     *,
     depth: int = 3,
     init: str = "spread",
+    student: str | None = None,
     max_steps: int = 1000,
     stop_at_step: int | None = None,
     batch_size: int = 64,
@@ -165,6 +169,10 @@ def fit_query_encoder(
             line (:func:`st_leap.corpus.read_corpus`). Checked before any model loads.
         out: Folder of the finished model.
         depth: Layers of the query encoder.
+        student: Another, smaller model to start the query encoder from (folder, Hub id, or ``"minilm"`` /
+            ``"mpnet"``), e.g. all-MiniLM-L6-v2 (384 wide) for an all-mpnet-base-v2 index (768): its ``depth``
+            layers (picked by ``init``) are trained into the index model's space through their exit map, which
+            maps the student's width into the index's. Default: the index model's own layers.
         init: ``"spread"`` (``depth`` layers from the first to the last, :func:`pick_layers`; the default, chosen
             on the corpus dev split: ``benchmarks/results/query/inits.md``), ``"first"`` (the first ``depth``) or
             ``"leap"`` (the whole index model trained at every depth with LEAPLoss, served at ``depth``; queries can
@@ -216,6 +224,8 @@ def fit_query_encoder(
     if isinstance(map_texts, bool) or not isinstance(map_texts, int) or map_texts < MIN_FIT_TEXTS:
         raise ValueError(f"map_texts must be an int >= {MIN_FIT_TEXTS} (the closed-form map fit), got {map_texts!r}")
     index_path = resources.resolve_model(index_model)
+    student_path = resources.resolve_model(student) if student is not None else index_path
+    other_student = student_path if student is not None else None  # ``student`` is the model from here on
     leap = init == "leap"
     work = Path(work_dir) if work_dir is not None else Path(f"{out}-training")
     if given is not None and embeddings_path is None:
@@ -265,7 +275,7 @@ def fit_query_encoder(
     name = Path(index_path).name if Path(index_path).exists() else index_path
     maps_fit = {"target_embeddings": targets, "target_name": name, "seed": seed}
     if not (work / "init" / "modules.json").exists():
-        student = init_student(index_path, depth, init)
+        student = init_student(student_path, depth, init)
         fit_exit_maps(student, map_fit_texts, **maps_fit)
         save_model(student, work / "init")
     evaluator = corpus_depth_evaluator(
@@ -292,6 +302,7 @@ def fit_query_encoder(
     save_model(model, out)
     result = QueryEncoderResult(
         path=str(out), student_path=str(work / "query_encoder"), depth=depth, init=init, steps=trained.steps,
+        student=other_student,
         resumed_from=trained.resumed_from, empty_documents=empty, map_fit_texts=len(map_fit_texts),
         train_seconds=train_seconds, index_seconds=index_seconds, dev=dev, maps=maps, config=config.to_dict(),
     )

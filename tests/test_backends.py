@@ -279,3 +279,44 @@ def test_cli_export_of_a_query_encoder(router_model, tmp_path, capsys):
     assert main(["export", str(source), "--backend", "onnx", "--out", str(tmp_path / "both")]) == 0
     assert read_export_info(tmp_path / "both")["kind"] == "routes"
     assert "one graph per route" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ every supported architecture, MPNet included
+@pytest.mark.parametrize("depth", [2, 4])
+def test_static_export_of_every_architecture_matches_torch(tiny_model_dir, tmp_path, depth):
+    """BERT, RoBERTa, XLM-R, MPNet (its relative position bias computed inside the graph) and DistilBERT export as
+    one fp32 graph that gives the torch model's embeddings within 1e-4 at a cut and at full depth."""
+    pytest.importorskip("onnxruntime")
+    from sentence_transformers.base.modules import Normalize
+
+    from st_leap.backends import export
+
+    model = st_leap.from_pretrained(tiny_model_dir, truncate_layers=depth)
+    model.append(Normalize())
+    served = st_leap.load(str(export(model, tmp_path / "graph", "onnx")))
+    want = model.encode(SENTENCES, batch_size=4)
+    np.testing.assert_allclose(served.encode(SENTENCES, batch_size=4), want, atol=1e-4)
+    # the cut is really served: another depth gives other embeddings
+    other = model.encode(SENTENCES, batch_size=4, truncate_layers=3)
+    assert np.abs(other - want).max() > 1e-2
+
+
+@pytest.fixture(scope="module", params=["mpnet", "distilbert"])
+def smooth_model_dir(request, tmp_path_factory):
+    from tests.conftest import build_tiny_model_dir
+
+    return build_tiny_model_dir(tmp_path_factory.mktemp(f"smooth_{request.param}"), request.param, initializer_range=0.1)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_segmented_export_of_mpnet_and_distilbert_matches_the_torch_path(smooth_model_dir, backend):
+    """Per-sample exit on segments (one graph per layer; MPNet's position bias inside each layer's graph) makes
+    the torch path's exit decisions, with embeddings within 1e-4 (ONNX Runtime) / 2e-3 (OpenVINO)."""
+    pytest.importorskip("onnxruntime" if backend == "onnx" else "openvino")
+    reference = st_leap.from_pretrained(smooth_model_dir, exit_min_layer=2)
+    theta = mixed_threshold(reference, SENTENCES, min_layer=2)
+    served = st_leap.from_pretrained(smooth_model_dir, exit_min_layer=2, backend=backend)
+    want_layers, want = _outputs(reference, theta)
+    got_layers, got = _outputs(served, theta)
+    assert got_layers == want_layers and len(set(want_layers)) > 1
+    np.testing.assert_allclose(got, want, atol=1e-4 if backend == "onnx" else 2e-3)

@@ -226,3 +226,56 @@ def test_router_model_and_its_exported_query_graph_serve_in_the_multi_process_po
                 np.testing.assert_allclose(pooled, getattr(encoder, call)(texts, batch_size=2), atol=1e-5)
         finally:
             encoder.stop_multi_process_pool(pool)
+
+
+@pytest.fixture(scope="module")
+def narrow_student_dir(tmp_path_factory) -> str:
+    """A smaller model than the index model: 3 layers, 16 wide (the index model is 4 x 32)."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("qe_student"), "bert", num_layers=3, seed=3, hidden=16)
+
+
+@pytest.fixture(scope="module")
+def cross_fitted(index_dir, corpus_path, narrow_student_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("qe_cross") / "model"
+    return fit_query_encoder(index_dir, corpus_path, out, student=narrow_student_dir, **SMALL)
+
+
+def test_a_smaller_student_serves_queries_in_the_index_models_space(cross_fitted, index_dir, narrow_student_dir, corpus_path):
+    """A 16-wide student for a 32-wide index: its 2 layers (spread: the student's layers 1 and 3) map into the
+    index's 32 dimensions; the Router's documents (and plain encode) are the index model exactly; it reloads."""
+    from st_leap.exit_maps import ExitMaps
+
+    model = st_leap.load(cross_fitted.path, device="cpu")
+    queries = model.encode_query(QUERIES)
+    documents = read_corpus(corpus_path).documents[:5]
+    index = SentenceTransformer(index_dir, device="cpu")
+    assert queries.shape == (len(QUERIES), 32) and model.encode_document(documents).shape == (5, 32)
+    np.testing.assert_allclose(model.encode_document(documents), index.encode(documents), atol=1e-6)
+    np.testing.assert_allclose(model.encode(documents), index.encode(documents), atol=1e-6)
+    shallow = query_side(model)
+    assert num_layers(shallow) == 2 and shallow[0].auto_model.config.hidden_size == 16
+    maps = next(m for m in shallow if isinstance(m, ExitMaps))
+    assert (maps.in_features, maps.out_features) == (16, 32)
+    assert cross_fitted.student == narrow_student_dir and read_result(cross_fitted.path)["student"] == narrow_student_dir
+    # the student's own layers, not the index model's: its first layer is the narrow model's first layer
+    source = SentenceTransformer(narrow_student_dir, device="cpu")
+    assert encoder_layers(shallow[0].auto_model)[0].attention.self.query.weight.shape == (16, 16)
+    assert encoder_layers(source[0].auto_model)[0].attention.self.query.weight.shape == (16, 16)
+    # queries are meaningful in the index space: cosine to the index model's own query embedding beats chance
+    cos = torch.nn.functional.cosine_similarity(torch.as_tensor(queries), torch.as_tensor(index.encode(QUERIES)))
+    assert float(cos.mean()) > 0.5
+
+
+def test_a_smaller_student_resumes_and_exports_both_routes(index_dir, corpus_path, narrow_student_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from st_leap.backends import export
+
+    common = dict(SMALL, student=narrow_student_dir, work_dir=tmp_path / "work")
+    first = fit_query_encoder(index_dir, corpus_path, tmp_path / "model", stop_at_step=2, **common)
+    second = fit_query_encoder(index_dir, corpus_path, tmp_path / "model", resume=True, **common)
+    assert (first.steps, second.steps) == (2, 4) and second.resumed_from.endswith("checkpoint-2")
+    model = st_leap.load(second.path, device="cpu")
+    served = st_leap.load(str(export(model, tmp_path / "onnx", "onnx")))
+    np.testing.assert_allclose(served.encode_query(QUERIES), model.encode_query(QUERIES), atol=1e-4)
+    documents = read_corpus(corpus_path).documents[:5]
+    np.testing.assert_allclose(served.encode_document(documents), model.encode_document(documents), atol=1e-4)

@@ -84,7 +84,8 @@ def export_whole_graph(model_path: str, folder: Path, backend: str, quantize: st
     target = folder / f"model{'_int8' if quantize else ''}{'.onnx' if backend == 'onnx' else '.xml'}"
     if target.exists():
         return target
-    return convert_onnx(onnx_file, target, backend, quantize)
+    model_type = getattr(stock_model(model_path)[0].auto_model.config, "model_type", None)
+    return convert_onnx(onnx_file, target, backend, quantize, model_type=model_type)
 
 
 def whole_graph_model(model_path: str, folder: Path, backend: str, quantize: str | None, threads: int) -> SentenceTransformer:

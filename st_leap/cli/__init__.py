@@ -10,10 +10,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from st_leap.cli import calibrate, demo, diagnose, evaluate, export, fit_maps, fit_query_encoder, monitor, train
+from st_leap.cli import (
+    calibrate,
+    demo,
+    diagnose,
+    evaluate,
+    export,
+    fit_maps,
+    fit_query_encoder,
+    monitor,
+    serve,
+    train,
+)
 from st_leap.version import __version__
 
-COMMANDS = (demo, diagnose, train, evaluate, calibrate, fit_maps, fit_query_encoder, export, monitor)
+COMMANDS = (demo, diagnose, train, evaluate, calibrate, fit_maps, fit_query_encoder, export, monitor, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

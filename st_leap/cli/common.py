@@ -64,6 +64,26 @@ def positive_int(text: str) -> int:
     return int(_number(text, int, lambda v: v >= 1, "a whole number >= 1"))
 
 
+def fraction(text: str) -> float:
+    """A number in [0, 1] (sample rates, relative drops)."""
+    return float(_number(text, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"))
+
+
+def non_negative(text: str) -> float:
+    """A number >= 0 (bands in layers)."""
+    return float(_number(text, float, lambda v: v >= 0.0, "a number >= 0"))
+
+
+def fallback_setting(text: str) -> str | dict[str, float] | None:
+    """``--fallback``: ``full`` (full depth), ``none`` (alert only) or a theta in (0, 1] to serve instead."""
+    if text.lower() in ("full", "none"):
+        return "full" if text.lower() == "full" else None
+    theta = fraction(text)
+    if theta == 0.0:
+        raise argparse.ArgumentTypeError("a fallback theta must lie in (0, 1]")
+    return {"exit_threshold": theta}
+
+
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model", nargs="?", default=None, help="Model folder, Hub id, or 'minilm'/'mpnet' (default: minilm)"

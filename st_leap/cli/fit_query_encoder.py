@@ -34,6 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="Start from DEPTH layers of INDEX_MODEL spread from its first to its last (default: it "
                              "won on the dev split), its first DEPTH layers, or the whole stack trained at every "
                              "depth (leap: served at DEPTH, can exit per sample)")
+    parser.add_argument("--student", default=None,
+                        help="Start the query encoder from another, smaller model instead of INDEX_MODEL's layers "
+                             "(a folder, a Hub id, or minilm / mpnet): e.g. minilm for an mpnet index; its exit map "
+                             "maps its width into the index's")
     parser.add_argument("--max-steps", type=positive_int, default=1000, help="The step budget (default 1,000)")
     parser.add_argument("--stop-at-step", type=positive_int, default=None,
                         help="Stop after N steps of the --max-steps schedule (continue later with --resume)")
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from st_leap.query_encoder import fit_query_encoder
 
     result = fit_query_encoder(
-        args.index_model, args.corpus, args.out, depth=args.depth, init=args.init, max_steps=args.max_steps,
+        args.index_model, args.corpus, args.out, depth=args.depth, init=args.init, student=args.student,
+        max_steps=args.max_steps,
         stop_at_step=args.stop_at_step, batch_size=args.batch_size, learning_rate=args.learning_rate,
         document_embeddings=args.document_embeddings, dev_documents=args.dev_documents, eval_steps=args.eval_steps,
         work_dir=args.work_dir, resume=args.resume,

@@ -7,7 +7,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from st_leap.cli.common import add_model_argument, command_line, hub_id_of, plot_if_possible, positive_int
+from st_leap.cli.common import (
+    add_model_argument,
+    command_line,
+    fallback_setting,
+    fraction,
+    hub_id_of,
+    non_negative,
+    plot_if_possible,
+    positive_int,
+)
 
 DESCRIPTION = """Replay traffic through a calibrated model and watch its exits.
 
@@ -25,36 +34,6 @@ window and writes monitor.json and monitor.png into --out. A query encoder for a
 fit-query-encoder) is monitored on its query route, with the streams as query traffic.
 
 example: st-leap monitor calibrated --stream usual_queries.txt --stream new_queries.jsonl --role query"""
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from error
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from error
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _fallback(text: str) -> str | dict[str, float] | None:
-    """``--fallback``: ``full`` (full depth), ``none`` (alert only) or a theta in (0, 1] to serve instead."""
-    if text.lower() in ("full", "none"):
-        return "full" if text.lower() == "full" else None
-    theta = _fraction(text)
-    if theta == 0.0:
-        raise argparse.ArgumentTypeError("a fallback theta must lie in (0, 1]")
-    return {"exit_threshold": theta}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -88,22 +67,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--window", type=positive_int, default=1000, help="Texts per window (default: %(default)s)")
     parser.add_argument(
         "--sample-rate",
-        type=_fraction,
+        type=fraction,
         default=0.01,
         help="Share of texts re-encoded at full depth (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sampling (default: %(default)s)")
-    parser.add_argument("--max-layer-shift", type=_non_negative, default=1.0, help="Alert band, layers (default: 1)")
+    parser.add_argument("--max-layer-shift", type=non_negative, default=1.0, help="Alert band, layers (default: 1)")
     parser.add_argument(
-        "--max-nn-drop", type=_fraction, default=0.2, help="Alert band, relative NN@10 drop (default: 0.2)"
+        "--max-nn-drop", type=fraction, default=0.2, help="Alert band, relative NN@10 drop (default: 0.2)"
     )
-    parser.add_argument("--recover-layer-shift", type=_non_negative, default=0.5, help="Recovery band (default: 0.5)")
-    parser.add_argument("--recover-nn-drop", type=_fraction, default=0.1, help="Recovery band (default: 0.1)")
+    parser.add_argument("--recover-layer-shift", type=non_negative, default=0.5, help="Recovery band (default: 0.5)")
+    parser.add_argument("--recover-nn-drop", type=fraction, default=0.1, help="Recovery band (default: 0.1)")
     parser.add_argument(
         "--recover-windows", type=positive_int, default=3, help="Consecutive windows in band to recover (default: 3)"
     )
     parser.add_argument(
-        "--fallback", type=_fallback, default="full", help="full, none (alert only) or a theta (default: full)"
+        "--fallback", type=fallback_setting, default="full", help="full, none (alert only) or a theta (default: full)"
     )
     parser.add_argument("--request-size", type=positive_int, default=32, help="Texts per request (default: 32)")
     parser.add_argument("--batch-size", type=positive_int, default=32)
