@@ -121,8 +121,8 @@ def _export_onnx(module: nn.Module, args: tuple[Tensor, ...], names: list[str], 
 #: Weight matrices kept in fp32 by the ONNX Runtime int8 export, per architecture (node-name fragments of the
 #: graph's MatMuls). MPNet's feed-forward output projection reads GELU activations with large outliers, and ONNX
 #: Runtime's dynamic int8 quantises activations with one scale per tensor: quantised, all-mpnet-base-v2's whole
-#: graph fell to cosine 0.873 (min 0.621) to fp32 on STS-B test sentences; with these 12 of its 72 weight
-#: MatMuls in fp32, 0.989 (min 0.941) (``benchmarks/results/backends/int8_mpnet.md``).
+#: graph fell to cosine 0.879 (min 0.552) to fp32 on 2,552 STS-B test sentences; with these 12 of its 72 weight
+#: MatMuls in fp32, 0.989 (min 0.943) (``benchmarks/results/backends/int8_mpnet.md``).
 INT8_FP32_NODES = {"mpnet": ("/output/dense/",)}
 
 
