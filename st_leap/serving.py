@@ -24,9 +24,16 @@ a kept index (a ``Router`` model) that is the index model, exactly as the index 
 
 **Batching.** One worker thread encodes. Requests wait in a queue bounded in *texts* (``max_queue``); the worker
 takes the oldest request, adds the following requests of the same role while the batch stays within
-``max_batch_size`` texts, waits up to ``max_wait_ms`` for more when it is not full, encodes the batch in one call
-and answers each request with its own rows. A request that would take the queue past ``max_queue`` texts is refused
+``max_batch_size`` texts, waits up to ``max_wait_ms`` for more when it is not full (default 0: the requests that
+queued while the last batch was encoding form the next one, and a lone request is never held), encodes the batch in
+one call and answers each request with its own rows. A request that would take the queue past ``max_queue`` texts is refused
 whole (HTTP 503 with ``Retry-After``); the queue never grows past it.
+
+**The lean path.** A role whose whole route is one exported graph (``st-leap export``, a static depth: pooling and
+normalize are inside the graph) is encoded by :func:`lean_encode`: one tokenizer call to numpy, one graph call, and
+nothing of ``SentenceTransformer.encode``'s per-call machinery; its token counts come from the same tokenization.
+It gives ``encode``'s embeddings (the same batches, so an int8 graph's numbers too). Measured per query in
+``benchmarks/results/serving/lean.md``.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from st_leap.backends import query_side, route_modules
+from st_leap.backends import ExportedEncoder, query_side, route_modules
 from st_leap.exit_policy import ROLE_TASKS, ROLES
 from st_leap.model import describe_routes, early_exit_module, model_name, router_of
 from st_leap.monitoring import REFERENCE_DIR, ExitMonitor, load_references
@@ -61,6 +68,10 @@ __all__ = [
     "EmbeddingServer",
     "create_app",
     "find_reference",
+    "lean_encode",
+    "lean_encode_with_tokens",
+    "lean_module",
+    "role_prompt",
     "serve",
     "served_roles",
 ]
@@ -146,7 +157,7 @@ class EncodeQueue:
         encode: Callable[[str, list[str]], tuple[np.ndarray, list[int]]],
         *,
         max_batch_size: int = 32,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 0.0,
         max_queue: int = 1024,
         on_batch: Callable[[str, int], Any] | None = None,
     ) -> None:
@@ -304,11 +315,109 @@ def find_reference(model_path: str | Path) -> dict[str, Any] | None:
     return load_references(folder) if (folder / REFERENCE_DIR).is_dir() else None
 
 
-def _prompt(model: Any, role: str) -> str | None:
+def role_prompt(model: Any, role: str) -> str | None:
     """The prompt the model prepends for ``role``, as ``encode_query`` / ``encode_document`` / ``encode`` pick it."""
     prompts = getattr(model, "prompts", None) or {}
     name = role if role in ROLE_SUFFIXES and role in prompts else getattr(model, "default_prompt_name", None)
     return (prompts.get(name) or None) if name else None
+
+
+# ---------------------------------------------------------------------------------------------- the lean path
+def lean_module(model: SentenceTransformer, role: str) -> ExportedEncoder | None:
+    """The exported graph that alone computes ``role``'s embeddings, or ``None`` when ``role`` needs more than it.
+
+    That is an :class:`~st_leap.backends.ExportedEncoder` (a static-depth export: tokenizer, then one graph holding
+    the encoder layers, pooling, normalize and exit map) that is the whole route of ``role``: the only module of an
+    exported folder, or the only module of its route in an exported query encoder for a kept index (a ``Router``
+    with one graph per route), with nothing after it and no ``truncate_dim`` on the model. Such a route can be
+    encoded by :func:`lean_encode`.
+
+    Args:
+        model: A loaded model.
+        role: ``"query"``, ``"document"`` or ``"default"``.
+
+    Returns:
+        The route's ``ExportedEncoder``, or ``None`` (a torch model, a segmented export, extra modules...).
+    """
+    if len(model) != 1 or getattr(model, "truncate_dim", None) is not None:
+        return None
+    modules = route_modules(model, role)
+    if len(modules) != 1 or not isinstance(modules[0], ExportedEncoder):
+        return None
+    module = modules[0]
+    return module if role in module.info.get("roles", ()) else None
+
+
+def lean_encode_with_tokens(
+    module: ExportedEncoder, texts: Sequence[str], prompt: str | None = None, batch_size: int | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """:func:`lean_encode`, and the tokens each text was encoded as (its attention mask's sum: the prompt and the
+    special tokens counted, the truncation applied)."""
+    texts = [str(text) for text in texts]
+    if not texts:
+        return np.zeros((0, module.get_embedding_dimension()), dtype=np.float32), []
+    lengths = [len(text) for text in texts]  # what encode sorts by: the texts as given
+    if prompt:
+        texts = [prompt + text for text in texts]
+    if module.info.get("do_lower_case"):
+        texts = [text.lower() for text in texts]
+    size = len(texts) if batch_size is None else int(batch_size)
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    if len(texts) <= size:
+        chunks = [list(range(len(texts)))]
+    else:  # the chunks SentenceTransformer.encode makes: the texts sorted by length (its own sort), then cut
+        order = np.argsort([-length for length in lengths])
+        chunks = [order[start : start + size].tolist() for start in range(0, len(texts), size)]
+    embeddings: np.ndarray | None = None
+    tokens = [0] * len(texts)
+    for chunk in chunks:
+        features = module.tokenizer(
+            [texts[i] for i in chunk],
+            padding=True,
+            truncation="longest_first",
+            max_length=module.max_seq_length,
+            return_tensors="np",
+        )
+        ids = np.ascontiguousarray(features["input_ids"], dtype=np.int64)
+        mask = np.ascontiguousarray(features["attention_mask"], dtype=np.int64)
+        types = features.get("token_type_ids")
+        types = np.zeros_like(ids) if types is None else np.ascontiguousarray(types, dtype=np.int64)
+        out = np.asarray(module.runner(ids, mask, types), dtype=np.float32)
+        if len(chunks) == 1:
+            embeddings = out
+        else:
+            if embeddings is None:
+                embeddings = np.empty((len(texts), out.shape[1]), dtype=np.float32)
+            embeddings[chunk] = out
+        for i, count in zip(chunk, mask.sum(axis=1).tolist()):
+            tokens[i] = int(count)
+    return embeddings, tokens
+
+
+def lean_encode(
+    module: ExportedEncoder, texts: Sequence[str], prompt: str | None = None, batch_size: int | None = None
+) -> np.ndarray:
+    """Encode texts through an exported graph with nothing else around it: the tokenizer (one call per batch, to
+    numpy), then one call of the graph's runner, which already pools and normalizes.
+
+    It computes what ``SentenceTransformer.encode`` computes through the same module (its ``preprocess``: the
+    prompt prepended, lower-cased when the export says so, padded and truncated at the module's max sequence
+    length; then its ``forward``), without the per-call machinery around it (argument checks, prompt resolution,
+    length sorting, torch tensors, the output's stacking and conversion). Batches of at most ``batch_size`` texts
+    are cut as ``encode`` cuts them, so an int8 graph (whose activation scales depend on the batch) gives the same
+    numbers.
+
+    Args:
+        module: The route's :class:`~st_leap.backends.ExportedEncoder` (:func:`lean_module`).
+        texts: The texts.
+        prompt: The prompt ``encode`` would prepend (:func:`role_prompt` of the model and role), or ``None``.
+        batch_size: Most texts per graph call (``None``: all in one call).
+
+    Returns:
+        ``(len(texts), dimension)`` float32 embeddings, in the order of ``texts``.
+    """
+    return lean_encode_with_tokens(module, texts, prompt, batch_size)[0]
 
 
 class EmbeddingServer:
@@ -331,6 +440,9 @@ class EmbeddingServer:
         max_texts: Most texts in one request (at most ``max_queue``).
         max_chars: Most characters in one text.
         threads: Torch's CPU thread count (``torch.set_num_threads``); ``None`` leaves it.
+        lean: Encode the roles whose whole route is one exported graph (:func:`lean_module`) with
+            :func:`lean_encode` (tokenizer, graph, nothing else; the same embeddings as ``encode``, and the token
+            counts from the same tokenization); ``False``: through ``encode`` like every other model.
         registry: The ``prometheus_client.CollectorRegistry`` of the metrics (default: a new one for this server).
 
     Raises:
@@ -348,11 +460,12 @@ class EmbeddingServer:
         monitor_options: Mapping[str, Any] | None = None,
         monitor: bool = True,
         max_batch_size: int = 32,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 0.0,
         max_queue: int = 1024,
         max_texts: int = 256,
         max_chars: int = 8192,
         threads: int | None = None,
+        lean: bool = True,
         registry: Any = None,
     ) -> None:
         _, prometheus_client = _import_serve_extra()
@@ -389,7 +502,9 @@ class EmbeddingServer:
         self.dimension = model.get_embedding_dimension()
         self.created = int(time.time())
         self._modules = {role: route_modules(model, role)[0] for role in self.roles}
-        self._prompts = {role: _prompt(model, role) for role in self.roles}
+        self._prompts = {role: role_prompt(model, role) for role in self.roles}
+        self._lean = {role: lean_module(model, role) for role in self.roles} if lean else {}
+        self.lean_roles = [role for role, module in self._lean.items() if module is not None]
 
         self.registry = registry if registry is not None else prometheus_client.CollectorRegistry()
         self.monitor, self.monitored_roles, self.monitor_reason = None, [], None
@@ -478,7 +593,8 @@ class EmbeddingServer:
             The texts as a list.
 
         Raises:
-            ApiError: 400 for no text, an empty text, too many texts or a text over ``max_chars`` characters.
+            ApiError: 400 for no text, an empty text, too many texts, a text over ``max_chars`` characters or a
+                text holding an unpaired surrogate (which JSON can escape but no tokenizer takes).
         """
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         if not texts:
@@ -503,6 +619,16 @@ class EmbeddingServer:
                     "input_too_long",
                     "input",
                 )
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:  # JSON can escape a lone surrogate; no tokenizer takes one
+                raise ApiError(
+                    400,
+                    f"{where} holds an unpaired surrogate ({text[error.start]!r} at character {error.start}), which "
+                    "is not a Unicode character: send the text as valid Unicode",
+                    "invalid_text",
+                    "input",
+                ) from None
         return texts
 
     def submit(self, role: str, texts: list[str]) -> Future:
@@ -585,7 +711,8 @@ class EmbeddingServer:
         }
 
     def health(self) -> dict[str, Any]:
-        """What ``GET /health`` answers: the model, its roles and names, the queue, the limits and the monitor."""
+        """What ``GET /health`` answers: the model, its roles and names, the queue, the limits, the roles encoded on
+        the lean path (:func:`lean_encode`) and the monitor."""
         return {
             "status": "ok" if self.queue.alive else "stopped",
             "model": self.name,
@@ -601,6 +728,7 @@ class EmbeddingServer:
                 "max_wait_ms": self.queue.max_wait * 1000.0,
             },
             "limits": {"max_texts": self.max_texts, "max_chars": self.max_chars},
+            "lean_roles": list(self.lean_roles),
             "monitor": self.monitor_state(),
         }
 
@@ -655,7 +783,9 @@ class EmbeddingServer:
         self._monitor_prompts = {role: self._prompts[role] if router else None for role in roles}
 
     def _encode(self, role: str, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-        """Run by the worker: one batch of one role, through the monitor when it watches the role."""
+        """Run by the worker: one batch of one role, through the monitor when it watches the role, through
+        :func:`lean_encode` when the role's route is one exported graph, else through the role's encode method."""
+        tokens = None
         if role in self.monitored_roles:
             prompt = self._monitor_prompts.get(role)
             result = self.monitor.encode(
@@ -665,6 +795,10 @@ class EmbeddingServer:
                 **({"prompt": prompt} if prompt else {}),
             )
             embeddings = result.embeddings
+        elif self._lean.get(role) is not None:
+            embeddings, tokens = lean_encode_with_tokens(
+                self._lean[role], texts, self._prompts[role], batch_size=self.queue.max_batch_size
+            )
         else:
             encode = getattr(self.model, ENCODE_METHODS[role])
             embeddings = encode(
@@ -675,7 +809,7 @@ class EmbeddingServer:
             raise RuntimeError(f"the model returned {embeddings.shape[0]} embeddings for {len(texts)} texts")
         if not np.isfinite(embeddings).all():
             raise RuntimeError("the model returned non-finite values (NaN or infinity)")
-        return embeddings, self._count_tokens(role, texts)
+        return embeddings, tokens if tokens is not None else self._count_tokens(role, texts)
 
     def _count_tokens(self, role: str, texts: list[str]) -> list[int]:
         """Tokens each text is encoded as: the role's tokenizer, with its prompt and special tokens, truncated at
@@ -913,6 +1047,13 @@ def create_app(server: EmbeddingServer) -> Any:
                 data = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise ApiError(400, f"the request body is not valid JSON: {error}", "invalid_json") from None
+            except RecursionError:  # arrays or objects nested deeper than the JSON decoder goes
+                raise ApiError(
+                    400,
+                    "the request body nests arrays or objects too deep to read: send a JSON object whose input is a "
+                    "string or a flat list of strings",
+                    "invalid_json",
+                ) from None
             if not isinstance(data, dict):
                 raise ApiError(400, f"the request body must be a JSON object, got {_describe(data)}", "invalid_json")
             try:

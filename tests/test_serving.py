@@ -261,6 +261,19 @@ BAD_REQUESTS = [
         "not valid JSON",
     ),
     ({"content": b"\xff\xfe", "headers": {"content-type": "application/json"}}, 400, "invalid_json", "not valid JSON"),
+    (  # deeper than the JSON decoder's recursion limit (found by benchmarks.serving.fuzz): a 400, not a 500
+        {"content": b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}", "headers": {"content-type": "application/json"}},
+        400,
+        "invalid_json",
+        "too deep",
+    ),
+    ({"content": b'{"a":' * 5000 + b"1" + b"}" * 5000}, 400, "invalid_json", "too deep"),
+    (  # a lone surrogate, escaped in JSON (found by benchmarks.serving.fuzz): a 400, not the tokenizer's 500
+        {"content": b'{"input": ["a dog", "ab\\udcffcd"]}', "headers": {"content-type": "application/json"}},
+        400,
+        "invalid_text",
+        "input[1] holds an unpaired surrogate",
+    ),
     ({"json": ["a dog"]}, 400, "invalid_json", "JSON object"),
     ({"json": {"input": "a dog", "model": "gpt-4"}}, 404, "model_not_found", "'gpt-4' is not served"),
     ({"json": {"input": "a dog", "model": "tiny:passage"}}, 404, "model_not_found", "not served"),
@@ -507,6 +520,103 @@ def test_exported_folders_are_served_without_a_monitor(router, tmp_path):
             client.post("/v1/embeddings", json={"input": texts, "model": "qe", "input_type": "query"}).status_code
             == 200
         )
+
+
+# ------------------------------------------------------------------------------------------------- the lean path
+LEAN_ATOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def exported_plain(tiny_bert_dir, tmp_path_factory):
+    """Whole-graph ONNX exports of a tiny st_leap model with a query prompt, in fp32 and int8."""
+    pytest.importorskip("onnxruntime")
+    from st_leap.backends import export
+
+    model = st_leap.from_pretrained(tiny_bert_dir, device="cpu")
+    model.prompts = {"query": "the ", "document": ""}
+    root = tmp_path_factory.mktemp("lean")
+    return {
+        quantize or "fp32": st_leap.load(str(export(model, root / (quantize or "fp32"), "onnx", quantize=quantize)))
+        for quantize in (None, "int8")
+    }
+
+
+@pytest.mark.parametrize("quantize", ["fp32", "int8"])
+def test_lean_encode_gives_encode_querys_embeddings(exported_plain, quantize):
+    """tokenizer -> one graph call gives what encode_query gives through SentenceTransformer.encode: one text at a
+    time, a batch, and more texts than a batch (cut as encode cuts them, so the int8 graph's per-batch activation
+    scales see the same batches); the prompt is prepended as encode_query prepends it."""
+    model = exported_plain[quantize]
+    module = serving.lean_module(model, "query")
+    assert module is not None and serving.role_prompt(model, "query") == "the "
+    texts = [text.upper() for text in _texts(11, seed=5)] + SENTENCES
+    for text in texts[:4]:
+        got = serving.lean_encode(module, [text], prompt="the ")
+        assert got.dtype == np.float32 and got.shape == (1, model.get_embedding_dimension())
+        assert np.abs(got - model.encode_query([text])).max() <= LEAN_ATOL
+    whole = serving.lean_encode(module, texts, "the ")
+    assert np.abs(whole - model.encode_query(texts, batch_size=64)).max() <= LEAN_ATOL
+    chunked = serving.lean_encode(module, texts, "the ", batch_size=4)
+    assert np.abs(chunked - model.encode_query(texts, batch_size=4)).max() <= LEAN_ATOL
+    assert np.abs(serving.lean_encode(module, texts) - model.encode(texts, batch_size=64)).max() <= LEAN_ATOL
+    without = serving.lean_encode(module, texts[:3])
+    assert np.abs(without - serving.lean_encode(module, texts[:3], "the ")).max() > 1e-3  # the prompt counts
+    assert serving.lean_encode(module, []).shape == (0, model.get_embedding_dimension())
+
+
+def test_the_server_encodes_exported_routes_on_the_lean_path(exported_plain, monkeypatch):
+    """An exported folder's roles are served through lean_encode: one graph call per batch, encode_query never
+    called, the same embeddings (and token counts) as the server without the lean path."""
+    model = exported_plain["int8"]
+    module = serving.lean_module(model, "query")
+    texts = SENTENCES[:6]
+    want = model.encode_query(texts)
+    with running(model, lean=False) as (server, client):
+        assert server.lean_roles == [] and client.get("/health").json()["lean_roles"] == []
+        before = client.post("/v1/embeddings", json={"input": texts, "input_type": "query"})
+    calls = []
+    runner = module.runner
+    monkeypatch.setattr(module, "runner", lambda *arrays: calls.append(arrays[0].shape) or runner(*arrays))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the lean path must not call encode")
+
+    for method in ("encode", "encode_query", "encode_document"):
+        monkeypatch.setattr(model, method, refuse)
+    with running(model) as (server, client):
+        assert server.lean_roles == ["query", "document", "default"]
+        assert client.get("/health").json()["lean_roles"] == ["query", "document", "default"]
+        after = client.post("/v1/embeddings", json={"input": texts, "input_type": "query"})
+        plain_role = _vectors(client.post("/v1/embeddings", json={"input": texts[:2]}))
+    assert np.abs(_vectors(after) - want).max() <= LEAN_ATOL
+    assert np.abs(_vectors(after) - _vectors(before)).max() <= LEAN_ATOL
+    assert after.json()["usage"] == before.json()["usage"]
+    assert calls[0][0] == len(texts) and len(calls) == 2  # one call per batch
+    assert plain_role.shape == (2, model.get_embedding_dimension())
+
+
+def test_an_exported_query_encoder_is_lean_on_each_route(router, tmp_path):
+    """A query encoder exported one graph per route: each role's route is one graph, served lean, with the
+    Router's own encode_query / encode_document embeddings; a torch model or a model with truncate_dim is not."""
+    pytest.importorskip("onnxruntime")
+    from st_leap.backends import export
+
+    model, _ = router
+    exported = st_leap.load(str(export(model, tmp_path / "qe-int8", "onnx", quantize="int8")), device="cpu")
+    texts = SENTENCES
+    with running(exported, name="qe") as (server, client):
+        assert server.lean_roles == ["query", "document", "default"]
+        query = _vectors(client.post("/v1/embeddings", json={"input": texts, "model": "qe:query"}))
+        document = _vectors(client.post("/v1/embeddings", json={"input": texts, "model": "qe:document"}))
+    assert np.abs(query - exported.encode_query(texts)).max() <= LEAN_ATOL
+    assert np.abs(document - exported.encode_document(texts)).max() <= LEAN_ATOL
+    assert np.abs(query - document).max() > 1e-2  # two graphs: a swapped route would show
+    assert serving.lean_module(model, "query") is None  # torch
+    exported.truncate_dim = 8
+    try:
+        assert serving.lean_module(exported, "query") is None
+    finally:
+        exported.truncate_dim = None
 
 
 # ----------------------------------------------------------------------------------------------- command and setup

@@ -72,8 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--max-wait-ms",
         type=_milliseconds,
-        default=2.0,
-        help="Longest wait for more requests to batch (default: %(default)s)",
+        default=0.0,
+        help="Longest wait for more requests to batch when none are queued (default: %(default)s: batch what queued "
+        "while the last batch was encoding, never hold a lone request)",
     )
     parser.add_argument(
         "--max-queue", type=positive_int, default=1024, help="Most texts waiting to be encoded (default: %(default)s)"
