@@ -346,19 +346,54 @@ def corpus_dev(
 def read_document_embeddings(path: str | Path, corpus: Corpus):
     """Your index's document embeddings, as ``(len(corpus), D)`` float32 rows in corpus order.
 
-    ``path``: an ``.npz`` file with arrays ``ids`` (document ids) and ``embeddings`` (one row per id, any order;
-    every corpus id must be there), or an ``.npy`` array whose rows are already in corpus order.
+    ``path`` is one of:
+
+    - an ``.npz`` file with arrays ``ids`` (document ids) and ``embeddings`` (one row per id, any order; every
+      corpus id must be there, other ids are ignored);
+    - an ``.npy`` array whose rows are already in corpus order;
+    - a FAISS index file (any other file; needs ``faiss-cpu``): vectors through ``reconstruct_n``. An
+      ``IndexIDMap`` / ``IndexIDMap2`` carries int64 ids: when every corpus id is an integer written as a string,
+      each corpus id is matched to the FAISS id of the same value; otherwise the FAISS ids must be the documents'
+      positions ``0..N-1``. An index without ids (``IndexFlatIP``...) holds one row per document, in corpus order
+      (:func:`st_leap.stores.read_faiss`);
+    - a LanceDB table (needs ``lancedb``): ``DB_FOLDER::TABLE`` or ``DB_FOLDER/TABLE.lance``, optionally followed by
+      ``?id=COLUMN&vector=COLUMN`` (default columns ``id`` and ``vector``), matched to the corpus ids like an
+      ``.npz`` (:func:`st_leap.stores.read_lancedb`).
+
+    Args:
+        path: The file, or the LanceDB table spec.
+        corpus: The documents of the index (:func:`read_corpus`).
+
+    Returns:
+        ``(len(corpus), D)`` float32 rows in corpus order.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: a missing array, a corpus id without a row, or a row count that does not match.
+        FileNotFoundError: the file, the LanceDB database folder or its table does not exist.
+        ImportError: a FAISS index or a LanceDB table without its package installed (naming the ``pip install``).
+        ValueError: naming the file or table: a missing array or column, a corpus id without a row, a row count
+            that does not match, a FAISS index type that cannot give back its vectors.
     """
     import numpy as np
 
+    from st_leap import stores
+
+    if stores.is_lancedb_spec(path):
+        return stores.read_lancedb(path, corpus.ids)
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"document embeddings {path} is a folder: for a LanceDB table give DB_FOLDER::TABLE or the TABLE.lance "
+            "folder; otherwise an .npz, an .npy or a FAISS index file"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"document embeddings {path} do not exist")
-    if path.suffix == ".npy":
+    head = b""
+    if path.suffix not in (".npy", ".npz"):
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if not head.startswith((b"\x93NUMPY", b"PK")):  # neither an .npy nor an .npz (a zip) under another name
+            return stores.read_faiss(path, corpus.ids)
+    if path.suffix == ".npy" or head.startswith(b"\x93NUMPY"):
         array = np.load(path)
         if array.ndim != 2 or len(array) != len(corpus):
             raise ValueError(f"{path}: shape {array.shape}, need one row per document ({len(corpus)}, dim)")

@@ -191,7 +191,9 @@ def fit_query_encoder(
         dev_queries: How many dev texts.
         eval_steps: Evaluate the dev signal every N steps (the learning curve, in ``leap_training.json``).
         document_embeddings: Your index's vectors (an ``.npz`` with ``ids`` and ``embeddings``, an ``.npy`` in corpus
-            order, or an array), so that the index model's pass over the documents is skipped.
+            order, a FAISS index file or a LanceDB table ``DB_FOLDER::TABLE``, read by
+            :func:`st_leap.corpus.read_document_embeddings`; or an array), so that the index model's pass over the
+            documents is skipped.
         work_dir: Where the initial student, the checkpoints and the trained student go. Default: ``<out>-training``.
         resume: Continue from the newest checkpoint in ``work_dir``.
         seed: Seed of the dev split, the texts and their order.

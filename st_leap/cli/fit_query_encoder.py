@@ -44,7 +44,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--document-embeddings", default=None,
-                        help="Your index's vectors: an .npz with 'ids' and 'embeddings', or an .npy in corpus order")
+                        help="Your index's vectors, read straight from where you keep them: an .npz with 'ids' and "
+                             "'embeddings'; an .npy in corpus order; a FAISS index file (pip install faiss-cpu; an "
+                             "IndexIDMap's int64 ids are matched to integer corpus ids, else they must be corpus "
+                             "positions; an index without ids holds one row per document, in corpus order); or a "
+                             "LanceDB table (pip install lancedb) as DB_FOLDER::TABLE or DB_FOLDER/TABLE.lance, with "
+                             "?id=COLUMN&vector=COLUMN when its columns are not named id and vector")
     parser.add_argument("--dev-documents", type=positive_int, default=200, help="Documents held out for the dev signal")
     parser.add_argument("--eval-steps", type=positive_int, default=250, help="Dev evaluation every N steps")
     parser.add_argument("--work-dir", default=None, help="Checkpoints and the trained student (default: OUT-training)")
