@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "--max-batch-size", type=int, default=32, help="the server's --max-batch-size (default: %(default)s)"
     )
     parser.add_argument(
-        "--max-wait-ms", type=float, default=2.0, help="the server's --max-wait-ms (default: %(default)s, its own)"
+        "--max-wait-ms", type=float, default=0.0, help="the server's --max-wait-ms (default: %(default)s, its own)"
     )
     parser.add_argument("--store-threads", type=int, default=1, help="FAISS's OpenMP threads (default: %(default)s)")
     parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for /health")
