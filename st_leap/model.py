@@ -18,7 +18,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Router, Transformer
 
-from st_leap.backends import route_modules
+from st_leap.backends import ExportedEncoder, route_modules
 from st_leap.exit_maps import ExitMaps
 from st_leap.exit_policy import ROLES, ExitStats, role_of
 from st_leap.model_card import install_card_data
@@ -93,8 +93,8 @@ def router_of(model: SentenceTransformer) -> Router | None:
 def _encoder_layers(module: Any) -> int | None:
     if isinstance(module, EarlyExitTransformer):
         return int(module.num_layers)
-    exported = getattr(module, "info", None)  # an exported graph (st_leap.backends.ExportedEncoder): its depth
-    if isinstance(exported, dict) and isinstance(exported.get("depth"), int):
+    exported = _exported_graph_info(module)  # an exported graph: its depth
+    if exported is not None and isinstance(exported.get("depth"), int):
         return int(exported["depth"])
     try:
         config = module.auto_model.config
@@ -458,7 +458,7 @@ def _load_routes(folder: Path, info: dict[str, Any], **kwargs: Any) -> SentenceT
     ``Router`` over the exported graphs, queries to ``query/``, documents and plain ``encode`` to ``document/``."""
     from sentence_transformers.base.modules import Router
 
-    from st_leap.backends import ExportedEncoder, read_export_info
+    from st_leap.backends import read_export_info
 
     routes = {}
     for side, route in info["routes"].items():
@@ -475,9 +475,8 @@ def require_torch_encoder(model: SentenceTransformer, command: str) -> None:
     """Refuse an exported graph, or a query encoder exported as one graph per route, for ``command`` (what needs
     the encoder's layers: diagnose, calibrate, monitor), saying what to pass instead."""
     for role in ("query", "document"):
-        modules = route_modules(model, role)
-        info = getattr(modules[0], "info", None) if modules else None
-        if type(modules[0] if modules else None).__name__ == "ExportedEncoder" and isinstance(info, dict):
+        info = _exported_graph_info(next(iter(route_modules(model, role)), None))
+        if info is not None:
             raise ValueError(
                 f"{command} needs the encoder's layers, and this is an exported {info['backend']} graph of depth "
                 f"{info['depth']}: pass the model it was exported from"
@@ -487,9 +486,12 @@ def require_torch_encoder(model: SentenceTransformer, command: str) -> None:
 def _export_info(model: SentenceTransformer) -> dict[str, Any] | None:
     """The ``st_leap_export.json`` of a single exported graph (:class:`st_leap.backends.ExportedEncoder` as the
     first module), else ``None``."""
-    first = model[0] if len(model) else None
-    info = getattr(first, "info", None)
-    return info if type(first).__name__ == "ExportedEncoder" and isinstance(info, dict) else None
+    return _exported_graph_info(model[0] if len(model) else None)
+
+
+def _exported_graph_info(module: Any) -> dict[str, Any] | None:
+    """The export metadata of an :class:`st_leap.backends.ExportedEncoder`, else ``None``."""
+    return module.info if isinstance(module, ExportedEncoder) else None
 
 
 def load(path: str, **kwargs: Any) -> SentenceTransformer:

@@ -63,7 +63,7 @@ def threshold_between(
     test's exit rule compares with it. Fails the test when no such threshold keeps ``margin`` from them all,
     instead of returning one that sits on a sample's own value. Only splits at or above ``lowest`` count (an exit
     threshold is > 0)."""
-    values = sorted(float(v) for v in split.flatten())  # ``lowest``: exit thresholds are > 0
+    values = sorted(float(v) for v in split.flatten())
     read_values = (split if read is None else read).flatten().double()
     n = len(values)
     lo, hi = max(0, int(n * middle[0])), min(n - 1, max(int(n * middle[0]) + 1, int(n * middle[1])))

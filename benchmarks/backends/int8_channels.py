@@ -9,6 +9,7 @@ fp32 at the same depth (mean and minimum), and how many weight MatMuls it kept i
 
     HF_HUB_OFFLINE=1 python -m benchmarks.backends.int8_channels --model runs/query/retrieval --depth 3
     HF_HUB_OFFLINE=1 python -m benchmarks.backends.int8_channels --model mpnet --depth 12 --out benchmarks/results/backends/int8_mpnet
+    HF_HUB_OFFLINE=1 python -m benchmarks.backends.int8_channels --model mpnet --depth 12 --split dev --out benchmarks/results/backends/int8_mpnet_dev
 
 Writes ``benchmarks/results/backends/int8_channels.{json,md}``.
 """
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--split", default="test", choices=["dev", "test"],
+                        help="STS-B sentences to compare on (dev: to choose a setting; default: %(default)s)")
     parser.add_argument("--work-dir", default="runs/int8_channels")
     parser.add_argument("--out", default=str(results_dir("backends") / "int8_channels"))
     args = parser.parse_args(argv)
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     model = st_leap.load(resources.resolve_model(args.model), device="cpu")
     model_type = Backbone(model[0].auto_model).model_type
     fp32 = export(model, root / "fp32", "onnx", None, depth=args.depth)
-    texts = resources.stsb_sentences("test")
+    texts = resources.stsb_sentences(args.split)
     reference = model.encode(texts, truncate_layers=args.depth, exit_threshold=None, convert_to_tensor=True,
                              normalize_embeddings=True)
 
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         result["variants"][name] = {**cosine(folder), "fp32_matmuls": len(keep)}
     lines = ["# int8 weights per tensor or per channel", "", f"Command: `{result['meta_info']['command']}`", "",
              f"`{args.model}` at depth {args.depth}, one ONNX graph; cosine of its embeddings to torch fp32 at the same "
-             f"depth over {len(texts)} STS-B test sentences.", "", "| graph | weight MatMuls kept fp32 | mean cosine | min cosine |",
+             f"depth over {len(texts)} STS-B {args.split} sentences.", "", "| graph | weight MatMuls kept fp32 | mean cosine | min cosine |",
              "| --- | ---: | ---: | ---: |"]
     lines += [f"| {k} | {v.get('fp32_matmuls', 'all')} | {v['mean']:.4f} | {v['min']:.4f} |"
               for k, v in result["variants"].items()]

@@ -37,6 +37,11 @@ DEFAULT_MODELS = ("minilm=minilm", "minilm-int8=int8:minilm")
 DEFAULT_TASKS = "scifact,nfcorpus"
 DEFAULT_WORK_DIR = "runs/serving"
 EXPORT_KINDS = {"int8": "int8", "onnx": None}  # spec prefix -> quantize
+#: The help of every script's ``--model`` / ``--models``: what a NAME=SPEC names.
+SPEC_HELP = (
+    "NAME=SPEC: a folder, a packaged model (minilm), int8:SOURCE or onnx:SOURCE for an export made into --work-dir "
+    "(default: %(default)s)"
+)
 SOURCE_FILE = "serving_source.json"  # beside an export made here: what it was made from
 
 

@@ -28,7 +28,7 @@ from collections import Counter
 from typing import Any
 
 from benchmarks._common import command_line, meta_info, results_dir, write_result
-from benchmarks.serving._server import DEFAULT_WORK_DIR, Client, ServerProcess, prepare_model
+from benchmarks.serving._server import DEFAULT_WORK_DIR, SPEC_HELP, Client, ServerProcess, prepare_model
 
 MISSING = object()  # a field left out of the body
 MAX_KEPT = 20  # failures kept in the result
@@ -343,8 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         default="minilm=minilm",
-        help="NAME=SPEC: a folder, a packaged model (minilm), int8:SOURCE or onnx:SOURCE for an "
-        "export made into --work-dir (default: %(default)s)",
+        help=SPEC_HELP,
     )
     parser.add_argument("--examples", type=int, default=500, help="requests generated (default: %(default)s)")
     parser.add_argument("--max-seconds", type=float, default=180.0, help="time cap (default: %(default)s)")

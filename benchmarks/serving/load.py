@@ -36,6 +36,7 @@ from benchmarks.serving._server import (
     DEFAULT_MODELS,
     DEFAULT_TASKS,
     DEFAULT_WORK_DIR,
+    SPEC_HELP,
     Client,
     ServerProcess,
     batch_totals,
@@ -227,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "--models",
         nargs="+",
         default=list(DEFAULT_MODELS),
-        help="NAME=SPEC: a folder, a packaged model (minilm), int8:SOURCE or onnx:SOURCE for an "
-        "export made into --work-dir (default: %(default)s)",
+        help=SPEC_HELP,
     )
     parser.add_argument(
         "--tasks", default=DEFAULT_TASKS, help="scifact, nfcorpus or BEIR folders (default: %(default)s)"

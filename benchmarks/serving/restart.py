@@ -33,6 +33,7 @@ import numpy as np
 from benchmarks._common import command_line, meta_info, results_dir, write_result
 from benchmarks.serving._server import (
     DEFAULT_WORK_DIR,
+    SPEC_HELP,
     Client,
     ServerProcess,
     prepare_model,
@@ -149,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         default="minilm-int8=int8:minilm",
-        help="NAME=SPEC: a folder, a packaged model (minilm), int8:SOURCE or onnx:SOURCE for an "
-        "export made into --work-dir (default: %(default)s)",
+        help=SPEC_HELP,
     )
     parser.add_argument("--clients", type=int, default=3, help="client threads (default: %(default)s)")
     parser.add_argument(

@@ -45,6 +45,7 @@ from benchmarks._common import command_line, meta_info, results_dir, write_resul
 from benchmarks.serving._server import (
     DEFAULT_TASKS,
     DEFAULT_WORK_DIR,
+    SPEC_HELP,
     Client,
     ServerProcess,
     load_like_serve,
@@ -344,8 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         "--models",
         nargs="+",
         default=list(DEFAULT_SEARCH_MODELS),
-        help="NAME=SPEC: a folder, a packaged model (minilm), int8:SOURCE or onnx:SOURCE for an export made into "
-        "--work-dir (default: %(default)s)",
+        help=SPEC_HELP,
     )
     parser.add_argument(
         "--tasks", default=DEFAULT_TASKS, help="scifact, nfcorpus or BEIR folders (default: %(default)s)"

@@ -32,6 +32,7 @@ from benchmarks._common import command_line, meta_info, results_dir, write_plot,
 from benchmarks.serving._server import (
     DEFAULT_TASKS,
     DEFAULT_WORK_DIR,
+    SPEC_HELP,
     Client,
     ServerProcess,
     prepare_model,
@@ -234,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         default="minilm=minilm",
-        help="NAME=SPEC: a folder, a packaged model (minilm), int8:SOURCE or onnx:SOURCE for an "
-        "export made into --work-dir (default: %(default)s)",
+        help=SPEC_HELP,
     )
     parser.add_argument("--minutes", type=float, default=10.0, help="minutes under load (default: %(default)s)")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between samples (default: %(default)s)")
