@@ -210,7 +210,7 @@ def fit_query_encoder(
     from st_leap.evaluation.dev import corpus_depth_evaluator
     from st_leap.exit_maps import MIN_FIT_TEXTS, fit_exit_maps
     from st_leap.model import load
-    from st_leap.teacher import compute_teacher_embeddings, index_embeddings
+    from st_leap.teacher import compute_teacher_embeddings, index_embeddings, write_shared_cache
     from st_leap.training import TrainConfig, corpus_training_texts, train
 
     documents = read_corpus(corpus)  # a bad corpus fails before any model loads
@@ -264,14 +264,19 @@ def fit_query_encoder(
     start = time.perf_counter()
     document_vectors = index_embeddings(index, documents.documents, given)  # once, into the shared cache
     index_seconds = time.perf_counter() - start
-    # The index model's embeddings at the training length: the targets of both closed-form map fits. When the
-    # training texts begin with the map texts (a budget of ``map_texts`` texts or more), one pass over the training
-    # texts gives both the targets and the labels train() reads from the same shared cache.
-    shared = texts[: len(map_fit_texts)] == map_fit_texts
+    # The index model's embeddings at the training length: the targets of both closed-form map fits, and the labels
+    # train() reads from the shared cache. The two lists come in one seeded order, so the shorter is a prefix of the
+    # longer: one pass over the longer serves both (a wide index model's pass is the cost of a run).
+    longer, shorter = (texts, map_fit_texts) if len(texts) >= len(map_fit_texts) else (map_fit_texts, texts)
     serving_length, index.max_seq_length = index.max_seq_length, max_seq_length
     try:
-        targets = compute_teacher_embeddings(index, texts if shared else map_fit_texts, None, shared_cache=True)
-        targets = targets[: len(map_fit_texts)]
+        if longer[: len(shorter)] == shorter:
+            embedded = compute_teacher_embeddings(index, longer, None, shared_cache=True)
+            if longer is map_fit_texts:  # the budget's texts are the prefix: store their labels for train()
+                write_shared_cache(index, texts, embedded[: len(texts)])
+            targets = embedded[: len(map_fit_texts)]
+        else:
+            targets = compute_teacher_embeddings(index, map_fit_texts, None, shared_cache=True)
     finally:
         index.max_seq_length = serving_length
     name = Path(index_path).name if Path(index_path).exists() else index_path

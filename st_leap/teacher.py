@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,100 @@ def compute_teacher_embeddings(
         raise ValueError("pass either cache_dir or shared_cache=True, not both")
     sentences = list(sentences)
     layers = list(layers) if layers else []
+    meta = _cache_meta(teacher, sentences, layers)
+    checked = (("teacher", "teacher"), ("dataset", "dataset"), ("layers", "layer set"))
+    if shared_cache:
+        cache_dir = shared_cache_root() / meta["key"]
+        checked += tuple((key, key) for key in KEY_FIELDS if key not in ("teacher", "dataset", "layers"))
+    partial = None
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        meta_path, data_path = cache_dir / "meta.json", cache_dir / "embeddings.npy"
+        if meta_path.exists():
+            saved = json.loads(meta_path.read_text())
+            for key, what in checked:
+                if saved.get(key) != meta[key]:
+                    raise CacheMismatchError(
+                        f"The teacher-embedding cache in {str(cache_dir)!r} was made with a different {what} "
+                        f"({key} {saved.get(key)!r} != {meta[key]!r}). Use another cache_dir or delete it."
+                    )
+            if data_path.exists():
+                array = _load_checked(data_path, saved, cache_dir)
+                logger.info("Teacher embeddings %s loaded from the cache %s", array.shape, cache_dir)
+                return (array, CacheInfo(cache_dir, True)) if return_info else array
+        partial = _PartialPass(cache_dir, meta)
+
+    was_training = teacher.training
+    teacher.eval()
+    config = teacher[0].auto_model.config
+    old_flag = getattr(config, "output_hidden_states", False)
+    if layers:
+        config.output_hidden_states = True
+    # longest first, like SentenceTransformer.encode: batches of similar length pad little
+    order = np.argsort([-len(s) for s in sentences], kind="stable")
+    chunks = [partial.load()] if partial is not None and partial.exists() else []
+    done = sum(len(c) for c in chunks)
+    if done:
+        logger.info("Teacher embeddings: resuming a stopped pass at %d of %d sentences (%s)", done, len(sentences),
+                    cache_dir)
+    try:
+        with tqdm(total=len(sentences), initial=done, desc="Teacher embeddings", unit="text",
+                  disable=not show_progress_bar) as bar:
+            for start in range(done, len(sentences), batch_size):
+                batch = [sentences[i] for i in order[start : start + batch_size]]
+                features = teacher.preprocess(batch)
+                features = {k: v.to(teacher.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+                out = teacher(features)
+                final = out["sentence_embedding"].float()
+                if layers:
+                    hidden, mask = out["all_layer_embeddings"], out["attention_mask"]
+                    rows = [final] + [mean_pool(hidden[layer], mask).float() for layer in layers]
+                    chunks.append(torch.stack(rows, dim=1).cpu().numpy())
+                else:
+                    chunks.append(final.cpu().numpy())
+                bar.update(len(batch))
+                if partial is not None:
+                    partial.maybe_save(chunks)
+    except BaseException:  # stopped (Ctrl-C, a kill the process survives long enough for): keep what is done
+        if partial is not None and sum(len(c) for c in chunks) > done:
+            partial.maybe_save(chunks, force=True)
+        raise
+    finally:
+        config.output_hidden_states = old_flag
+        teacher.train(was_training)
+    width = teacher.get_embedding_dimension()
+    shape = (len(sentences), 1 + len(layers), width) if layers else (len(sentences), width)
+    embeddings = np.zeros(shape, np.float32)
+    if chunks:
+        embeddings[order] = np.concatenate(chunks).astype(np.float32)
+
+    if cache_dir is not None:
+        _write_cache(cache_dir, meta, embeddings)
+        partial.remove()
+    return (embeddings, CacheInfo(cache_dir, False)) if return_info else embeddings
+
+
+def write_shared_cache(
+    teacher: SentenceTransformer, sentences: Sequence[str], embeddings: np.ndarray, layers: Sequence[int] | None = None
+) -> Path:
+    """Store ``embeddings`` (the teacher's, of ``sentences`` in order, as :func:`compute_teacher_embeddings` returns
+    them) in the shared cache, so that a later ``compute_teacher_embeddings(teacher, sentences, shared_cache=True)``
+    loads them instead of running the teacher: for example a prefix of a longer pass. Returns the cache folder."""
+    sentences, layers = list(sentences), list(layers) if layers else []
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    width = teacher.get_embedding_dimension()
+    shape = (len(sentences), 1 + len(layers), width) if layers else (len(sentences), width)
+    if embeddings.shape != shape:
+        raise ValueError(f"embeddings have shape {embeddings.shape}, {len(sentences)} sentences need {shape}")
+    meta = _cache_meta(teacher, sentences, layers)
+    cache_dir = shared_cache_root() / meta["key"]
+    if not (cache_dir / "embeddings.npy").exists():
+        _write_cache(cache_dir, meta, embeddings)
+    return cache_dir
+
+
+def _cache_meta(teacher: SentenceTransformer, sentences: list[str], layers: list[int]) -> dict:
+    """The ``meta.json`` of a cache of ``teacher`` over ``sentences`` (its shared-cache ``key`` included)."""
     num_layers = int(teacher[0].auto_model.config.num_hidden_layers)
     bad = [x for x in layers if not isinstance(x, int) or not 1 <= x <= num_layers]
     if bad:
@@ -169,72 +264,73 @@ def compute_teacher_embeddings(
         "teacher_dtype": str(next(iter(teacher.parameters())).dtype).removeprefix("torch."),
         "dtype": "float32",
     }
-    checked = (("teacher", "teacher"), ("dataset", "dataset"), ("layers", "layer set"))
-    if shared_cache:
-        meta["key"] = cache_key(meta)
-        cache_dir = shared_cache_root() / meta["key"]
-        checked += tuple((key, key) for key in KEY_FIELDS if key not in ("teacher", "dataset", "layers"))
-    if cache_dir is not None:
-        cache_dir = Path(cache_dir)
-        meta_path, data_path = cache_dir / "meta.json", cache_dir / "embeddings.npy"
-        if meta_path.exists():
-            saved = json.loads(meta_path.read_text())
-            for key, what in checked:
-                if saved.get(key) != meta[key]:
-                    raise CacheMismatchError(
-                        f"The teacher-embedding cache in {str(cache_dir)!r} was made with a different {what} "
-                        f"({key} {saved.get(key)!r} != {meta[key]!r}). Use another cache_dir or delete it."
-                    )
-            if data_path.exists():
-                array = _load_checked(data_path, saved, cache_dir)
-                logger.info("Teacher embeddings %s loaded from the cache %s", array.shape, cache_dir)
-                return (array, CacheInfo(cache_dir, True)) if return_info else array
+    meta["key"] = cache_key(meta)
+    return meta
 
-    was_training = teacher.training
-    teacher.eval()
-    config = teacher[0].auto_model.config
-    old_flag = getattr(config, "output_hidden_states", False)
-    if layers:
-        config.output_hidden_states = True
-    chunks = []
-    # longest first, like SentenceTransformer.encode: batches of similar length pad little
-    order = np.argsort([-len(s) for s in sentences], kind="stable")
-    try:
-        for start in tqdm(
-            range(0, len(sentences), batch_size), desc="Teacher embeddings", disable=not show_progress_bar
-        ):
-            batch = [sentences[i] for i in order[start : start + batch_size]]
-            features = teacher.preprocess(batch)
-            features = {k: v.to(teacher.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
-            out = teacher(features)
-            final = out["sentence_embedding"].float()
-            if layers:
-                hidden, mask = out["all_layer_embeddings"], out["attention_mask"]
-                rows = [final] + [mean_pool(hidden[layer], mask).float() for layer in layers]
-                chunks.append(torch.stack(rows, dim=1).cpu().numpy())
-            else:
-                chunks.append(final.cpu().numpy())
-    finally:
-        config.output_hidden_states = old_flag
-        teacher.train(was_training)
-    width = teacher.get_embedding_dimension()
-    shape = (len(sentences), 1 + len(layers), width) if layers else (len(sentences), width)
-    embeddings = np.zeros(shape, np.float32)
-    if chunks:
-        embeddings[order] = np.concatenate(chunks).astype(np.float32)
 
-    if cache_dir is not None:
-        # The array first, then the metadata, each through a temporary name renamed into place: a run killed
-        # mid-write leaves no meta.json that vouches for a partial array.
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".embeddings.npy.tmp-{os.getpid()}"
+def _write_cache(cache_dir: Path, meta: dict, embeddings: np.ndarray) -> None:
+    # The array first, then the metadata, each through a temporary name renamed into place: a run killed mid-write
+    # leaves no meta.json that vouches for a partial array.
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".embeddings.npy.tmp-{os.getpid()}"
+    with tmp.open("wb") as f:
+        np.save(f, embeddings)
+    tmp.replace(cache_dir / "embeddings.npy")
+    meta = {**meta, "shape": list(embeddings.shape), "dtype": str(embeddings.dtype), "sha256": _sha256(embeddings)}
+    write_text(json.dumps(meta, indent=2), cache_dir / "meta.json")
+    logger.info("Teacher embeddings %s computed and cached in %s", embeddings.shape, cache_dir)
+
+
+#: How often a long pass into a cache folder saves what it has done (seconds), so that a stopped pass resumes.
+PARTIAL_SAVE_SECONDS = 120.0
+
+
+class _PartialPass:
+    """The rows a pass into ``cache_dir`` has done so far (``partial.npy``, in the pass's longest-first order, and
+    ``partial.json``, which vouches for it: the cache key and the row count and checksum), saved every
+    :data:`PARTIAL_SAVE_SECONDS`; a later pass over the same inputs (same key) starts where it stopped. A partial
+    pass of other inputs is ignored and replaced."""
+
+    def __init__(self, cache_dir: Path, meta: dict) -> None:
+        self.data = cache_dir / "partial.npy"
+        self.info = cache_dir / "partial.json"
+        self.key = meta["key"]
+        self.last = time.monotonic()
+
+    def exists(self) -> bool:
+        if not (self.info.exists() and self.data.exists()):
+            return False
+        try:
+            info = json.loads(self.info.read_text())
+        except ValueError:
+            return False
+        return info.get("key") == self.key
+
+    def load(self) -> np.ndarray:
+        info = json.loads(self.info.read_text())
+        array = np.load(self.data)
+        if array.shape[0] != info.get("rows") or _sha256(array) != info.get("sha256"):
+            logger.warning("The partial teacher pass in %s does not match its partial.json: starting over",
+                           self.info.parent)
+            return array[:0]
+        return array
+
+    def maybe_save(self, chunks: list[np.ndarray], force: bool = False) -> None:
+        if not force and time.monotonic() - self.last < PARTIAL_SAVE_SECONDS:
+            return
+        array = np.concatenate(chunks).astype(np.float32)
+        self.data.parent.mkdir(parents=True, exist_ok=True)
+        self.info.unlink(missing_ok=True)  # no partial.json vouches for a half-written partial.npy
+        tmp = self.data.parent / f".partial.npy.tmp-{os.getpid()}"
         with tmp.open("wb") as f:
-            np.save(f, embeddings)
-        tmp.replace(cache_dir / "embeddings.npy")
-        meta.update({"shape": list(embeddings.shape), "dtype": str(embeddings.dtype), "sha256": _sha256(embeddings)})
-        write_text(json.dumps(meta, indent=2), cache_dir / "meta.json")
-        logger.info("Teacher embeddings %s computed and cached in %s", embeddings.shape, cache_dir)
-    return (embeddings, CacheInfo(cache_dir, False)) if return_info else embeddings
+            np.save(f, array)
+        tmp.replace(self.data)
+        write_text(json.dumps({"key": self.key, "rows": len(array), "sha256": _sha256(array)}), self.info)
+        self.last = time.monotonic()
+
+    def remove(self) -> None:
+        self.info.unlink(missing_ok=True)
+        self.data.unlink(missing_ok=True)
 
 
 def _sha256(array: np.ndarray) -> str:

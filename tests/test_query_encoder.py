@@ -154,6 +154,30 @@ def test_a_short_budget_fits_the_maps_on_the_corpus(index_dir, corpus_path, tmp_
     assert result.map_fit_texts == read_result(result.path)["map_fit_texts"] == SMALL["map_texts"]
 
 
+def test_the_index_model_runs_once_over_the_training_texts(index_dir, corpus_path, tmp_path, monkeypatch):
+    """The map texts and a shorter budget's training texts are one list and its prefix: the index model embeds
+    the longer once, and training reads the prefix's labels from the shared cache instead of a second pass."""
+    import st_leap.teacher as teacher_module
+    import st_leap.training as training_module
+
+    monkeypatch.setenv("ST_LEAP_CACHE", str(tmp_path / "cache"))
+    real = teacher_module.compute_teacher_embeddings
+    passes = []
+
+    def recorded(teacher, sentences, *args, return_info=False, **kwargs):
+        array, info = real(teacher, sentences, *args, return_info=True, **kwargs)
+        passes.append((len(sentences), info.reused))
+        return (array, info) if return_info else array
+
+    monkeypatch.setattr(teacher_module, "compute_teacher_embeddings", recorded)
+    monkeypatch.setattr(training_module, "compute_teacher_embeddings", recorded)
+    fit_query_encoder(index_dir, corpus_path, tmp_path / "once", **dict(SMALL, max_steps=2, eval_steps=None))
+    run = [n for n, reused in passes if not reused]
+    documents = len(read_corpus(corpus_path))
+    assert sorted(run) == sorted([documents, SMALL["map_texts"]])  # the document pass and one pass over the texts
+    assert (2 * 8, True) in passes  # training found its labels in the cache
+
+
 def test_a_corpus_too_small_for_the_map_fit_is_refused_before_any_model_loads(tmp_path):
     path = tmp_path / "corpus.jsonl"
     rows = [{"_id": f"d{i}", "text": f"The dog number {i} runs in the park."} for i in range(4)]

@@ -156,3 +156,88 @@ def test_cache_root_follows_ST_LEAP_CACHE_then_XDG_CACHE_HOME_then_home(tmp_path
     assert shared_cache_root() == tmp_path / "xdg" / "st_leap" / "teacher"
     monkeypatch.setenv("ST_LEAP_CACHE", str(tmp_path / "mine"))
     assert shared_cache_root() == tmp_path / "mine" / "teacher"
+
+
+def test_a_stopped_pass_resumes_where_it_stopped(teachers, tmp_path, monkeypatch):
+    """A pass into a cache folder that is stopped keeps the rows it has done (partial.npy + partial.json); the next
+    pass over the same inputs runs the teacher on the remaining sentences only, and the result equals one whole
+    pass; the partial files are gone once the cache is written."""
+    import st_leap.teacher as teacher_module
+
+    teacher = teachers[0]
+    whole = compute_teacher_embeddings(teacher, SENTENCES, None, batch_size=2, show_progress_bar=False)
+    monkeypatch.setattr(teacher_module, "PARTIAL_SAVE_SECONDS", 0.0)  # save after every batch
+    original, calls = teacher.preprocess, []
+
+    def stop_on_third(batch, *args, **kwargs):
+        calls.append(list(batch))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(batch, *args, **kwargs)
+
+    monkeypatch.setattr(teacher, "preprocess", stop_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        compute_teacher_embeddings(teacher, SENTENCES, tmp_path, batch_size=2, show_progress_bar=False)
+    assert not (tmp_path / "embeddings.npy").exists()
+    assert json.loads((tmp_path / "partial.json").read_text())["rows"] == 4
+
+    calls.clear()
+    monkeypatch.setattr(teacher, "preprocess", lambda batch, *a, **k: calls.append(list(batch)) or original(batch, *a, **k))
+    resumed = compute_teacher_embeddings(teacher, SENTENCES, tmp_path, batch_size=2, show_progress_bar=False)
+    assert sum(len(b) for b in calls) == 1  # only the fifth sentence ran
+    np.testing.assert_allclose(resumed, whole, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings.npy", "meta.json"]
+
+
+def test_a_partial_pass_of_other_inputs_or_a_damaged_one_is_not_reused(teachers, tmp_path, monkeypatch):
+    """A partial pass is only resumed by a pass over the same inputs (its cache key); a partial.npy that does not
+    match its partial.json is discarded and the pass starts over."""
+    import st_leap.teacher as teacher_module
+
+    teacher = teachers[0]
+    monkeypatch.setattr(teacher_module, "PARTIAL_SAVE_SECONDS", 0.0)
+    original = teacher.preprocess
+    state = {"n": 0}
+
+    def stop_on_second(batch, *args, **kwargs):
+        state["n"] += 1
+        if state["n"] == 2:
+            raise KeyboardInterrupt
+        return original(batch, *args, **kwargs)
+
+    monkeypatch.setattr(teacher, "preprocess", stop_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        compute_teacher_embeddings(teacher, SENTENCES, tmp_path, batch_size=2, show_progress_bar=False)
+    monkeypatch.setattr(teacher, "preprocess", original)
+    np.save(tmp_path / "partial.npy", np.ones((2, 32), np.float32))  # rows that its partial.json does not vouch for
+    fresh = compute_teacher_embeddings(teacher, SENTENCES, tmp_path, batch_size=2, show_progress_bar=False)
+    np.testing.assert_allclose(fresh, teacher.encode(SENTENCES, convert_to_numpy=True), atol=1e-5)
+
+    other = tmp_path / "other"
+    monkeypatch.setattr(teacher, "preprocess", stop_on_second)
+    state["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        compute_teacher_embeddings(teacher, ["a much longer sentence about something else entirely"] + SENTENCES[1:],
+                                   other, batch_size=2, show_progress_bar=False)
+    monkeypatch.setattr(teacher, "preprocess", original)
+    (other / "meta.json").unlink(missing_ok=True)
+    out = compute_teacher_embeddings(teacher, SENTENCES, other, batch_size=2, show_progress_bar=False)
+    np.testing.assert_allclose(out, teacher.encode(SENTENCES, convert_to_numpy=True), atol=1e-5)
+
+
+def test_write_shared_cache_serves_a_later_pass(teachers, tmp_path, monkeypatch):
+    """write_shared_cache stores an array under the key a later shared-cache pass over the same sentences finds (the
+    teacher does not run), and refuses an array of the wrong shape."""
+    from st_leap.teacher import write_shared_cache
+
+    monkeypatch.setenv("ST_LEAP_CACHE", str(tmp_path / "root"))
+    teacher = teachers[0]
+    longer = compute_teacher_embeddings(teacher, SENTENCES, None, show_progress_bar=False)
+    folder = write_shared_cache(teacher, SENTENCES[:3], longer[:3])
+    monkeypatch.setattr(teacher, "preprocess", lambda *a, **k: pytest.fail("the teacher ran"))
+    again, info = compute_teacher_embeddings(teacher, SENTENCES[:3], shared_cache=True, return_info=True,
+                                             show_progress_bar=False)
+    assert info.reused and info.path == folder
+    np.testing.assert_array_equal(again, longer[:3])
+    with pytest.raises(ValueError, match="shape"):
+        write_shared_cache(teacher, SENTENCES, longer[:3])

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# A 12-layer index (all-mpnet-base-v2) and its query encoders: benchmarks/results/query/{mpnet_index,mpnet_corpus}.md.
+# One torch job at a time, one part after another. all-mpnet-base-v2's pass over a corpus takes about an hour on
+# 2 cores: it saves its progress every two minutes into the st_leap cache and a rerun resumes it. Each training
+# run is a step budget that resumes from its checkpoints: after a stop, rerun the cut-off command with --resume.
+# Models go under runs/qe_mpnet/ (git-ignored).
+#
+#   bash benchmarks/query/mpnet_runs.sh PART...   (parts: index-scifact student-scifact spread-scifact eval-scifact
+#                                                   index-nfcorpus student-nfcorpus eval-nfcorpus index-results)
+set -euo pipefail
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+cd "$(dirname "$0")/../.."
+data=../shared/data/beir
+fit() { python -m st_leap fit-query-encoder mpnet "$@"; }
+steps=500
+corpus_eval() {  # dev and test NDCG@10 per depth against mpnet's index, STS-B, the int8 graph and its speed
+  local task=$1; shift
+  python -m benchmarks.query.corpus --original mpnet --tasks "$task" --phases eval,stsb,int8 --repeats 5 \
+    --save-dir runs/query/mpnet_corpus --out benchmarks/results/query/mpnet_corpus "$@"
+}
+for part in "$@"; do
+  case "$part" in
+    index-scifact|index-nfcorpus)  # mpnet's document pass into the shared cache, and its own full-depth NDCG@10
+      python -m benchmarks.query.mpnet_index --tasks "${part#index-}" --out "runs/qe_mpnet/mpnet_index_${part#index-}" ;;
+    index-results)  # both passes cached: the committed table (query passes only)
+      python -m benchmarks.query.mpnet_index --tasks scifact,nfcorpus ;;
+    student-scifact|student-nfcorpus)  # ours: 3 of all-MiniLM-L6-v2's layers trained into mpnet's space
+      fit --corpus "$data/${part#student-}" --student minilm --depth 3 --max-steps $steps --eval-steps 100 \
+        --out "runs/qe_mpnet/${part#student-}_student_d3" ;;
+    spread-scifact)  # mpnet's own layers (1, 6, 12), the same schedule stopped at step 250 (dev compared there)
+      fit --corpus "$data/scifact" --depth 3 --max-steps $steps --stop-at-step 250 --eval-steps 50 \
+        --out runs/qe_mpnet/scifact_spread_d3_250 ;;
+    eval-scifact|eval-nfcorpus)
+      task=${part#eval-}
+      corpus_eval "$task" --only "student d3" --encoder "$task:student d3=runs/qe_mpnet/${task}_student_d3" \
+        --int8 "$task:student d3=runs/qe_mpnet/${task}_student_d3" ;;
+    *) echo "unknown part $part" >&2; exit 2 ;;
+  esac
+done
