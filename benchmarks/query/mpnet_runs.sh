@@ -6,7 +6,7 @@
 # Models go under runs/qe_mpnet/ (git-ignored).
 #
 #   bash benchmarks/query/mpnet_runs.sh PART...   (parts: index-scifact student-scifact spread-scifact eval-scifact
-#                                                   index-nfcorpus student-nfcorpus eval-nfcorpus index-results)
+#       int8-scifact index-nfcorpus student-nfcorpus eval-nfcorpus int8-nfcorpus index-results)
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$(dirname "$0")/../.."
@@ -15,7 +15,7 @@ fit() { python -m st_leap fit-query-encoder mpnet "$@"; }
 steps=500
 corpus_eval() {  # dev and test NDCG@10 per depth against mpnet's index, STS-B, the int8 graph and its speed
   local task=$1; shift
-  python -m benchmarks.query.corpus --original mpnet --tasks "$task" --phases eval,stsb,int8 --repeats 5 \
+  python -m benchmarks.query.corpus --original mpnet --tasks "$task" --repeats 5 \
     --save-dir runs/query/mpnet_corpus --out benchmarks/results/query/mpnet_corpus "$@"
 }
 for part in "$@"; do
@@ -30,10 +30,12 @@ for part in "$@"; do
     spread-scifact)  # mpnet's own layers (1, 6, 12), the same schedule stopped at step 250 (dev compared there)
       fit --corpus "$data/scifact" --depth 3 --max-steps $steps --stop-at-step 250 --eval-steps 50 \
         --out runs/qe_mpnet/scifact_spread_d3_250 ;;
-    eval-scifact|eval-nfcorpus)
+    eval-scifact|eval-nfcorpus)  # dev and test NDCG@10 per depth, STS-B
       task=${part#eval-}
-      corpus_eval "$task" --only "student d3" --encoder "$task:student d3=runs/qe_mpnet/${task}_student_d3" \
-        --int8 "$task:student d3=runs/qe_mpnet/${task}_student_d3" ;;
+      corpus_eval "$task" --phases eval,stsb --only "student d3" --encoder "$task:student d3=runs/qe_mpnet/${task}_student_d3" ;;
+    int8-scifact|int8-nfcorpus)  # the int8 graph: its NDCG@10 and its speed against mpnet torch fp32 and mpnet int8
+      task=${part#int8-}
+      corpus_eval "$task" --phases int8 --int8 "$task:student d3=runs/qe_mpnet/${task}_student_d3" ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done
