@@ -55,6 +55,68 @@ STUDENT_LOSS = {
 #: in-batch similarity term on the final layer.
 LEAP_STUDENT_LOSS = {"contrastive_weight": 1.0, "contrastive_layers": "final", "use_exit_maps": True}
 
+#: The term weights of LEAPLoss (``<term>_weight``); ``distill_weight`` scales them all.
+LEAP_TERMS = ("final", "intermediate", "exit", "contrastive", "late", "redundancy", "anchor", "adjacent")
+
+
+def student_loss(leap: bool, distill_weight: float = 1.0) -> dict[str, Any]:
+    """The LEAPLoss settings of the student (:data:`STUDENT_LOSS`, or :data:`LEAP_STUDENT_LOSS` for the ``"leap"``
+    init) with every term weight times ``distill_weight``: the distillation loss scaled as a whole (for
+    :data:`STUDENT_LOSS` its final and contrastive weights, the only ones above 0). 1 gives the dicts unchanged."""
+    base = dict(LEAP_STUDENT_LOSS if leap else STUDENT_LOSS)
+    if distill_weight == 1.0:
+        return base
+    from st_leap.losses.leap import LEAPSettings
+
+    defaults = LEAPSettings.from_preset(base.get("preset", "recipe"))
+    for term in LEAP_TERMS:
+        weight = base.get(f"{term}_weight", getattr(defaults, f"{term}_weight"))
+        if weight:
+            base[f"{term}_weight"] = float(weight) * float(distill_weight)
+    return base
+
+
+def _weight(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def retrieval_settings(
+    leap: bool,
+    depth: int,
+    *,
+    retrieval_weight: float = 1.0,
+    distill_weight: float = 1.0,
+    hard_negatives: int = 0,
+    negatives_from: str = "query",
+    negatives_skip: int | None = None,
+    negatives_pool: int | None = None,
+    soft_weight: float = 0.0,
+    soft_scale: float = 20.0,
+) -> dict[str, Any] | None:
+    """The ``retrieval`` key of the student's :class:`~st_leap.training.TrainConfig`: None when
+    ``retrieval_weight`` is 0 (distillation alone); otherwise today's settings, plus only the levers that differ
+    from their defaults, so that a default run's config (and its training) is what it was."""
+    if retrieval_weight == 0:
+        return None
+    settings: dict[str, Any] = {"scale": 20.0} if leap else {"layers": [depth], "scale": 20.0}  # "leap": every depth
+    if retrieval_weight != 1.0:
+        settings["weight"] = float(retrieval_weight)
+    if distill_weight == 0:
+        settings["distill"] = False  # retrieval alone
+    if hard_negatives:
+        settings["hard_negatives"] = hard_negatives
+        settings["negatives_from"] = negatives_from
+        if negatives_skip is not None:
+            settings["negatives_skip"] = negatives_skip
+        if negatives_pool is not None:
+            settings["negatives_pool"] = negatives_pool
+    if soft_weight:
+        settings["soft_weight"] = float(soft_weight)
+        settings["soft_scale"] = float(soft_scale)
+    return settings
+
 
 def pick_layers(num_layers: int, depth: int, init: str = "first") -> list[int]:
     """The 0-based layers of an ``num_layers``-layer encoder a ``depth``-layer student starts from: the first
@@ -156,6 +218,14 @@ def fit_query_encoder(
     work_dir: str | Path | None = None,
     resume: bool = False,
     seed: int = 12345,
+    distill_weight: float = 1.0,
+    retrieval_weight: float = 1.0,
+    hard_negatives: int = 0,
+    negatives_from: str = "query",
+    negatives_skip: int | None = None,
+    negatives_pool: int | None = None,
+    soft_weight: float = 0.0,
+    soft_scale: float = 20.0,
 ) -> QueryEncoderResult:
     """Train a ``depth``-layer query encoder for an index that ``index_model`` built of ``corpus``, and save one
     model to ``out`` that serves queries with it and documents with ``index_model`` (see the module docstring).
@@ -197,6 +267,24 @@ def fit_query_encoder(
         work_dir: Where the initial student, the checkpoints and the trained student go. Default: ``<out>-training``.
         resume: Continue from the newest checkpoint in ``work_dir``.
         seed: Seed of the dev split, the texts and their order.
+        distill_weight: Scales the distillation loss (the texts toward the index model's embedding of the same
+            text; :func:`student_loss`). 0 drops that dataset and loss: retrieval alone.
+        retrieval_weight: Scales the retrieval loss (the texts toward their own document,
+            :class:`~st_leap.losses.QueryRetrievalLoss`). 0 drops that dataset and loss: distillation alone.
+        hard_negatives: Documents of the index each text is also scored against, mined from the index
+            (:func:`st_leap.training.mine_hard_negatives`; default 0: in-batch negatives only).
+        negatives_from: Mine them near the index model's embedding of the text (``"query"``) or near its own
+            document (``"document"``).
+        negatives_skip: Ranks skipped after the own document (likely false negatives; default
+            :data:`st_leap.training.NEGATIVES_DEFAULTS`).
+        negatives_pool: Ranks the ``hard_negatives`` are drawn from after the skipped ones (default
+            :data:`st_leap.training.NEGATIVES_DEFAULTS`).
+        soft_weight: Weight of a KL term toward the index model's score distribution over the batch's candidate
+            documents (default 0: off).
+        soft_scale: Inverse temperature of the index model's scores in that soft target.
+
+    The levers from ``distill_weight`` on are off by default (today's training exactly) until measured on the dev
+    split; they are recorded in the config beside the model (``loss`` and ``retrieval``).
 
     Returns:
         A :class:`QueryEncoderResult`.
@@ -205,7 +293,8 @@ def fit_query_encoder(
         FileNotFoundError: a missing corpus or document embeddings file, before any model loads.
         ValueError: before any model loads: a malformed corpus or one without text (naming the file and line),
             document embeddings that miss a corpus id, a bad ``init`` or ``depth``, ``dev_documents`` that leave no
-            training document, or training documents that give fewer texts than the map fit needs.
+            training document, training documents that give fewer texts than the map fit needs, bad ``kinds``,
+            both weights 0, or a bad lever.
     """
     from st_leap.evaluation.dev import corpus_depth_evaluator
     from st_leap.exit_maps import MIN_FIT_TEXTS, fit_exit_maps
@@ -225,6 +314,13 @@ def fit_query_encoder(
         raise ValueError(f"depth must be an int >= 1, got {depth!r}")
     if isinstance(map_texts, bool) or not isinstance(map_texts, int) or map_texts < MIN_FIT_TEXTS:
         raise ValueError(f"map_texts must be an int >= {MIN_FIT_TEXTS} (the closed-form map fit), got {map_texts!r}")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    if not kinds or any(kind not in QUERY_KINDS for kind in kinds):
+        raise ValueError(f"kinds must be a non-empty list of {', '.join(QUERY_KINDS)}, got {kinds!r}")
+    distill_weight = _weight("distill_weight", distill_weight)
+    retrieval_weight = _weight("retrieval_weight", retrieval_weight)
+    if distill_weight == 0 and retrieval_weight == 0:
+        raise ValueError("distill_weight and retrieval_weight are both 0: nothing would train")
     index_path = resources.resolve_model(index_model)
     student_path = resources.resolve_model(student) if student is not None else index_path
     other_student = student_path if student is not None else None  # ``student`` is the model from here on
@@ -239,8 +335,12 @@ def fit_query_encoder(
         stop_at_step=stop_at_step, batch_size=batch_size, learning_rate=learning_rate,
         warmup_steps=max(1, max_steps // 20), group_by_length=True, max_seq_length=max_seq_length, seed=42,
         sentence_seed=seed, logging_steps=max(1, min(50, max_steps // 10)),
-        loss=dict(LEAP_STUDENT_LOSS if leap else STUDENT_LOSS),
-        retrieval={"scale": 20.0} if leap else {"layers": [depth], "scale": 20.0},  # "leap": every depth
+        loss=student_loss(leap, distill_weight if distill_weight > 0 else 1.0),  # 0: the loss is not run
+        retrieval=retrieval_settings(
+            leap, depth, retrieval_weight=retrieval_weight, distill_weight=distill_weight,
+            hard_negatives=hard_negatives, negatives_from=negatives_from, negatives_skip=negatives_skip,
+            negatives_pool=negatives_pool, soft_weight=soft_weight, soft_scale=soft_scale,
+        ),
         corpus={"path": str(corpus), "dev_documents": dev_documents, "kinds": list(kinds),
                 "document_embeddings": embeddings_path},
         exit_threshold=None, exit_min_layer=1, save_steps=eval_steps or 250, save_total_limit=2, resume=resume,

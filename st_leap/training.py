@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 import warnings
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
@@ -103,7 +105,14 @@ class TrainConfig:
     (:func:`~st_leap.resources.query_passage_pairs`, never the dev passages), the passages embedded once by the
     teacher at its own serving length. Keys: ``passages`` (how many passages; each gives all its sentences as
     queries), ``layers`` (default: every layer), ``scale`` (20), ``use_exit_maps`` (default: if the model has
-    maps). The Trainer draws batches from the two datasets in proportion to their sizes.
+    maps). The Trainer draws batches from the two datasets in proportion to their sizes. Optional levers, all off by
+    default (today's training exactly): ``weight`` (1: multiplies the retrieval loss), ``distill`` (true: false drops
+    the distillation dataset and loss, retrieval alone), ``hard_negatives`` (0: how many documents each text gets
+    as hard negatives, mined from the index by :func:`mine_hard_negatives` from the documents nearest the index
+    model's embedding of the text, ``negatives_from: "query"``, or of its own document, ``"document"``; the own
+    document and the first ``negatives_skip`` ranks are skipped, the k drawn from the next ``negatives_pool``),
+    ``soft_weight`` (0: the weight of a KL term toward the index model's score distribution over the batch's
+    candidates, at inverse temperature ``soft_scale``, 20). See :class:`~st_leap.losses.QueryRetrievalLoss`.
     """
 
     model: str = "minilm"
@@ -206,7 +215,7 @@ class TrainConfig:
                 "parameters from a checkpoint, so a resumed fit run would not continue the interrupted one"
             )
         if self.retrieval is not None:
-            allowed = {"passages", "layers", "scale", "use_exit_maps"}
+            allowed = {"passages", "distill"} | RETRIEVAL_LOSS_KEYS | set(NEGATIVES_DEFAULTS)
             needs_passages = self.corpus is None  # with a corpus the pairs are its own texts and documents
             if (
                 not isinstance(self.retrieval, dict) or (needs_passages and "passages" not in self.retrieval)
@@ -220,6 +229,7 @@ class TrainConfig:
                 raise ValueError("retrieval needs a teacher: the model whose passage embeddings the index holds")
             if self.api != "trainer":
                 raise ValueError("retrieval needs api='trainer' (two datasets and losses in one Trainer)")
+            check_retrieval_options(self.retrieval)
         if self.corpus is not None:
             allowed = {"path", "dev_documents", "kinds", "document_embeddings"}
             if not isinstance(self.corpus, dict) or "path" not in self.corpus or set(self.corpus) - allowed:
@@ -294,6 +304,122 @@ class TrainResult:
             "teacher_cache_reused": self.teacher_cache_reused,
             "log_history": self.log_history,
         }
+
+
+#: Keys of a config's ``retrieval`` that are :class:`~st_leap.losses.QueryRetrievalLoss` arguments.
+RETRIEVAL_LOSS_KEYS = {"layers", "scale", "use_exit_maps", "hard_negatives", "soft_weight", "soft_scale", "weight"}
+#: The hard-negative mining options of a config's ``retrieval`` and their defaults (:func:`mine_hard_negatives`).
+NEGATIVES_DEFAULTS: dict[str, Any] = {"negatives_from": "query", "negatives_skip": 5, "negatives_pool": 50}
+NEGATIVES_FROM = ("query", "document")
+
+
+def check_retrieval_options(retrieval: dict[str, Any]) -> None:
+    """Check the training levers of a config's ``retrieval`` (its other keys are checked by the loss)."""
+
+    def number(name: str, value: Any, positive: bool) -> None:
+        if (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or (not value > 0 if positive else value < 0)
+        ):
+            bound = "> 0" if positive else ">= 0"
+            raise ValueError(f"retrieval {name} must be a finite number {bound}, got {value!r}")
+
+    def integer(name: str, value: Any, low: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"retrieval {name} must be an int >= {low}, got {value!r}")
+
+    integer("hard_negatives", retrieval.get("hard_negatives", 0), 0)
+    integer("negatives_skip", retrieval.get("negatives_skip", NEGATIVES_DEFAULTS["negatives_skip"]), 0)
+    pool = retrieval.get("negatives_pool", NEGATIVES_DEFAULTS["negatives_pool"])
+    integer("negatives_pool", pool, max(1, retrieval.get("hard_negatives", 0)))
+    source = retrieval.get("negatives_from", NEGATIVES_DEFAULTS["negatives_from"])
+    if source not in NEGATIVES_FROM:
+        raise ValueError(f"retrieval negatives_from must be one of {NEGATIVES_FROM}, got {source!r}")
+    number("soft_weight", retrieval.get("soft_weight", 0.0), positive=False)
+    number("soft_scale", retrieval.get("soft_scale", 20.0), positive=True)
+    number("weight", retrieval.get("weight", 1.0), positive=True)
+    if not isinstance(retrieval.get("distill", True), bool):
+        raise ValueError(f"retrieval distill must be true or false, got {retrieval['distill']!r}")
+
+
+def mine_hard_negatives(
+    documents: np.ndarray,
+    owners: Sequence[int] | np.ndarray,
+    k: int,
+    *,
+    queries: np.ndarray | None = None,
+    skip: int = NEGATIVES_DEFAULTS["negatives_skip"],
+    pool: int = NEGATIVES_DEFAULTS["negatives_pool"],
+    seed: int = 12345,
+    candidates: Sequence[int] | np.ndarray | None = None,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Hard-negative documents for each text, mined from the index itself.
+
+    Each text is ranked against every document by cosine, from its own document's vector (``queries=None``) or
+    from ``queries`` (the index model's embedding of each text). Its own document is never a negative; the first
+    ``skip`` ranks after it are skipped (likely false negatives: documents about the same thing), and ``k``
+    documents are drawn without replacement from the next ``pool`` ranks (cut to the documents there are), with
+    ``seed``. The scores are chunked matmuls over the normalized vectors.
+
+    Args:
+        documents: ``(N, D)`` the index's document vectors.
+        owners: ``(M,)`` each text's own document (a row of ``documents``).
+        k: Negatives per text.
+        queries: ``(M, D)`` vectors to rank from instead of the own documents' (``negatives_from="query"``).
+        skip: Ranks skipped after the own document.
+        pool: Ranks the ``k`` are drawn from.
+        seed: Seed of the draw.
+        candidates: The rows of ``documents`` that may be negatives (default: all; a corpus run passes its
+            training documents, so that the held-out dev documents stay out of training).
+        chunk_size: Texts scored at a time (default: about 32M scores a chunk).
+
+    Returns:
+        ``(M, k)`` int64 document indices.
+
+    Raises:
+        ValueError: ``k < 1``, ``pool < k``, or fewer than ``k`` documents left after the own document and ``skip``.
+    """
+    documents = np.asarray(documents, dtype=np.float32)
+    owners = np.asarray(owners, dtype=np.int64)
+    candidates = np.arange(len(documents)) if candidates is None else np.asarray(candidates, dtype=np.int64)
+    position = np.full(len(documents), -1, dtype=np.int64)  # each document's column among the candidates
+    position[candidates] = np.arange(len(candidates))
+    n = len(candidates)
+    if k < 1 or pool < k or skip < 0:
+        raise ValueError(f"need k >= 1, pool >= k and skip >= 0, got k={k}, pool={pool}, skip={skip}")
+    window = min(pool, n - 1 - skip)
+    if window < k:
+        raise ValueError(
+            f"{n} documents leave {max(0, n - 1 - skip)} after the own document and the {skip} skipped ranks: too "
+            f"few for {k} hard negatives"
+        )
+
+    def normalized(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    vectors = normalized(documents)
+    index = vectors[candidates]
+    if queries is None:  # one ranking per own document, shared by its texts
+        sources, row_source = np.unique(owners, return_inverse=True)
+        source_vectors, source_owners = vectors[sources], sources
+    else:
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.shape != (len(owners), documents.shape[1]):
+            raise ValueError(f"queries have shape {queries.shape}, need ({len(owners)}, {documents.shape[1]})")
+        source_vectors, source_owners, row_source = normalized(queries), owners, np.arange(len(owners))
+    m = skip + window  # the ranks looked at, the own document excluded
+    chunk = chunk_size or max(1, min(4096, 2**25 // max(1, n)))
+    windows = np.empty((len(source_vectors), window), dtype=np.int64)
+    for start in range(0, len(source_vectors), chunk):
+        scores = source_vectors[start : start + chunk] @ index.T
+        own = position[source_owners[start : start + chunk]]
+        scores[np.flatnonzero(own >= 0), own[own >= 0]] = -np.inf
+        top = np.argpartition(-scores, m - 1, axis=1)[:, :m] if m < n else np.argsort(-scores, axis=1)[:, :m]
+        ranked = np.take_along_axis(top, np.lexsort((top, -np.take_along_axis(scores, top, axis=1)), axis=1), axis=1)
+        windows[start : start + chunk] = ranked[:, skip:m]
+    draw = np.random.default_rng(seed).random((len(owners), window)).argsort(axis=1)[:, :k]
+    return candidates[np.take_along_axis(windows[row_source], draw, axis=1)]
 
 
 def load_student(name: str) -> SentenceTransformer:
@@ -432,7 +558,10 @@ def train(
     teacher_seconds = 0.0
     embeddings = None
     cache_info = None
-    if config.teacher_mode == "precomputed" and teacher is not None:
+    distill = config.retrieval is None or config.retrieval.get("distill", True)  # False: retrieval alone
+    if not distill:
+        dataset = None
+    elif config.teacher_mode == "precomputed" and teacher is not None:
         # A named cache_dir, else the shared content-keyed cache: never a folder inside the saved model.
         cache = config.cache_dir or None
         layers = loss.teacher_layers() if loss.settings.intermediate_weight > 0 else None
@@ -449,9 +578,10 @@ def train(
         start = time.perf_counter()
         retrieval_data = retrieval_dataset(config, teacher, teacher_length)
         teacher_seconds += time.perf_counter() - start
-        options = {k: v for k, v in config.retrieval.items() if k != "passages"}
+        options = {k: v for k, v in config.retrieval.items() if k in RETRIEVAL_LOSS_KEYS}
         retrieval_loss = QueryRetrievalLoss(model, **options)
-        dataset = DatasetDict({"distill": dataset, "retrieval": retrieval_data})
+        datasets = {"distill": dataset, "retrieval": retrieval_data} if distill else {"retrieval": retrieval_data}
+        dataset = DatasetDict(datasets)
     if config.teacher_mode == "precomputed":
         teacher = None  # not needed any more: free it
 
@@ -480,13 +610,25 @@ def train(
 def retrieval_dataset(config: TrainConfig, teacher: SentenceTransformer, document_length: int) -> Dataset:
     """The ``retrieval`` dataset of a config: each query sentence with the teacher's embedding of its passage,
     computed once at ``document_length`` (the teacher's own serving length) in the shared teacher cache, shuffled
-    with the config's ``sentence_seed``."""
+    with the config's ``sentence_seed``.
+
+    With ``hard_negatives: k`` or ``soft_weight > 0`` each label is ``(R, D)`` instead of ``(D,)``
+    (:class:`~st_leap.losses.QueryRetrievalLoss`): the own document, ``k`` hard negatives mined from the same
+    document vectors (:func:`mine_hard_negatives`, seeded with ``sentence_seed``; of a ``corpus``, its training
+    documents only: the held-out dev documents are never trained on) and, with ``soft_weight``, the
+    teacher's embedding of the text itself. The texts' embeddings (for ``negatives_from: "query"`` and the soft
+    targets) are the ones the distillation dataset reads, at the config's ``max_seq_length`` from the shared
+    cache: a cache hit when the texts are the training texts (a ``corpus`` config)."""
     given = None
+    candidates = None  # the documents hard negatives may come from (a corpus: its training documents)
     if config.corpus is not None:  # each text with its own document of the user's index
-        from st_leap.corpus import read_document_embeddings
+        from st_leap.corpus import read_document_embeddings, split_documents
 
         queries, owners, corpus = corpus_training_texts(config)
         passages = corpus.documents
+        candidates = split_documents(
+            corpus, int(config.corpus.get("dev_documents", 200)), seed=config.sentence_seed
+        )[0]
         if config.corpus.get("document_embeddings") is not None:
             given = read_document_embeddings(config.corpus["document_embeddings"], corpus)
     else:
@@ -502,7 +644,32 @@ def retrieval_dataset(config: TrainConfig, teacher: SentenceTransformer, documen
         teacher.max_seq_length = serving_length
     order = list(range(len(queries)))
     random.Random(config.sentence_seed).shuffle(order)
-    return teacher_dataset([queries[i] for i in order], passage_embeddings[[owners[i] for i in order]])
+    texts, own = [queries[i] for i in order], np.asarray([owners[i] for i in order], dtype=np.int64)
+    k = int(config.retrieval.get("hard_negatives", 0))
+    soft = float(config.retrieval.get("soft_weight", 0.0)) > 0
+    if k == 0 and not soft:
+        return teacher_dataset(texts, passage_embeddings[own])
+    options = {**NEGATIVES_DEFAULTS, **config.retrieval}
+    text_vectors = None
+    if soft or (k and options["negatives_from"] == "query"):
+        serving_length = teacher.max_seq_length
+        teacher.max_seq_length = config.max_seq_length  # the distillation labels' length: the same cache entry
+        try:
+            text_vectors = compute_teacher_embeddings(teacher, list(queries), None, shared_cache=True)[order]
+        finally:
+            teacher.max_seq_length = serving_length
+    rows = [passage_embeddings[own][:, None]]
+    if k:
+        negatives = mine_hard_negatives(
+            passage_embeddings, own, k, queries=text_vectors if options["negatives_from"] == "query" else None,
+            skip=int(options["negatives_skip"]), pool=int(options["negatives_pool"]), seed=config.sentence_seed,
+            candidates=candidates,
+        )
+        rows.append(passage_embeddings[negatives])
+    if soft:
+        rows.append(text_vectors[:, None])
+    labels = np.concatenate(rows, axis=1).astype(np.float32, copy=False)
+    return Dataset.from_dict({"sentence": texts, "label": labels})
 
 
 def training_arguments(config: TrainConfig, output_dir: str | Path, **overrides: Any) -> SentenceTransformerTrainingArguments:
@@ -553,7 +720,10 @@ def _train_with_trainer(
     if config.max_train_seconds:
         callbacks.append(TimeBudget(config.max_train_seconds, checkpoint=checkpointing))
     callbacks.extend(extra_callbacks)
-    losses = loss if retrieval_loss is None else {"distill": loss, "retrieval": retrieval_loss}
+    # One loss per dataset: "distill" (LEAPLoss) and "retrieval", or one of them (a term weighted 0 is dropped).
+    losses = loss if retrieval_loss is None else {
+        name: {"distill": loss, "retrieval": retrieval_loss}[name] for name in dataset
+    }
     trainer = LEAPTrainer(
         model=model, args=args, train_dataset=dataset, loss=losses, callbacks=callbacks, evaluator=evaluator
     )

@@ -191,3 +191,41 @@ def test_cli_fit_maps_on_a_corpus(tiny_bert_dir, tmp_path, capsys):
     report = json.loads((out / "exit_maps_fit.json").read_text())
     assert report["corpus"] == str(corpus) and report["num_texts"] == 60
     assert exit_maps_module(st_leap.load(str(out))) is not None
+
+
+def test_cli_fit_query_encoder_levers_reach_fit_query_encoder(tmp_path, monkeypatch, capsys):
+    """``--distill-weight``, ``--retrieval-weight``, ``--hard-negatives``, ``--negatives-from``, ``--negatives-skip``,
+    ``--negatives-pool``, ``--soft-weight`` and ``--kinds`` reach ``fit_query_encoder``; left out, its defaults
+    apply (``kinds`` is not passed at all); a bad ``--kinds`` is a usage error naming the kinds."""
+    import st_leap.query_encoder as query_encoder
+    from tests.test_query_encoder import tiny_corpus
+
+    corpus = tiny_corpus(tmp_path / "corpus.jsonl", n=10)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(index_model, corpus_path, out, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(query_encoder, "fit_query_encoder", fake)
+    base = ["fit-query-encoder", "minilm", "--corpus", str(corpus), "--out", str(tmp_path / "out")]
+    with pytest.raises(Stop):
+        main(base + ["--distill-weight", "0", "--retrieval-weight", "2.5", "--hard-negatives", "3", "--negatives-from",
+                     "document", "--negatives-skip", "2", "--negatives-pool", "20", "--soft-weight", "0.5",
+                     "--kinds", "sentence, title"])
+    assert {k: seen[k] for k in ("distill_weight", "retrieval_weight", "hard_negatives", "negatives_from",
+                                 "negatives_skip", "negatives_pool", "soft_weight", "kinds")} == {
+        "distill_weight": 0.0, "retrieval_weight": 2.5, "hard_negatives": 3, "negatives_from": "document",
+        "negatives_skip": 2, "negatives_pool": 20, "soft_weight": 0.5, "kinds": ["sentence", "title"]}
+    seen.clear()
+    with pytest.raises(Stop):
+        main(base)
+    assert "kinds" not in seen and (seen["distill_weight"], seen["retrieval_weight"]) == (1.0, 1.0)
+    assert (seen["hard_negatives"], seen["soft_weight"], seen["negatives_skip"], seen["negatives_pool"]) == (
+        0, 0.0, None, None)
+    with pytest.raises(SystemExit) as error:
+        main(base + ["--kinds", "title,question"])
+    assert error.value.code == 2 and "unknown: question" in capsys.readouterr().err

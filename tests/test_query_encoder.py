@@ -303,3 +303,61 @@ def test_a_smaller_student_resumes_and_exports_both_routes(index_dir, corpus_pat
     np.testing.assert_allclose(served.encode_query(QUERIES), model.encode_query(QUERIES), atol=1e-4)
     documents = read_corpus(corpus_path).documents[:5]
     np.testing.assert_allclose(served.encode_document(documents), model.encode_document(documents), atol=1e-4)
+
+
+def test_fit_query_encoder_levers_default_to_todays_config():
+    """With every lever at its default the student's ``loss`` and ``retrieval`` settings are today's dicts exactly
+    (same datasets, same losses); a weight scales its loss, 0 drops its dataset, and only levers that differ
+    from their defaults are written."""
+    from st_leap.losses.leap import LEAPSettings
+    from st_leap.query_encoder import LEAP_STUDENT_LOSS, STUDENT_LOSS, retrieval_settings, student_loss
+
+    assert student_loss(False) == STUDENT_LOSS and student_loss(True) == LEAP_STUDENT_LOSS
+    assert retrieval_settings(False, 3) == {"layers": [3], "scale": 20.0}
+    assert retrieval_settings(True, 3) == {"scale": 20.0}
+    doubled = student_loss(False, 2.0)
+    assert (doubled["final_weight"], doubled["contrastive_weight"]) == (2.0, 2.0)
+    assert {k: v for k, v in doubled.items() if k not in ("final_weight", "contrastive_weight")} == {
+        k: v for k, v in STUDENT_LOSS.items() if k not in ("final_weight", "contrastive_weight")}
+    recipe, half = LEAPSettings(), student_loss(True, 0.5)  # "leap": every term of the recipe, halved
+    for term in ("final", "exit", "contrastive", "anchor", "adjacent"):
+        assert half[f"{term}_weight"] == 0.5 * getattr(recipe, f"{term}_weight")
+    assert "student_weight" not in half  # a mixing weight, not a term: untouched
+    assert retrieval_settings(False, 3, retrieval_weight=0.0) is None  # distillation alone
+    assert retrieval_settings(False, 3, distill_weight=0.0) == {"layers": [3], "scale": 20.0, "distill": False}
+    assert retrieval_settings(False, 3, retrieval_weight=2.0, hard_negatives=4, negatives_from="document",
+                              soft_weight=0.5) == {
+        "layers": [3], "scale": 20.0, "weight": 2.0, "hard_negatives": 4, "negatives_from": "document",
+        "soft_weight": 0.5, "soft_scale": 20.0}
+
+
+def test_fit_query_encoder_bad_levers_fail_before_any_model_loads(tmp_path, corpus_path):
+    missing_model = str(tmp_path / "no-such-model")  # never loaded
+    for kwargs, match in [
+        ({"distill_weight": 0, "retrieval_weight": 0}, "both 0"),
+        ({"distill_weight": -1.0}, "distill_weight must be a finite number >= 0"),
+        ({"kinds": ["title", "question"]}, "kinds must be a non-empty list of title, sentence, span"),
+        ({"kinds": []}, "kinds must be"),
+        ({"hard_negatives": 2, "negatives_from": "passage"}, "negatives_from must be one of"),
+        ({"hard_negatives": 3, "negatives_pool": 2}, "negatives_pool must be an int >= 3"),
+        ({"soft_weight": -0.5}, "soft_weight"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            fit_query_encoder(missing_model, corpus_path, tmp_path / "out", **kwargs)
+
+
+def test_fit_query_encoder_trains_on_retrieval_alone_with_hard_negatives_and_soft_targets(index_dir, corpus_path,
+                                                                                          tmp_path):
+    """The levers run end to end through the one training path (mined negatives and soft targets as (B, R, D)
+    labels, the distillation dataset dropped, sentences only) and are recorded in the config beside the model."""
+    result = fit_query_encoder(
+        index_dir, corpus_path, tmp_path / "levers", **dict(SMALL, max_steps=2, eval_steps=None),
+        distill_weight=0.0, hard_negatives=2, negatives_skip=1, negatives_pool=4, soft_weight=0.5,
+        kinds=["sentence"],
+    )
+    assert result.steps == 2
+    config = read_result(result.path)["config"]
+    assert config["retrieval"] == {"layers": [2], "scale": 20.0, "distill": False, "hard_negatives": 2,
+                                   "negatives_from": "query", "negatives_skip": 1, "negatives_pool": 4,
+                                   "soft_weight": 0.5, "soft_scale": 20.0}
+    assert config["corpus"]["kinds"] == ["sentence"]

@@ -611,3 +611,190 @@ def test_corpus_config_errors(tmp_path):
 
     with pytest.raises(ValueError, match="line 2: missing _id"):
         train(TrainConfig(model=str(tmp_path / "no-model"), corpus={"path": str(bad)}))
+
+
+def _circle(n: int, step: float = 0.1):
+    """``n`` unit vectors at angles 0, step, 2 step, ...: document i's neighbours rank by angular distance."""
+    import numpy as np
+
+    angles = step * np.arange(n)
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+
+
+def test_mine_hard_negatives_skip_the_own_document_and_draw_from_the_window():
+    """Negatives are never the own document, are distinct, and come from ranks ``skip + 1 .. skip + pool`` of the
+    own document's neighbours (brute force over every row); the draw is seeded."""
+    import numpy as np
+
+    from st_leap.training import mine_hard_negatives
+
+    rng = np.random.default_rng(0)
+    documents = rng.normal(size=(50, 16)).astype(np.float32)
+    owners = rng.integers(0, 50, size=200)
+    negatives = mine_hard_negatives(documents, owners, 3, skip=4, pool=6, seed=1, chunk_size=7)
+    assert negatives.shape == (200, 3)
+    normed = documents / np.linalg.norm(documents, axis=1, keepdims=True)
+    for own, row in zip(owners, negatives):
+        ranked = [int(i) for i in np.argsort(-(normed @ normed[own])) if i != own]
+        assert own not in row and len(set(row.tolist())) == 3
+        assert set(row.tolist()) <= set(ranked[4:10])
+    np.testing.assert_array_equal(negatives, mine_hard_negatives(documents, owners, 3, skip=4, pool=6, seed=1))
+    assert not np.array_equal(negatives, mine_hard_negatives(documents, owners, 3, skip=4, pool=6, seed=2))
+    # on a circle the window is exact: document 0's neighbours are 1, 2, 3, ...
+    assert set(mine_hard_negatives(_circle(30), [0], 4, skip=2, pool=4)[0].tolist()) == {3, 4, 5, 6}
+    # only the candidates (a corpus run's training documents) can be negatives
+    held_out = {3, 4, 5}
+    kept = [i for i in range(30) if i not in held_out]
+    assert set(mine_hard_negatives(_circle(30), [0], 4, skip=2, pool=4, candidates=kept)[0].tolist()) == {6, 7, 8, 9}
+    with pytest.raises(ValueError, match="too few"):
+        mine_hard_negatives(_circle(5), [0], 3, skip=2, pool=3)
+    with pytest.raises(ValueError, match="pool >= k"):
+        mine_hard_negatives(_circle(30), [0], 3, pool=2)
+
+
+def test_mine_hard_negatives_from_the_query_or_the_document_differ():
+    """A text far from its own document (document 0 at angle 0, the text at angle 1.5, next to document 15):
+    ``negatives_from="document"`` mines around document 0, ``"query"`` around the text, and neither gives the own
+    document."""
+    import numpy as np
+
+    from st_leap.training import mine_hard_negatives
+
+    documents = _circle(30)
+    query = np.array([[np.cos(1.5), np.sin(1.5)]], dtype=np.float32)
+    near_document = mine_hard_negatives(documents, [0], 3, skip=0, pool=3)
+    near_query = mine_hard_negatives(documents, [0], 3, queries=query, skip=0, pool=3)
+    assert set(near_document[0].tolist()) == {1, 2, 3}
+    assert set(near_query[0].tolist()) == {14, 15, 16}
+    # the own document is excluded even when the text sits on it
+    on_own = mine_hard_negatives(documents, [15], 3, queries=query, skip=0, pool=3)
+    assert set(on_own[0].tolist()) == {13, 14, 16} or set(on_own[0].tolist()) == {14, 16, 17}
+
+
+def test_retrieval_levers_are_checked():
+    """Each new ``retrieval`` key is checked when the config is made; unknown keys are still refused."""
+    corpus = {"path": "x"}
+    TrainConfig(corpus=corpus, retrieval={"hard_negatives": 2, "negatives_from": "document", "negatives_skip": 0,
+                                          "negatives_pool": 2, "soft_weight": 0.5, "soft_scale": 10.0, "weight": 2.0,
+                                          "distill": False})
+    for retrieval, match in [
+        ({"hard_negatives": -1}, "hard_negatives must be an int >= 0"),
+        ({"hard_negatives": True}, "hard_negatives"),
+        ({"negatives_from": "passage"}, "negatives_from must be one of"),
+        ({"hard_negatives": 4, "negatives_pool": 3}, "negatives_pool must be an int >= 4"),
+        ({"negatives_skip": -1}, "negatives_skip"),
+        ({"soft_weight": -0.5}, "soft_weight must be a finite number >= 0"),
+        ({"soft_scale": 0}, "soft_scale must be a finite number > 0"),
+        ({"weight": 0.0}, "weight must be a finite number > 0"),
+        ({"distill": "no"}, "distill must be true or false"),
+        ({"hard_negative": 2}, "retrieval must be"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(corpus=corpus, retrieval=retrieval)
+
+
+def test_retrieval_dataset_with_hard_negatives_and_soft_targets(tiny_dir, tmp_path, monkeypatch):
+    """With ``hard_negatives`` and ``soft_weight`` each label is (own document, k mined documents, the teacher's
+    embedding of the text at the training length, read from the cache the distillation labels filled: no second
+    pass); the texts, their order and row 0 are the default dataset's, whose labels keep their (D,) shape."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from st_leap import teacher as teacher_module
+    from st_leap import training
+    from st_leap.corpus import split_documents
+    from tests.test_query_encoder import tiny_corpus
+
+    monkeypatch.setenv("ST_LEAP_CACHE", str(tmp_path / "cache"))
+    path = tiny_corpus(tmp_path / "corpus.jsonl", n=20)
+    common = dict(model=tiny_dir, teacher=tiny_dir, max_steps=2, batch_size=4, num_sentences=40, max_seq_length=16,
+                  corpus={"path": str(path), "dev_documents": 5}, save=False, save_steps=None)
+    default = TrainConfig(**common, retrieval={"layers": [2]})
+    levers = TrainConfig(**common, retrieval={"layers": [2], "hard_negatives": 2, "negatives_skip": 1,
+                                              "negatives_pool": 4, "soft_weight": 0.5})
+    teacher = SentenceTransformer(tiny_dir, device="cpu")
+    texts, owners, corpus = training.corpus_training_texts(default)
+    teacher.max_seq_length = 16
+    distill_labels = teacher_module.compute_teacher_embeddings(teacher, texts, None, shared_cache=True)  # train()'s
+    teacher.max_seq_length = 64  # retrieval_dataset sets the training length itself
+    reused = []
+    real = training.compute_teacher_embeddings
+
+    def recorded(*args, return_info=False, **kwargs):
+        array, info = real(*args, return_info=True, **kwargs)
+        reused.append(info.reused)
+        return (array, info) if return_info else array
+
+    monkeypatch.setattr(training, "compute_teacher_embeddings", recorded)
+    plain = training.retrieval_dataset(default, teacher, document_length=64)
+    rich = training.retrieval_dataset(levers, teacher, document_length=64)
+    assert teacher.max_seq_length == 64  # restored
+    assert np.asarray(plain["label"]).shape == (40, 32)  # the default: as before
+    labels = np.asarray(rich["label"])
+    assert labels.shape == (40, 4, 32) and rich["sentence"] == plain["sentence"]
+    np.testing.assert_allclose(labels[:, 0], np.asarray(plain["label"]), atol=1e-6)
+    documents = np.asarray(teacher.encode(corpus.documents))
+    dev = set(split_documents(corpus, 5, seed=levers.sentence_seed)[1])  # never trained on, not even as negatives
+    for sentence, label in zip(rich["sentence"], labels):
+        i = texts.index(sentence)
+        for row in label[1:3]:  # a mined document: a row of the index, never the own one
+            match = int(np.argmin(np.abs(documents - row).max(axis=1)))
+            assert np.abs(documents[match] - row).max() < 1e-4 and match != owners[i] and match not in dev
+        np.testing.assert_allclose(label[3], distill_labels[i], atol=1e-6)  # the text's own embedding
+    assert reused == [True]  # the texts' embeddings came from the cache the distillation labels filled
+
+
+def test_retrieval_alone_drops_the_distillation_dataset(tiny_dir, tmp_path, monkeypatch):
+    """``retrieval: {distill: false}`` trains the retrieval dataset alone (LEAPLoss never runs); the default
+    trains both; hard negatives and soft targets go through the Trainer's collator as (B, R, D) labels."""
+    from st_leap import training
+    from st_leap.losses import LEAPLoss, QueryRetrievalLoss
+    from tests.test_query_encoder import tiny_corpus
+
+    monkeypatch.setenv("ST_LEAP_CACHE", str(tmp_path / "cache"))
+    path = tiny_corpus(tmp_path / "corpus.jsonl", n=20)
+    calls = {"distill": 0, "retrieval": 0, "datasets": None}
+
+    class CountingLEAP(LEAPLoss):
+        def forward(self, *args, **kwargs):
+            calls["distill"] += 1
+            return super().forward(*args, **kwargs)
+
+    class CountingRetrieval(QueryRetrievalLoss):
+        def forward(self, features, labels):
+            calls["retrieval"] += 1
+            calls["shape"] = tuple(labels.shape)
+            return super().forward(features, labels)
+
+    class Recording(training.LEAPTrainer):
+        def __init__(self, *args, **kwargs):
+            calls["datasets"] = sorted(kwargs["train_dataset"])
+            calls["losses"] = sorted(kwargs["loss"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(training, "LEAPLoss", CountingLEAP)
+    monkeypatch.setattr(training, "QueryRetrievalLoss", CountingRetrieval)
+    monkeypatch.setattr(training, "LEAPTrainer", Recording)
+    common = dict(model=tiny_dir, teacher=tiny_dir, max_steps=2, batch_size=4, num_sentences=40, warmup_steps=1,
+                  corpus={"path": str(path), "dev_documents": 5}, output_dir=str(tmp_path / "run"), save=False,
+                  save_steps=None, loss={"final_weight": 1.0})
+    alone = {"layers": [2], "distill": False, "hard_negatives": 2, "negatives_pool": 4, "soft_weight": 0.5}
+    assert training.train(TrainConfig(**common, retrieval=alone)).steps == 2
+    assert calls["datasets"] == calls["losses"] == ["retrieval"]
+    assert calls["distill"] == 0 and calls["retrieval"] == 2 and calls["shape"] == (4, 4, 32)
+    calls.update(distill=0, retrieval=0)
+    assert training.train(TrainConfig(**common, retrieval={"layers": [2]})).steps == 2
+    assert calls["datasets"] == calls["losses"] == ["distill", "retrieval"]
+    assert calls["distill"] + calls["retrieval"] == 2 and calls["shape"] == (4, 32)
+
+
+def test_resume_warns_when_a_retrieval_lever_changes(tmp_path):
+    """The levers live in ``retrieval``, so resuming with another value warns (the config diff sees them)."""
+    from st_leap.training import CONFIG_NAME, warn_config_changes
+
+    before = TrainConfig(corpus={"path": "x"}, retrieval={"layers": [2]})
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(before.to_dict()), encoding="utf-8")
+    warn_config_changes(before, tmp_path)  # same config: silent (a warning would fail under -W error)
+    after = TrainConfig(corpus={"path": "x"}, retrieval={"layers": [2], "hard_negatives": 2, "soft_weight": 0.5})
+    with pytest.warns(UserWarning, match=r"differs in \['retrieval'\]"):
+        warn_config_changes(after, tmp_path)

@@ -4,7 +4,32 @@ from __future__ import annotations
 
 import argparse
 
-from st_leap.cli.common import positive_int
+from st_leap.cli.common import non_negative, positive_int
+
+
+def query_kinds(text: str) -> list[str]:
+    """``--kinds``: comma-separated kinds of query-like text (title, sentence, span)."""
+    from st_leap.corpus import QUERY_KINDS
+
+    kinds = [k.strip().lower() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in QUERY_KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"--kinds takes a comma-separated subset of {','.join(QUERY_KINDS)}, got {text!r}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    return list(dict.fromkeys(kinds))
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from error
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -54,6 +79,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--eval-steps", type=positive_int, default=250, help="Dev evaluation every N steps")
     parser.add_argument("--work-dir", default=None, help="Checkpoints and the trained student (default: OUT-training)")
     parser.add_argument("--resume", action="store_true", help="Continue from the newest checkpoint in the work dir")
+    parser.add_argument("--kinds", type=query_kinds, default=None,
+                        help="Which query-like texts to train on, comma-separated from title,sentence,span (default: "
+                             "all three)")
+    levers = parser.add_argument_group(
+        "training levers", "Off by default (the defaults train exactly as before); measure them on the dev split "
+        "before you keep one.")
+    levers.add_argument("--distill-weight", type=non_negative, default=1.0,
+                        help="Weight of the distillation loss (texts toward the index model's embedding of the same "
+                             "text; default 1). 0 drops it: retrieval alone")
+    levers.add_argument("--retrieval-weight", type=non_negative, default=1.0,
+                        help="Weight of the retrieval loss (texts toward their own document; default 1). 0 drops "
+                             "it: distillation alone. Both 0 is an error")
+    levers.add_argument("--hard-negatives", type=non_negative_int, default=0,
+                        help="Hard-negative documents per text, mined from your index (default 0: the other "
+                             "documents of the batch only)")
+    levers.add_argument("--negatives-from", choices=("query", "document"), default="query",
+                        help="Mine them near the index model's embedding of the text (query, default) or near the "
+                             "text's own document (document)")
+    levers.add_argument("--negatives-skip", type=non_negative_int, default=None,
+                        help="Nearest ranks skipped after the own document, as likely false negatives (default 5)")
+    levers.add_argument("--negatives-pool", type=positive_int, default=None,
+                        help="Ranks after the skipped ones that the hard negatives are drawn from (default 50)")
+    levers.add_argument("--soft-weight", type=non_negative, default=0.0,
+                        help="Weight of a KL term toward the index model's scores of the text over the batch's "
+                             "candidate documents (default 0: off)")
     return parser
 
 
@@ -68,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         stop_at_step=args.stop_at_step, batch_size=args.batch_size, learning_rate=args.learning_rate,
         document_embeddings=args.document_embeddings, dev_documents=args.dev_documents, eval_steps=args.eval_steps,
-        work_dir=args.work_dir, resume=args.resume,
+        work_dir=args.work_dir, resume=args.resume, distill_weight=args.distill_weight,
+        retrieval_weight=args.retrieval_weight, hard_negatives=args.hard_negatives, negatives_from=args.negatives_from,
+        negatives_skip=args.negatives_skip, negatives_pool=args.negatives_pool, soft_weight=args.soft_weight,
+        **({"kinds": args.kinds} if args.kinds is not None else {}),
     )
     dev = result.dev
     print(f"steps: {result.steps}; training {result.train_seconds / 60:.1f} min, index pass {result.index_seconds / 60:.1f} min")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -19,6 +20,10 @@ class QueryRetrievalLoss(nn.Module):
         layers: Sequence[int] | None = None,
         scale: float = 20.0,
         use_exit_maps: bool | None = None,
+        hard_negatives: int = 0,
+        soft_weight: float = 0.0,
+        soft_scale: float = 20.0,
+        weight: float = 1.0,
     ) -> None:
         """Trains a query encoder at every depth to retrieve the right document from an index that stays: each
         query's layer-``l`` embedding (through its exit map, if the model has them) is scored against the fixed
@@ -42,23 +47,39 @@ class QueryRetrievalLoss(nn.Module):
             scale: Inverse temperature of the cosine scores (20, as sentence-transformers' in-batch losses).
             use_exit_maps: Read each layer below ``L`` through the model's exit maps (:mod:`st_leap.exit_maps`),
                 which then train with the encoder. Default: if the model has maps.
+            hard_negatives: How many hard-negative documents each label holds after the query's own (default 0:
+                labels ``(B, D)`` or ``(B, 1, D)``, in-batch negatives only).
+            soft_weight: Weight of the KL term toward the index model's scores (default 0: off). Above 0, the label's
+                last row is the index model's embedding of the query text.
+            soft_scale: Inverse temperature of the index model's scores in the soft target (default 20).
+            weight: Multiplies the whole loss (cross-entropy plus the soft term; default 1), to weigh it against
+                the other losses of a multi-dataset run.
 
         References:
             - Henderson et al., Efficient Natural Language Response Suggestion for Smart Reply (in-batch
               negatives), https://arxiv.org/abs/1705.00652
             - Lee et al., Latent Retrieval for Weakly Supervised Open Domain Question Answering (sentence-to-passage
               pairs, the inverse cloze task), https://arxiv.org/abs/1906.00300
+            - Ren et al., RocketQAv2: A Joint Training Method for Dense Passage Retrieval and Passage Re-ranking
+              (listwise KL distillation of a teacher's score distribution), https://arxiv.org/abs/2110.07367
+            - Hofstätter et al., Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge
+              Distillation (margin-MSE), https://arxiv.org/abs/2010.02666
 
         Requirements:
             1. A model whose first module is a ``Transformer`` (``output_hidden_states`` is switched on here), usually
                an early-exit model (:func:`st_leap.from_pretrained`).
-            2. The index model's embedding of each query's document, as the label.
+            2. The index model's embedding of each query's document, as the label (with ``hard_negatives`` or
+               ``soft_weight``: the rows described below).
 
         Inputs:
             +----------------------------+--------------------------------------------------------------+
             | Texts                      | Labels                                                       |
             +============================+==============================================================+
             | (query)                    | the index model's embedding of the query's document (B, D)   |
+            +----------------------------+--------------------------------------------------------------+
+            | (query)                    | (B, R, D): its document, ``hard_negatives`` documents, and   |
+            |                            | (``soft_weight > 0``) the index model's embedding of the     |
+            |                            | query; ``R = 1 + hard_negatives + (soft_weight > 0)``        |
             +----------------------------+--------------------------------------------------------------+
 
         Example:
@@ -98,6 +119,26 @@ class QueryRetrievalLoss(nn.Module):
                 "st-leap fit-maps)"
             )
         self.use_exit_maps = maps is not None if use_exit_maps is None else bool(use_exit_maps)
+        if isinstance(hard_negatives, bool) or not isinstance(hard_negatives, int) or hard_negatives < 0:
+            raise ValueError(f"hard_negatives must be an int >= 0, got {hard_negatives!r}")
+        for name, value, low in (("soft_weight", soft_weight, 0.0), ("soft_scale", soft_scale, None),
+                                 ("weight", weight, None)):
+            if (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or (value < low if low is not None else not value > 0)
+            ):
+                bound = ">= 0" if low is not None else "> 0"
+                raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+        self.hard_negatives = hard_negatives
+        self.soft_weight = float(soft_weight)
+        self.soft_scale = float(soft_scale)
+        self.weight = float(weight)
+
+    @property
+    def label_rows(self) -> int:
+        """``R``: the rows of each label, the own document, the hard negatives and (with ``soft_weight``) the
+        index model's embedding of the query."""
+        return 1 + self.hard_negatives + (1 if self.soft_weight > 0 else 0)
 
     def layer_embeddings(self, features: dict[str, Tensor]) -> dict[int, Tensor]:
         """``{layer: (B, D)}`` the query embedding at each trained layer (mapped where maps are used)."""
@@ -111,30 +152,72 @@ class QueryRetrievalLoss(nn.Module):
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         features = list(sentence_features)[0]
-        if labels is None or labels.dim() != 2:
-            raise ValueError(
-                "QueryRetrievalLoss needs the index model's document embedding of each query as labels, shape "
-                f"(batch, dim); got {None if labels is None else tuple(labels.shape)}"
+        self._check_labels(labels)
+        return self.compute_loss_from_embeddings(self.layer_embeddings(features), labels)
+
+    def _check_labels(self, labels: Tensor | None) -> None:
+        R = self.label_rows
+        shape = None if labels is None else tuple(labels.shape)
+        if labels is None or labels.dim() not in (2, 3) or (labels.dim() == 2 and R != 1) or (
+            labels.dim() == 3 and labels.shape[1] != R
+        ):
+            expected = "(batch, dim) or (batch, 1, dim)" if R == 1 else f"(batch, {R}, dim)"
+            rows = (
+                "" if R == 1 else f": the own document, {self.hard_negatives} hard negatives"
+                + (" and the index model's embedding of the query" if self.soft_weight > 0 else "")
             )
-        embeddings = self.layer_embeddings(features)
-        documents = F.normalize(labels.to(dtype=torch.float32), dim=-1)
+            raise ValueError(
+                f"QueryRetrievalLoss needs the index model's document embedding of each query as labels, shape "
+                f"{expected}{rows} (hard_negatives={self.hard_negatives}, soft_weight={self.soft_weight}); "
+                f"got {shape}"
+            )
+
+    def compute_loss_from_embeddings(self, embeddings: dict[int, Tensor], labels: Tensor) -> Tensor:
+        """The loss from the query embedding at each trained layer (``{layer: (B, D)}``) and the labels (see
+        ``Inputs``): the mean over layers of the cross-entropy (plus ``soft_weight`` times the KL term), times
+        ``weight``."""
+        self._check_labels(labels)
         first = next(iter(embeddings.values()))
-        documents = documents.to(first.device)
-        if documents.shape[1] != first.shape[1]:
+        labels = F.normalize(labels.to(device=first.device, dtype=torch.float32), dim=-1)
+        if labels.shape[-1] != first.shape[1]:
             raise ValueError(
-                f"Document embeddings have width {documents.shape[1]}, the model's embeddings {first.shape[1]}"
+                f"Document embeddings have width {labels.shape[-1]}, the model's embeddings {first.shape[1]}"
             )
-        target = torch.arange(len(documents), device=documents.device)
-        same = documents @ documents.T > 1 - 1e-6
-        duplicate = same & ~torch.eye(len(documents), dtype=torch.bool, device=documents.device)
+        if labels.dim() == 2:
+            labels = labels[:, None]
+        B, k = len(labels), self.hard_negatives
+        documents = labels[:, 0]
+        # The candidates: every own document of the batch, then every hard negative (row-major).
+        candidates = documents if k == 0 else torch.cat([documents, labels[:, 1 : 1 + k].reshape(B * k, -1)])
+        target = torch.arange(B, device=documents.device)
+        same = documents @ candidates.T > 1 - 1e-6
+        own = torch.zeros_like(same)
+        own[target, target] = True
+        duplicate = same & ~own  # a copy of a row's own document is not its negative
+        teacher = None
+        if self.soft_weight > 0:
+            scores = self.soft_scale * labels[:, -1] @ candidates.T
+            teacher = torch.log_softmax(scores.masked_fill(duplicate, float("-inf")), dim=-1)
         terms = []
         for embedding in embeddings.values():
-            scores = self.scale * F.normalize(embedding, dim=-1) @ documents.T
-            terms.append(F.cross_entropy(scores.masked_fill(duplicate, float("-inf")), target))
-        return torch.stack(terms).mean()
+            scores = self.scale * F.normalize(embedding, dim=-1) @ candidates.T
+            scores = scores.masked_fill(duplicate, float("-inf"))
+            term = F.cross_entropy(scores, target)
+            if teacher is not None:
+                student = torch.log_softmax(scores, dim=-1)
+                # KL(teacher || student) over the unmasked candidates (masked ones carry no probability)
+                kl = teacher.exp() * (teacher - student).masked_fill(duplicate, 0.0)
+                term = term + self.soft_weight * kl.sum(dim=-1).mean()
+            terms.append(term)
+        loss = torch.stack(terms).mean()
+        return loss if self.weight == 1.0 else self.weight * loss
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"layers": self.layers, "scale": self.scale, "use_exit_maps": self.use_exit_maps}
+        return {
+            "layers": self.layers, "scale": self.scale, "use_exit_maps": self.use_exit_maps,
+            "hard_negatives": self.hard_negatives, "soft_weight": self.soft_weight, "soft_scale": self.soft_scale,
+            "weight": self.weight,
+        }
 
     @property
     def citation(self) -> str:
