@@ -59,6 +59,30 @@ LEAP_STUDENT_LOSS = {"contrastive_weight": 1.0, "contrastive_layers": "final", "
 LEAP_TERMS = ("final", "intermediate", "exit", "contrastive", "late", "redundancy", "anchor", "adjacent")
 
 
+#: The step budget (of 64 texts) of :func:`fit_query_encoder` for an index model narrower than
+#: :data:`WIDE_INDEX_HIDDEN` (all-MiniLM-L6-v2: about half an hour on 2 CPU cores for 5,000 documents).
+DEFAULT_STEPS = 1000
+#: The step budget for an index model :data:`WIDE_INDEX_HIDDEN` wide or more (BERT-base, all-mpnet-base-v2): its pass
+#: over the training texts, not the training, is the cost of a run (all-mpnet-base-v2 embeds about 20 short texts a
+#: second on 2 cores), so it gets fewer texts (``benchmarks/results/query/mpnet_corpus.md``).
+WIDE_INDEX_STEPS = 500
+WIDE_INDEX_HIDDEN = 768
+
+
+def default_max_steps(index_model: str) -> int:
+    """The step budget of :func:`fit_query_encoder` for ``index_model`` (folder, Hub id, or ``"minilm"`` /
+    ``"mpnet"``): :data:`WIDE_INDEX_STEPS` when its transformer is :data:`WIDE_INDEX_HIDDEN` wide or more (read from
+    its config; no weights are loaded), else :data:`DEFAULT_STEPS`."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resources.resolve_model(index_model))
+    except (OSError, ValueError):  # no readable config: the default budget
+        return DEFAULT_STEPS
+    width = getattr(config, "hidden_size", None) or getattr(config, "dim", None)  # DistilBERT names it ``dim``
+    return WIDE_INDEX_STEPS if isinstance(width, int) and width >= WIDE_INDEX_HIDDEN else DEFAULT_STEPS
+
+
 def student_loss(leap: bool, distill_weight: float = 1.0) -> dict[str, Any]:
     """The LEAPLoss settings of the student (:data:`STUDENT_LOSS`, or :data:`LEAP_STUDENT_LOSS` for the ``"leap"``
     init) with every term weight times ``distill_weight``: the distillation loss scaled as a whole (for
@@ -204,7 +228,7 @@ def fit_query_encoder(
     depth: int = 3,
     init: str = "spread",
     student: str | None = None,
-    max_steps: int = 1000,
+    max_steps: int | None = None,
     stop_at_step: int | None = None,
     batch_size: int = 64,
     learning_rate: float = 1e-4,
@@ -247,7 +271,8 @@ def fit_query_encoder(
             on the corpus dev split: ``benchmarks/results/query/inits.md``), ``"first"`` (the first ``depth``) or
             ``"leap"`` (the whole index model trained at every depth with LEAPLoss, served at ``depth``; queries can
             exit per sample instead with ``encode_query(..., truncate_layers=None, exit_threshold=...)``).
-        max_steps: The step budget (the learning-rate schedule runs over it).
+        max_steps: The step budget (the learning-rate schedule runs over it). Default: :func:`default_max_steps`
+            (1,000; 500 for an index model 768 wide or more).
         stop_at_step: Stop after this many steps of the ``max_steps`` schedule (resume later with ``resume``).
         batch_size: Texts per step.
         learning_rate: Peak learning rate (linear schedule, 5% warm-up).
@@ -322,6 +347,8 @@ def fit_query_encoder(
     if distill_weight == 0 and retrieval_weight == 0:
         raise ValueError("distill_weight and retrieval_weight are both 0: nothing would train")
     index_path = resources.resolve_model(index_model)
+    if max_steps is None:
+        max_steps = default_max_steps(index_path)
     student_path = resources.resolve_model(student) if student is not None else index_path
     other_student = student_path if student is not None else None  # ``student`` is the model from here on
     leap = init == "leap"

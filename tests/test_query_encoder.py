@@ -361,3 +361,22 @@ def test_fit_query_encoder_trains_on_retrieval_alone_with_hard_negatives_and_sof
                                    "negatives_from": "query", "negatives_skip": 1, "negatives_pool": 4,
                                    "soft_weight": 0.5, "soft_scale": 20.0}
     assert config["corpus"]["kinds"] == ["sentence"]
+
+
+def test_the_default_budget_follows_the_index_models_width(index_dir, tmp_path):
+    """A narrow index model gets DEFAULT_STEPS, one 768 wide or more WIDE_INDEX_STEPS (read from its config alone,
+    DistilBERT's ``dim`` too); a folder without a readable config gets the default."""
+    from transformers import BertConfig, DistilBertConfig
+
+    from st_leap.query_encoder import DEFAULT_STEPS, WIDE_INDEX_HIDDEN, WIDE_INDEX_STEPS, default_max_steps
+
+    assert WIDE_INDEX_STEPS < DEFAULT_STEPS
+    assert default_max_steps(index_dir) == DEFAULT_STEPS
+    BertConfig(hidden_size=WIDE_INDEX_HIDDEN, num_attention_heads=12).save_pretrained(tmp_path / "wide")
+    assert default_max_steps(str(tmp_path / "wide")) == WIDE_INDEX_STEPS
+    DistilBertConfig(dim=WIDE_INDEX_HIDDEN).save_pretrained(tmp_path / "distil")
+    assert default_max_steps(str(tmp_path / "distil")) == WIDE_INDEX_STEPS
+    BertConfig(hidden_size=WIDE_INDEX_HIDDEN - 128, num_attention_heads=8).save_pretrained(tmp_path / "narrower")
+    assert default_max_steps(str(tmp_path / "narrower")) == DEFAULT_STEPS
+    (tmp_path / "empty").mkdir()
+    assert default_max_steps(str(tmp_path / "empty")) == DEFAULT_STEPS

@@ -31,11 +31,29 @@ def run_summary(folder: Path) -> dict[str, Any]:
     points = [{"step": row["step"], "ndcg@10": row["ndcg@10"][depth], "cosine": row["cosine"][depth],
                "reference_ndcg@10": row.get("reference_ndcg@10")} for row in curve(record["log_history"])]
     return {
-        "path": str(folder), "init": record["init"], "depth": depth, "steps": record["steps"],
+        "path": str(folder), "init": record["init"], "settings": settings(record), "depth": depth, "steps": record["steps"],
         "max_steps": record["config"]["max_steps"], "train_minutes": record["train_seconds"] / 60,
         "index_minutes": record["index_seconds"] / 60, "maps": record["maps"], "final_dev": record["dev"],
         "curve": points,
     }
+
+
+def settings(record: dict[str, Any]) -> str:
+    """What a run set away from the defaults: its student, the retrieval levers, the distillation weight, the kinds
+    of texts (``"default"`` when none)."""
+    from st_leap.corpus import QUERY_KINDS
+
+    config = record["config"]
+    parts = [f"student {Path(record['student']).name}"] if record.get("student") else []
+    retrieval = config.get("retrieval") or {}
+    parts += [f"{key} {value}" for key, value in retrieval.items() if key not in ("layers", "scale")]
+    final = (config.get("loss") or {}).get("final_weight", 1.0)
+    if final != 1.0:
+        parts.append(f"distill weight {final}")
+    kinds = (config.get("corpus") or {}).get("kinds")
+    if kinds and tuple(kinds) != QUERY_KINDS:
+        parts.append("kinds " + "+".join(kinds))
+    return ", ".join(parts) or "default"
 
 
 def markdown(command: str, runs: list[dict[str, Any]]) -> str:
@@ -45,24 +63,24 @@ def markdown(command: str, runs: list[dict[str, Any]]) -> str:
              f"Command: `{command}`", "",
              "Dev: texts of 200 held-out documents retrieving their own document from the whole index (the index "
              f"model at full depth: {100 * reference:.2f} NDCG@10)." if reference else "", "",
-             "| run | init | steps (of schedule) | " + " | ".join(f"dev NDCG@10 at step {s}" for s in shared)
+             "| run | init | settings | steps (of schedule) | " + " | ".join(f"dev NDCG@10 at step {s}" for s in shared)
              + " | final dev NDCG@10 (cosine) | maps | training min | index pass min |",
-             "| --- | --- | ---: |" + " ---: |" * len(shared) + " ---: | --- | ---: | ---: |"]
+             "| --- | --- | --- | ---: |" + " ---: |" * len(shared) + " ---: | --- | ---: | ---: |"]
     for r in runs:
         at = {p["step"]: p for p in r["curve"]}
         cells = [f"{100 * at[s]['ndcg@10']:.2f}" for s in shared]
-        lines.append(f"| `{r['path']}` | {r['init']} | {r['steps']} ({r['max_steps']}) | " + " | ".join(cells)
+        lines.append(f"| `{r['path']}` | {r['init']} | {r.get('settings', '')} | {r['steps']} ({r['max_steps']}) | " + " | ".join(cells)
                      + f" | {100 * r['final_dev']['ndcg@10']:.2f} ({r['final_dev']['cosine']:.3f}) | {r['maps']} | "
                      f"{r['train_minutes']:.1f} | {r['index_minutes']:.1f} |")
     lines += ["", "Learning curves (dev NDCG@10 x 100 per evaluation):", ""]
     for r in runs:
-        lines.append(f"- {r['init']} (`{r['path']}`): "
+        lines.append(f"- {r['init']}, {r.get('settings', '')} (`{r['path']}`): "
                      + ", ".join(f"step {p['step']}: {100 * p['ndcg@10']:.2f}" for p in r["curve"]))
     return "\n".join(lines) + "\n"
 
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
-    series = [(f"{r['init']} ({r['steps']} steps)", [p["step"] for p in r["curve"]], [p["ndcg@10"] for p in r["curve"]],
+    series = [(f"{Path(r['path']).name} ({r['steps']} steps)", [p["step"] for p in r["curve"]], [p["ndcg@10"] for p in r["curve"]],
                [p["cosine"] for p in r["curve"]]) for r in runs]
     reference = next((p["reference_ndcg@10"] for r in runs for p in r["curve"] if p.get("reference_ndcg@10")), None)
     plot_curves(series, reference, path)

@@ -5,7 +5,8 @@
 # run is a step budget that resumes from its checkpoints: after a stop, rerun the cut-off command with --resume.
 # Models go under runs/qe_mpnet/ (git-ignored).
 #
-#   bash benchmarks/query/mpnet_runs.sh PART...   (parts: index-scifact student-scifact spread-scifact eval-scifact
+#   bash benchmarks/query/mpnet_runs.sh PART...   (parts: index-scifact student-scifact student-lr-scifact
+#       student-d6-scifact compare-scifact spread-scifact eval-scifact
 #       int8-scifact index-nfcorpus student-nfcorpus eval-nfcorpus int8-nfcorpus index-results)
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -27,6 +28,15 @@ for part in "$@"; do
     student-scifact|student-nfcorpus)  # ours: 3 of all-MiniLM-L6-v2's layers trained into mpnet's space
       fit --corpus "$data/${part#student-}" --student minilm --depth 3 --max-steps $steps --eval-steps 100 \
         --out "runs/qe_mpnet/${part#student-}_student_d3" ;;
+    student-lr-scifact)  # the same student at a higher peak learning rate (its layers have more to move)
+      fit --corpus "$data/scifact" --student minilm --depth 3 --max-steps $steps --eval-steps 100 --learning-rate 5e-4 \
+        --out runs/qe_mpnet/scifact_student_d3_lr5e-4 ;;
+    student-d6-scifact)  # the whole all-MiniLM-L6-v2 as the student
+      fit --corpus "$data/scifact" --student minilm --depth 6 --max-steps $steps --eval-steps 100 \
+        --out runs/qe_mpnet/scifact_student_d6 ;;
+    compare-scifact)  # the runs on SciFact's dev split
+      python -m benchmarks.query.inits --out benchmarks/results/query/mpnet_students_scifact \
+        $(for d in runs/qe_mpnet/scifact_*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
     spread-scifact)  # mpnet's own layers (1, 6, 12), the same schedule stopped at step 250 (dev compared there)
       fit --corpus "$data/scifact" --depth 3 --max-steps $steps --stop-at-step 250 --eval-steps 50 \
         --out runs/qe_mpnet/scifact_spread_d3_250 ;;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The training levers of fit-query-encoder on a MiniLM index, each on the corpus dev split (held-out documents;
+# never test queries or qrels): benchmarks/results/query/levers_<task>.md. One torch job at a time. Each lever
+# run is the default 1,000-step schedule stopped at step 500 (--stop-at-step), where all runs of a corpus are
+# compared on dev (every 250 steps); a winner continues to the end with --resume. The index model's passes are
+# cached, so only a corpus's first run pays them.
+#
+#   bash benchmarks/query/levers_runs.sh TASK PART...   (TASK: scifact or nfcorpus; parts: base ceiling retrieval
+#       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans compare)
+set -euo pipefail
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+cd "$(dirname "$0")/../.."
+task=$1; shift
+data=../shared/data/beir/$task
+out=runs/levers/$task
+fit() { local name=$1; shift; python -m st_leap fit-query-encoder minilm --corpus "$data" --stop-at-step 500 --out "$out/$name" "$@"; }
+for part in "$@"; do
+  case "$part" in
+    base)        fit d3 --depth 3 ;;                                 # today's default
+    ceiling)     fit d6 --depth 6 ;;                                 # the whole index model adapted: the ceiling
+    retrieval)   fit d3_retrieval --depth 3 --distill-weight 0 ;;    # the retrieval term alone
+    distill)     fit d3_distill --depth 3 --retrieval-weight 0 ;;    # the distillation term alone
+    hardneg)     fit d3_hardneg3 --depth 3 --hard-negatives 3 ;;
+    hardneg-doc) fit d3_hardneg3_doc --depth 3 --hard-negatives 3 --negatives-from document ;;
+    soft)        fit d3_soft1 --depth 3 --soft-weight 1 ;;
+    hardneg-soft) fit d3_hardneg3_soft1 --depth 3 --hard-negatives 3 --soft-weight 1 ;;
+    titles)      fit d3_titles_sentences --depth 3 --kinds title,sentence ;;
+    sentences)   fit d3_sentences --depth 3 --kinds sentence ;;
+    spans)       fit d3_spans --depth 3 --kinds span ;;
+    compare)     python -m benchmarks.query.inits --out "benchmarks/results/query/levers_$task" \
+                   $(for d in "$out"/*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
+    *) echo "unknown part $part" >&2; exit 2 ;;
+  esac
+done
