@@ -40,12 +40,19 @@ for part in "$@"; do
     spread-scifact)  # mpnet's own layers (1, 6, 12), the same schedule stopped at step 250 (dev compared there)
       fit --corpus "$data/scifact" --depth 3 --max-steps $steps --stop-at-step 250 --eval-steps 50 \
         --out runs/qe_mpnet/scifact_spread_d3_250 ;;
-    eval-scifact|eval-nfcorpus)  # dev and test NDCG@10 per depth, STS-B
-      task=${part#eval-}
-      corpus_eval "$task" --phases eval,stsb --only "student d3" --encoder "$task:student d3=runs/qe_mpnet/${task}_student_d3" ;;
-    int8-scifact|int8-nfcorpus)  # the int8 graph: its NDCG@10 and its speed against mpnet torch fp32 and mpnet int8
-      task=${part#int8-}
-      corpus_eval "$task" --phases int8 --int8 "$task:student d3=runs/qe_mpnet/${task}_student_d3" ;;
+    eval-scifact|eval-nfcorpus|int8-scifact|int8-nfcorpus)
+      # eval: dev and test NDCG@10 per depth, STS-B; int8: the query side as one int8 graph, its NDCG@10 and its
+      # speed against mpnet torch fp32 and mpnet's whole-graph int8 in the same rounds. Every trained student and
+      # spread encoder of the task.
+      task=${part#*-}
+      specs=()
+      for d in runs/qe_mpnet/${task}_student_d3 runs/qe_mpnet/${task}_student_d6 runs/qe_mpnet/${task}_spread_d3_250; do
+        [ -f "$d/query_encoder.json" ] || continue
+        name=$(basename "$d"); name=${name#${task}_}; name=${name//_/ }
+        if [ "${part%%-*}" = eval ]; then specs+=(--only "$name" --encoder "$task:$name=$d"); else specs+=(--int8 "$task:$name=$d"); fi
+      done
+      if [ "${part%%-*}" = eval ]; then corpus_eval "$task" --phases eval,stsb "${specs[@]}"
+      else corpus_eval "$task" --phases int8 "${specs[@]}"; fi ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done
