@@ -44,7 +44,10 @@ def settings(record: dict[str, Any]) -> str:
     from st_leap.corpus import QUERY_KINDS
 
     config = record["config"]
-    parts = [f"student {Path(record['student']).name}"] if record.get("student") else []
+    student = Path(record["student"]) if record.get("student") else None
+    if student is not None and student.name == "model":  # a packaged model's folder: name its package
+        student = student.parent
+    parts = [f"student {student.name}"] if student is not None else []
     retrieval = config.get("retrieval") or {}
     parts += [f"{key} {value}" for key, value in retrieval.items() if key not in ("layers", "scale")]
     final = (config.get("loss") or {}).get("final_weight", 1.0)
