@@ -47,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "the index model's pass over the documents, about 6 for its pass over the training texts; both passes "
             "are cached, and --document-embeddings skips the first). For an index model 768 wide or more "
             "(all-mpnet-base-v2) the default is 500 steps: its pass over the training texts is the cost (SciFact: "
-            "48 minutes for the documents, 22 for the texts, once). Resume a stopped run with --resume."
+            "48 minutes for its pass over the documents, once). Resume a stopped run with --resume."
         ),
     )
     parser.add_argument("index_model", metavar="INDEX_MODEL",
