@@ -6,7 +6,7 @@
 # cached, so only a corpus's first run pays them.
 #
 #   bash benchmarks/query/levers_runs.sh TASK PART...   (TASK: scifact or nfcorpus; parts: base ceiling retrieval
-#       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans compare)
+#       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 compare)
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$(dirname "$0")/../.."
@@ -27,6 +27,9 @@ for part in "$@"; do
     titles)      fit d3_titles_sentences --depth 3 --kinds title,sentence ;;
     sentences)   fit d3_sentences --depth 3 --kinds sentence ;;
     spans)       fit d3_spans --depth 3 --kinds span ;;
+    lr2e-4)      fit d3_lr2e-4 --depth 3 --learning-rate 2e-4 ;;     # the peak learning rate, within the budget
+    lr5e-5)      fit d3_lr5e-5 --depth 3 --learning-rate 5e-5 ;;
+    depth2)      fit d2 --depth 2 ;;                                 # the shallower row beside depth 3
     compare)     python -m benchmarks.query.inits --out "benchmarks/results/query/levers_$task" \
                    $(for d in "$out"/*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
     *) echo "unknown part $part" >&2; exit 2 ;;

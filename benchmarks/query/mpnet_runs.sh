@@ -7,7 +7,8 @@
 #
 #   bash benchmarks/query/mpnet_runs.sh PART...   (parts: index-scifact student-scifact student-lr-scifact
 #       student-d6-scifact compare-scifact spread-scifact eval-scifact
-#       int8-scifact index-nfcorpus student-nfcorpus eval-nfcorpus int8-nfcorpus index-results)
+#       int8-scifact index-nfcorpus student-nfcorpus student-d6-nfcorpus compare-nfcorpus eval-nfcorpus
+#       int8-nfcorpus index-results)
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$(dirname "$0")/../.."
@@ -31,12 +32,13 @@ for part in "$@"; do
     student-lr-scifact)  # the same student at a higher peak learning rate (its layers have more to move)
       fit --corpus "$data/scifact" --student minilm --depth 3 --max-steps $steps --eval-steps 100 --learning-rate 5e-4 \
         --out runs/qe_mpnet/scifact_student_d3_lr5e-4 ;;
-    student-d6-scifact)  # the whole all-MiniLM-L6-v2 as the student
-      fit --corpus "$data/scifact" --student minilm --depth 6 --max-steps $steps --eval-steps 100 \
-        --out runs/qe_mpnet/scifact_student_d6 ;;
-    compare-scifact)  # the runs on SciFact's dev split
-      python -m benchmarks.query.inits --out benchmarks/results/query/mpnet_students_scifact \
-        $(for d in runs/qe_mpnet/scifact_*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
+    student-d6-scifact|student-d6-nfcorpus)  # the whole all-MiniLM-L6-v2 as the student
+      fit --corpus "$data/${part#student-d6-}" --student minilm --depth 6 --max-steps $steps --eval-steps 100 \
+        --out "runs/qe_mpnet/${part#student-d6-}_student_d6" ;;
+    compare-scifact|compare-nfcorpus)  # the runs of a corpus on its dev split
+      task=${part#compare-}
+      python -m benchmarks.query.inits --out "benchmarks/results/query/mpnet_students_$task" \
+        $(for d in runs/qe_mpnet/${task}_*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
     spread-scifact)  # mpnet's own layers (1, 6, 12), the same schedule stopped at step 250 (dev compared there)
       fit --corpus "$data/scifact" --depth 3 --max-steps $steps --stop-at-step 250 --eval-steps 50 \
         --out runs/qe_mpnet/scifact_spread_d3_250 ;;
