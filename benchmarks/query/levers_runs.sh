@@ -6,7 +6,8 @@
 # cached, so only a corpus's first run pays them.
 #
 #   bash benchmarks/query/levers_runs.sh TASK PART...   (TASK: scifact or nfcorpus; parts: base ceiling retrieval
-#       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 compare)
+#       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 hardneg7
+#       hardneg-depth2 hardneg-lr2e-4 compare)
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$(dirname "$0")/../.."
@@ -21,6 +22,9 @@ for part in "$@"; do
     retrieval)   fit d3_retrieval --depth 3 --distill-weight 0 ;;    # the retrieval term alone
     distill)     fit d3_distill --depth 3 --retrieval-weight 0 ;;    # the distillation term alone
     hardneg)     fit d3_hardneg3 --depth 3 --hard-negatives 3 ;;
+    hardneg7)    fit d3_hardneg7 --depth 3 --hard-negatives 7 ;;
+    hardneg-depth2) fit d2_hardneg3 --depth 2 --hard-negatives 3 ;;
+    hardneg-lr2e-4) fit d3_hardneg3_lr2e-4 --depth 3 --hard-negatives 3 --learning-rate 2e-4 ;;
     hardneg-doc) fit d3_hardneg3_doc --depth 3 --hard-negatives 3 --negatives-from document ;;
     soft)        fit d3_soft1 --depth 3 --soft-weight 1 ;;
     hardneg-soft) fit d3_hardneg3_soft1 --depth 3 --hard-negatives 3 --soft-weight 1 ;;
