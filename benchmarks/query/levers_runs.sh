@@ -7,7 +7,9 @@
 #
 #   bash benchmarks/query/levers_runs.sh TASK PART...   (TASK: scifact or nfcorpus; parts: base ceiling retrieval
 #       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 hardneg7
-#       hardneg-depth2 hardneg-lr2e-4 compare)
+#       hardneg-depth2 hardneg-lr2e-4 finish-base finish-hardneg compare test)
+#   finish-*: the run continues to the end of its schedule (--resume); test: the BEIR test queries of every finished
+#   run, shown beside dev, never used to choose (benchmarks/results/query/levers_test_<task>.md).
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$(dirname "$0")/../.."
@@ -34,6 +36,19 @@ for part in "$@"; do
     lr2e-4)      fit d3_lr2e-4 --depth 3 --learning-rate 2e-4 ;;     # the peak learning rate, within the budget
     lr5e-5)      fit d3_lr5e-5 --depth 3 --learning-rate 5e-5 ;;
     depth2)      fit d2 --depth 2 ;;                                 # the shallower row beside depth 3
+    finish-base)    python -m st_leap fit-query-encoder minilm --corpus "$data" --out "$out/d3" --depth 3 --resume ;;
+    finish-hardneg) python -m st_leap fit-query-encoder minilm --corpus "$data" --out "$out/d3_hardneg3" --depth 3 \
+                      --hard-negatives 3 --resume ;;
+    test)
+      specs=()
+      for d in "$out"/*/; do
+        d=${d%/}
+        python -c "import json, sys; r = json.load(open(sys.argv[1])); sys.exit(r['steps'] != r['config']['max_steps'])" \
+          "$d/query_encoder.json" 2>/dev/null || continue
+        specs+=(--only "$(basename "$d")" --encoder "$task:$(basename "$d")=$d")
+      done
+      python -m benchmarks.query.corpus --tasks "$task" --phases eval --save-dir runs/query/levers \
+        --out "benchmarks/results/query/levers_test_$task" "${specs[@]}" ;;
     compare)     python -m benchmarks.query.inits --out "benchmarks/results/query/levers_$task" \
                    $(for d in "$out"/*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
