@@ -7,9 +7,11 @@
 #
 #   bash benchmarks/query/levers_runs.sh TASK PART...   (TASK: scifact or nfcorpus; parts: base ceiling retrieval
 #       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 hardneg7
-#       hardneg-depth2 hardneg-lr2e-4 finish-base finish-hardneg compare test)
+#       hardneg-depth2 hardneg-lr2e-4 finish-base finish-hardneg compare test
+#       test-ceiling)
 #   finish-*: the run continues to the end of its schedule (--resume); test: the BEIR test queries of every finished
-#   run, shown beside dev, never used to choose (benchmarks/results/query/levers_test_<task>.md).
+#   run, shown beside dev, never used to choose (benchmarks/results/query/levers_test_<task>.md); test-ceiling: the
+#   same for the whole adapted model where it stopped (step 500 of 1,000).
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$(dirname "$0")/../.."
@@ -49,6 +51,9 @@ for part in "$@"; do
       done
       python -m benchmarks.query.corpus --tasks "$task" --phases eval --save-dir runs/query/levers \
         --out "benchmarks/results/query/levers_test_$task" "${specs[@]}" ;;
+    test-ceiling)
+      python -m benchmarks.query.corpus --tasks "$task" --phases eval --save-dir runs/query/levers \
+        --out "benchmarks/results/query/levers_test_$task" --only "d6 at step 500" --encoder "$task:d6 at step 500=$out/d6" ;;
     compare)     python -m benchmarks.query.inits --out "benchmarks/results/query/levers_$task" \
                    $(for d in "$out"/*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
