@@ -19,6 +19,7 @@ task=$1; shift
 data=../shared/data/beir/$task
 out=runs/levers/$task
 fit() { local name=$1; shift; python -m st_leap fit-query-encoder minilm --corpus "$data" --stop-at-step 500 --out "$out/$name" "$@"; }
+finish() { local name=$1; shift; python -m st_leap fit-query-encoder minilm --corpus "$data" --resume --out "$out/$name" "$@"; }
 for part in "$@"; do
   case "$part" in
     base)        fit d3 --depth 3 ;;                                 # today's default
@@ -38,9 +39,8 @@ for part in "$@"; do
     lr2e-4)      fit d3_lr2e-4 --depth 3 --learning-rate 2e-4 ;;     # the peak learning rate, within the budget
     lr5e-5)      fit d3_lr5e-5 --depth 3 --learning-rate 5e-5 ;;
     depth2)      fit d2 --depth 2 ;;                                 # the shallower row beside depth 3
-    finish-base)    python -m st_leap fit-query-encoder minilm --corpus "$data" --out "$out/d3" --depth 3 --resume ;;
-    finish-hardneg) python -m st_leap fit-query-encoder minilm --corpus "$data" --out "$out/d3_hardneg3" --depth 3 \
-                      --hard-negatives 3 --resume ;;
+    finish-base)    finish d3 --depth 3 ;;
+    finish-hardneg) finish d3_hardneg3 --depth 3 --hard-negatives 3 ;;
     test)
       specs=()
       for d in "$out"/*/; do
