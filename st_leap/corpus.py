@@ -12,6 +12,8 @@ target corpus and never its queries. This module reads a corpus and makes the te
   one warning counts such documents (:attr:`Corpus.empty`).
 - :func:`query_texts`: query-like texts of documents (titles, sentences, short spans of a sentence),
   deduplicated, shuffled with a seed, each with the index of the document it came from.
+- :func:`read_queries`: past queries of the index, when you keep a log of them (no labels): an optional extra
+  source of training texts, real queries toward the index model's embedding of the same query.
 - :func:`split_documents` and :func:`corpus_dev`: documents held out of training (documents with text only), and a
   dev split made from them only (their texts retrieving their own documents from the whole index; never a query set
   or a qrels file).
@@ -176,6 +178,43 @@ def read_corpus(path: str | Path) -> Corpus:
     corpus = Corpus(ids, titles, texts, source=str(file))
     _warn_empty(corpus)
     return corpus
+
+
+def read_queries(path: str | Path) -> list[str]:
+    """Read past queries of an index (a query log; no labels): a text file of one query a line (``.gz`` too; blank
+    lines skipped) or a JSON-lines file (``.jsonl[.gz]``, BEIR's ``queries.jsonl``) of records with a ``text``.
+    Repeated queries are kept once, in first-seen order.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The distinct queries, stripped.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+        ValueError: naming the file and the line of a JSON record that is not an object or lacks a string ``text``; of
+            an empty file or one without a query; of a file that is not UTF-8 text.
+    """
+    file = Path(path)
+    require_file(file, "queries file")
+    queries: list[str] = []
+    if file.name.endswith((".jsonl", ".jsonl.gz")):
+        for number, obj in read_json_lines(file):
+            text = obj.get("text")
+            if not isinstance(text, str):
+                raise ValueError(f"{file_line(file, number)}: missing text")
+            queries.append(text.strip())
+    else:
+        try:
+            with open_text(file) as f:
+                queries = [line.strip() for line in f]
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{file}: not UTF-8 text ({error.reason})") from None
+    queries = list(dict.fromkeys(q for q in queries if q))
+    if not queries:
+        raise ValueError(f"{file_line(file, 1)}: no query in the file")
+    return queries
 
 
 def _warn_empty(corpus: Corpus) -> None:

@@ -34,7 +34,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Router
 
 from st_leap import resources
-from st_leap.corpus import QUERY_KINDS, read_corpus, read_document_embeddings
+from st_leap.corpus import QUERY_KINDS, read_corpus, read_document_embeddings, read_queries
 from st_leap.reporting import save_model, write_json
 
 logger = logging.getLogger(__name__)
@@ -250,6 +250,8 @@ def fit_query_encoder(
     negatives_pool: int | None = None,
     soft_weight: float = 0.0,
     soft_scale: float = 20.0,
+    queries: str | Path | None = None,
+    query_fraction: float | None = None,
 ) -> QueryEncoderResult:
     """Train a ``depth``-layer query encoder for an index that ``index_model`` built of ``corpus``, and save one
     model to ``out`` that serves queries with it and documents with ``index_model`` (see the module docstring).
@@ -307,6 +309,12 @@ def fit_query_encoder(
         soft_weight: Weight of a KL term toward the index model's score distribution over the batch's candidate
             documents (default 0: off).
         soft_scale: Inverse temperature of the index model's scores in that soft target.
+        queries: Past queries of your index, when you keep a log of them (no labels): a text file of one query a
+            line or a ``queries.jsonl`` (:func:`st_leap.corpus.read_queries`). They train beside the corpus's texts,
+            toward the index model's embedding of the same query (the distillation loss). Default: none, the
+            documents alone.
+        query_fraction: The share of training batches drawn from ``queries`` (default
+            :data:`st_leap.training.QUERY_FRACTION`); the queries repeat in seeded shuffles to fill it.
 
     The levers from ``distill_weight`` on are off by default (today's training exactly) until measured on the dev
     split; they are recorded in the config beside the model (``loss`` and ``retrieval``).
@@ -319,7 +327,7 @@ def fit_query_encoder(
         ValueError: before any model loads: a malformed corpus or one without text (naming the file and line),
             document embeddings that miss a corpus id, a bad ``init`` or ``depth``, ``dev_documents`` that leave no
             training document, training documents that give fewer texts than the map fit needs, bad ``kinds``,
-            both weights 0, or a bad lever.
+            both weights 0, a bad lever, or a queries file without a query (or with ``distill_weight`` 0).
     """
     from st_leap.evaluation.dev import corpus_depth_evaluator
     from st_leap.exit_maps import MIN_FIT_TEXTS, fit_exit_maps
@@ -328,6 +336,10 @@ def fit_query_encoder(
     from st_leap.training import TrainConfig, corpus_training_texts, train
 
     documents = read_corpus(corpus)  # a bad corpus fails before any model loads
+    if queries is not None:
+        read_queries(queries)  # so does a bad queries file
+    elif query_fraction is not None:
+        raise ValueError("query_fraction needs queries (a file of past queries)")
     given = document_embeddings
     embeddings_path = None
     if isinstance(given, (str, Path)):
@@ -369,7 +381,9 @@ def fit_query_encoder(
             negatives_pool=negatives_pool, soft_weight=soft_weight, soft_scale=soft_scale,
         ),
         corpus={"path": str(corpus), "dev_documents": dev_documents, "kinds": list(kinds),
-                "document_embeddings": embeddings_path},
+                "document_embeddings": embeddings_path,
+                **({"queries": str(queries)} if queries is not None else {}),
+                **({"query_fraction": query_fraction} if query_fraction is not None else {})},
         exit_threshold=None, exit_min_layer=1, save_steps=eval_steps or 250, save_total_limit=2, resume=resume,
         eval_steps=eval_steps, dev_queries=dev_queries, dev_documents=max(dev_documents, dev_queries),
         dev_depths=[depth],

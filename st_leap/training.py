@@ -98,7 +98,10 @@ class TrainConfig:
     ``document_embeddings`` (your index's vectors, :func:`st_leap.corpus.read_document_embeddings`; default: the
     teacher embeds the documents once into the shared cache). The training texts are query-like texts of the other
     documents (``num_sentences`` of them at most); with ``retrieval`` each is paired with its own document's
-    embedding.
+    embedding. Optional: ``queries`` (a file of past queries of the index, no labels, :func:`st_leap.corpus.read_queries`)
+    adds a third dataset of those queries toward the teacher's embedding of the same query, through the distillation
+    loss, and ``query_fraction`` (:data:`QUERY_FRACTION`) is the share of training batches drawn from it (the queries
+    repeat in seeded shuffles to fill it).
 
     ``retrieval`` (ours, ``api: "trainer"``, needs a teacher: the index's model): adds a second dataset and loss,
     :class:`~st_leap.losses.QueryRetrievalLoss`, on sentence-to-passage pairs
@@ -231,7 +234,7 @@ class TrainConfig:
                 raise ValueError("retrieval needs api='trainer' (two datasets and losses in one Trainer)")
             check_retrieval_options(self.retrieval)
         if self.corpus is not None:
-            allowed = {"path", "dev_documents", "kinds", "document_embeddings"}
+            allowed = {"path", "dev_documents", "kinds", "document_embeddings", "queries", "query_fraction"}
             if not isinstance(self.corpus, dict) or "path" not in self.corpus or set(self.corpus) - allowed:
                 raise ValueError(
                     f"corpus must be null or a dict with 'path' and optionally {sorted(allowed - {'path'})}, "
@@ -239,6 +242,17 @@ class TrainConfig:
                 )
             if self.teacher is None:
                 raise ValueError("corpus needs a teacher: the model that built the index of that corpus")
+            fraction = self.corpus.get("query_fraction", QUERY_FRACTION)
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+                raise ValueError(f"corpus query_fraction must be a number in (0, 1), got {fraction!r}")
+            if self.corpus.get("queries") is not None and self.api != "trainer":
+                raise ValueError("corpus queries need api='trainer' (a third dataset of one Trainer)")
+            if "query_fraction" in self.corpus and self.corpus.get("queries") is None:
+                raise ValueError("corpus query_fraction needs corpus queries (a file of past queries)")
+            if self.corpus.get("queries") is not None and self.retrieval is not None and not self.retrieval.get(
+                    "distill", True):
+                raise ValueError("corpus queries train through the distillation loss: it cannot be dropped "
+                                 "(retrieval distill false)")
         if self.api == "fit" and self.save_minutes is not None:
             raise ValueError("save_minutes needs api='trainer' (fit takes no Trainer callbacks); use save_steps")
 
@@ -310,6 +324,8 @@ class TrainResult:
 RETRIEVAL_LOSS_KEYS = {"layers", "scale", "use_exit_maps", "hard_negatives", "soft_weight", "soft_scale", "weight"}
 #: The hard-negative mining options of a config's ``retrieval`` and their defaults (:func:`mine_hard_negatives`).
 NEGATIVES_DEFAULTS: dict[str, Any] = {"negatives_from": "query", "negatives_skip": 5, "negatives_pool": 50}
+# The share of training batches drawn from a corpus config's past queries (``corpus: {"queries": ...}``).
+QUERY_FRACTION = 0.25
 NEGATIVES_FROM = ("query", "document")
 
 
@@ -453,6 +469,26 @@ def corpus_training_texts(config: TrainConfig, max_texts: int | None = None) -> 
     return texts, owners, corpus
 
 
+def query_log_texts(config: TrainConfig, other_rows: int) -> list[str]:
+    """The past queries of a corpus config (``corpus: {"queries": FILE}``), repeated in seeded shuffles to fill
+    ``query_fraction`` of the training batches beside ``other_rows`` rows of the other datasets (the Trainer draws
+    batches in proportion to the datasets' sizes). Empty without ``queries``."""
+    from st_leap.corpus import read_queries
+
+    if config.corpus is None or config.corpus.get("queries") is None:
+        return []
+    queries = read_queries(config.corpus["queries"])
+    fraction = float(config.corpus.get("query_fraction", QUERY_FRACTION))
+    rows = max(config.batch_size, round(fraction / (1.0 - fraction) * other_rows))
+    rng = random.Random(config.sentence_seed)
+    texts: list[str] = []
+    while len(texts) < rows:
+        cycle = list(queries)
+        rng.shuffle(cycle)
+        texts += cycle
+    return texts[:rows]
+
+
 def training_texts(config: TrainConfig) -> list[str]:
     """The config's training texts: shuffled sentences or passages of the shared data, or query-like texts of the
     config's ``corpus``."""
@@ -536,11 +572,13 @@ def train(
         )
     resume_from = resume_checkpoint(config)  # before any model loads: a bad path fails fast
     if config.corpus is not None:  # a malformed corpus fails here too, naming the file and line
-        from st_leap.corpus import read_corpus, read_document_embeddings
+        from st_leap.corpus import read_corpus, read_document_embeddings, read_queries
 
         corpus = read_corpus(config.corpus["path"])
         if config.corpus.get("document_embeddings") is not None:
             read_document_embeddings(config.corpus["document_embeddings"], corpus)
+        if config.corpus.get("queries") is not None:
+            read_queries(config.corpus["queries"])
     torch.manual_seed(config.seed)
     model = load_student(config.model)
     original_max_len = model.max_seq_length
@@ -582,6 +620,20 @@ def train(
         retrieval_loss = QueryRetrievalLoss(model, **options)
         datasets = {"distill": dataset, "retrieval": retrieval_data} if distill else {"retrieval": retrieval_data}
         dataset = DatasetDict(datasets)
+    if config.corpus is not None and config.corpus.get("queries") is not None:
+        # Past queries: a third dataset through the distillation loss, query_fraction of the rows drawn.
+        parts = dict(dataset) if isinstance(dataset, DatasetDict) else {"distill": dataset}
+        log = query_log_texts(config, sum(len(part) for part in parts.values()))
+        unique = list(dict.fromkeys(log))
+        if config.teacher_mode == "precomputed" and teacher is not None:
+            start = time.perf_counter()
+            vectors = compute_teacher_embeddings(teacher, unique, None, shared_cache=True)
+            teacher_seconds += time.perf_counter() - start
+            row = {text: i for i, text in enumerate(unique)}
+            queries_data = teacher_dataset(log, vectors[[row[text] for text in log]])
+        else:
+            queries_data = Dataset.from_dict({"sentence": log})
+        dataset = DatasetDict({**parts, "queries": queries_data})
     if config.teacher_mode == "precomputed":
         teacher = None  # not needed any more: free it
 
@@ -722,7 +774,7 @@ def _train_with_trainer(
     callbacks.extend(extra_callbacks)
     # One loss per dataset: "distill" (LEAPLoss) and "retrieval", or one of them (a term weighted 0 is dropped).
     losses = loss if retrieval_loss is None else {
-        name: {"distill": loss, "retrieval": retrieval_loss}[name] for name in dataset
+        name: {"distill": loss, "retrieval": retrieval_loss, "queries": loss}[name] for name in dataset
     }
     trainer = LEAPTrainer(
         model=model, args=args, train_dataset=dataset, loss=losses, callbacks=callbacks, evaluator=evaluator

@@ -195,8 +195,9 @@ def test_cli_fit_maps_on_a_corpus(tiny_bert_dir, tmp_path, capsys):
 
 def test_cli_fit_query_encoder_levers_reach_fit_query_encoder(tmp_path, monkeypatch, capsys):
     """``--distill-weight``, ``--retrieval-weight``, ``--hard-negatives``, ``--negatives-from``, ``--negatives-skip``,
-    ``--negatives-pool``, ``--soft-weight`` and ``--kinds`` reach ``fit_query_encoder``; left out, its defaults
-    apply (``kinds`` is not passed at all); a bad ``--kinds`` is a usage error naming the kinds."""
+    ``--negatives-pool``, ``--soft-weight``, ``--kinds``, ``--queries`` and ``--query-fraction`` reach
+    ``fit_query_encoder``; left out, its defaults apply (``kinds`` is not passed at all); a bad ``--kinds`` or
+    ``--query-fraction`` is a usage error."""
     import st_leap.query_encoder as query_encoder
     from tests.test_query_encoder import tiny_corpus
 
@@ -226,6 +227,15 @@ def test_cli_fit_query_encoder_levers_reach_fit_query_encoder(tmp_path, monkeypa
     assert "kinds" not in seen and (seen["distill_weight"], seen["retrieval_weight"]) == (1.0, 1.0)
     assert (seen["hard_negatives"], seen["soft_weight"], seen["negatives_skip"], seen["negatives_pool"]) == (
         0, 0.0, None, None)
+    assert (seen["queries"], seen["query_fraction"]) == (None, None)
     with pytest.raises(SystemExit) as error:
         main(base + ["--kinds", "title,question"])
     assert error.value.code == 2 and "unknown: question" in capsys.readouterr().err
+    seen.clear()
+    with pytest.raises(Stop):
+        main(base + ["--queries", "log.txt", "--query-fraction", "0.4"])
+    assert (seen["queries"], seen["query_fraction"]) == ("log.txt", 0.4)
+    for bad in ("0", "1", "x"):
+        with pytest.raises(SystemExit) as error:
+            main(base + ["--queries", "log.txt", "--query-fraction", bad])
+        assert error.value.code == 2 and "between 0 and 1" in capsys.readouterr().err

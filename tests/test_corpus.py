@@ -14,6 +14,7 @@ from st_leap.corpus import (
     query_texts,
     read_corpus,
     read_document_embeddings,
+    read_queries,
     sentences,
     split_documents,
 )
@@ -229,3 +230,27 @@ def test_malformed_line_after_an_empty_document_still_fails(tmp_path, row, messa
     path = write_jsonl(tmp_path / "corpus.jsonl", [DOCS[0], EMPTY[0], row])
     with pytest.raises(ValueError, match=f"corpus.jsonl, {message}"):
         read_corpus(path)
+
+
+def test_read_queries_text_and_jsonl_files_deduplicated(tmp_path):
+    """A query log reads as one query a line (gzip too) or as BEIR's queries.jsonl; blank lines and repeats go."""
+    text = tmp_path / "log.txt.gz"
+    with gzip.open(text, "wt", encoding="utf-8") as f:
+        f.write("red birds\n\n  two dogs on the beach \nred birds\nold piano\n")
+    assert read_queries(text) == ["red birds", "two dogs on the beach", "old piano"]
+    rows = [{"_id": "q1", "text": "old piano", "metadata": {}}, {"_id": "q2", "text": "a horse"}, {"_id": "q3", "text": "old piano"}]
+    assert read_queries(write_jsonl(tmp_path / "queries.jsonl", rows)) == ["old piano", "a horse"]
+
+
+def test_bad_query_logs_name_the_file_and_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="queries file"):
+        read_queries(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match="empty"):
+        read_queries(tmp_path / "empty.txt")
+    (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="blank.txt, line 1: no query"):
+        read_queries(tmp_path / "blank.txt")
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"_id": "q1", "text": "fine"}, {"_id": "q2", "title": "no text"}])
+    with pytest.raises(ValueError, match="bad.jsonl, line 2: missing text"):
+        read_queries(bad)

@@ -341,6 +341,7 @@ def test_fit_query_encoder_bad_levers_fail_before_any_model_loads(tmp_path, corp
         ({"hard_negatives": 2, "negatives_from": "passage"}, "negatives_from must be one of"),
         ({"hard_negatives": 3, "negatives_pool": 2}, "negatives_pool must be an int >= 3"),
         ({"soft_weight": -0.5}, "soft_weight"),
+        ({"query_fraction": 0.3}, "query_fraction needs queries"),
     ]:
         with pytest.raises(ValueError, match=match):
             fit_query_encoder(missing_model, corpus_path, tmp_path / "out", **kwargs)
@@ -380,3 +381,66 @@ def test_the_default_budget_follows_the_index_models_width(index_dir, tmp_path):
     assert default_max_steps(str(tmp_path / "narrower")) == DEFAULT_STEPS
     (tmp_path / "empty").mkdir()
     assert default_max_steps(str(tmp_path / "empty")) == DEFAULT_STEPS
+
+
+def test_past_queries_train_as_a_third_dataset_through_the_distillation_loss(index_dir, corpus_path, tmp_path,
+                                                                            monkeypatch):
+    """``queries`` (a log of past queries, no labels) adds a dataset of those queries, labelled with the index
+    model's embedding of each, filling ``query_fraction`` of the rows the Trainer draws from; it goes through the
+    distillation loss (the same object as the corpus texts'), is recorded in the config, and moves the model."""
+    from st_leap import training
+
+    log = tmp_path / "log.txt"
+    log.write_text("\n".join(QUERIES) + "\n", encoding="utf-8")
+    seen = {}
+    real = training._train_with_trainer
+
+    def spy(model, loss, dataset, config, *args, **kwargs):
+        seen["dataset"], seen["loss"], seen["retrieval_loss"] = dataset, loss, args[-1] if args else None
+        return real(model, loss, dataset, config, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_with_trainer", spy)
+    small = dict(SMALL, max_steps=2, eval_steps=None)
+    result = fit_query_encoder(index_dir, corpus_path, tmp_path / "with_log", **small, queries=log, query_fraction=0.5)
+    dataset = seen["dataset"]
+    assert set(dataset) == {"distill", "retrieval", "queries"}
+    queries = dataset["queries"]
+    others = len(dataset["distill"]) + len(dataset["retrieval"])
+    assert len(queries) == others  # 0.5 of the rows
+    assert set(queries["sentence"]) == set(QUERIES)
+    index = SentenceTransformer(index_dir, device="cpu")
+    index.max_seq_length = SMALL.get("max_seq_length", 64)
+    first = queries[0]
+    np.testing.assert_allclose(first["label"], index.encode(first["sentence"]), atol=1e-5)
+    config = read_result(result.path)["config"]
+    assert (config["corpus"]["queries"], config["corpus"]["query_fraction"]) == (str(log), 0.5)
+    without = fit_query_encoder(index_dir, corpus_path, tmp_path / "without_log", **small)
+    assert set(seen["dataset"]) == {"distill", "retrieval"} and "queries" not in read_result(without.path)["config"]["corpus"]
+    with_log = query_side(st_leap.load(result.path, device="cpu")).encode(QUERIES)
+    plain = query_side(st_leap.load(without.path, device="cpu")).encode(QUERIES)
+    assert not np.allclose(with_log, plain, atol=1e-6)
+
+
+def test_query_log_texts_fill_the_fraction_in_seeded_cycles(tmp_path):
+    from st_leap.training import QUERY_FRACTION, TrainConfig, query_log_texts
+
+    log = tmp_path / "log.txt"
+    log.write_text("a\nb\nc\n", encoding="utf-8")
+    corpus = {"path": "x", "queries": str(log)}
+    config = TrainConfig(teacher="t", batch_size=2, corpus=corpus)
+    texts = query_log_texts(config, other_rows=300)
+    assert len(texts) == round(QUERY_FRACTION / (1 - QUERY_FRACTION) * 300)
+    assert all(sorted(texts[i:i + 3]) == ["a", "b", "c"] for i in range(0, len(texts) - 2, 3))  # every query a cycle
+    assert texts == query_log_texts(config, other_rows=300)
+    assert query_log_texts(TrainConfig(teacher="t", corpus={"path": "x"}), other_rows=300) == []
+    assert len(query_log_texts(TrainConfig(teacher="t", batch_size=2, corpus={**corpus, "query_fraction": 0.2}), 400)) == 100
+    for bad, match in [({"query_fraction": 1.0}, "query_fraction must be a number in"),
+                       ({"query_fraction": 0}, "query_fraction must be a number in")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(teacher="t", corpus={**corpus, **bad})
+    with pytest.raises(ValueError, match="query_fraction needs corpus queries"):
+        TrainConfig(teacher="t", corpus={"path": "x", "query_fraction": 0.3})
+    with pytest.raises(ValueError, match="distillation loss"):
+        TrainConfig(teacher="t", corpus=corpus, retrieval={"distill": False})
+    with pytest.raises(ValueError, match="api='trainer'"):
+        TrainConfig(teacher="t", corpus=corpus, api="fit", group_by_length=False)

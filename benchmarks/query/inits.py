@@ -56,6 +56,12 @@ def settings(record: dict[str, Any]) -> str:
     kinds = (config.get("corpus") or {}).get("kinds")
     if kinds and tuple(kinds) != QUERY_KINDS:
         parts.append("kinds " + "+".join(kinds))
+    queries = (config.get("corpus") or {}).get("queries")
+    if queries:
+        from st_leap.training import QUERY_FRACTION
+
+        fraction = config["corpus"].get("query_fraction", QUERY_FRACTION)
+        parts.append(f"past queries {Path(queries).name} ({fraction:g} of batches)")
     return ", ".join(parts) or "default"
 
 

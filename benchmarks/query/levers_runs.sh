@@ -7,11 +7,15 @@
 #
 #   bash benchmarks/query/levers_runs.sh TASK PART...   (TASK: scifact or nfcorpus; parts: base ceiling retrieval
 #       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 hardneg7
-#       hardneg-depth2 hardneg-lr2e-4 finish-base finish-hardneg compare test
+#       hardneg-depth2 hardneg-lr2e-4 finish-base finish-hardneg queries query-dev compare test
 #       test-ceiling)
 #   finish-*: the run continues to the end of its schedule (--resume); test: the BEIR test queries of every finished
 #   run, shown beside dev, never used to choose (benchmarks/results/query/levers_test_<task>.md); test-ceiling: the
 #   same for the whole adapted model where it stopped (step 500 of 1,000).
+#   queries: past queries as a user's log would give them (no labels): half of the collection's non-test queries,
+#   written by benchmarks/query/query_dev.py --write-log; the run goes the whole schedule (its step-500 dev point is
+#   in its curve). query-dev: every run scored on the other half of the non-test queries
+#   (benchmarks/results/query/query_dev_<task>.md): a dev signal from real queries, never the test split.
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$(dirname "$0")/../.."
@@ -20,6 +24,7 @@ data=../shared/data/beir/$task
 out=runs/levers/$task
 fit() { local name=$1; shift; python -m st_leap fit-query-encoder minilm --corpus "$data" --stop-at-step 500 --out "$out/$name" "$@"; }
 finish() { local name=$1; shift; python -m st_leap fit-query-encoder minilm --corpus "$data" --resume --out "$out/$name" "$@"; }
+full() { local name=$1; shift; python -m st_leap fit-query-encoder minilm --corpus "$data" --out "$out/$name" "$@"; }
 for part in "$@"; do
   case "$part" in
     base)        fit d3 --depth 3 ;;                                 # today's default
@@ -39,6 +44,12 @@ for part in "$@"; do
     lr2e-4)      fit d3_lr2e-4 --depth 3 --learning-rate 2e-4 ;;     # the peak learning rate, within the budget
     lr5e-5)      fit d3_lr5e-5 --depth 3 --learning-rate 5e-5 ;;
     depth2)      fit d2 --depth 2 ;;                                 # the shallower row beside depth 3
+    queries)
+      python -m benchmarks.query.query_dev --task "$task" --write-log "runs/querylog/$task.txt"
+      full d3_queries --depth 3 --queries "runs/querylog/$task.txt" ;;
+    query-dev)
+      python -m benchmarks.query.query_dev --task "$task" \
+        $(for d in "$out"/*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
     finish-base)    finish d3 --depth 3 ;;
     finish-hardneg) finish d3_hardneg3 --depth 3 --hard-negatives 3 ;;
     test)
