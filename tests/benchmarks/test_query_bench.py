@@ -29,3 +29,30 @@ def test_curve_reads_the_logged_dev_signals(tmp_path):
     assert rows[1]["ndcg@10"] == {2: 0.15, 3: 0.25} and rows[0]["cosine"][3] == 0.7
     text = query_curve.markdown("cmd", rows)
     assert "| 1000 | 30.00 | 15.00 (0.650) | 25.00 (0.750) |" in text
+
+
+def test_real_query_dev_never_reads_a_test_query(tmp_path, monkeypatch):
+    """The real-query dev signal and the stand-in query log come from queries outside the test qrels, with no text of
+    a test query either; the two halves are disjoint, seeded, and cover every such query; the labelled half keeps
+    SciFact-style evidence documents from the metadata."""
+    from benchmarks.query import query_dev
+
+    folder = tmp_path / "beir" / "toy"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nt1\td1\t1\nt2\td2\t1\n", encoding="utf-8")
+    rows = [{"_id": "t1", "text": "Test claim one.", "metadata": {}},
+            {"_id": "t2", "text": "Test claim two.", "metadata": {"d2": [{"label": "SUPPORT"}]}},
+            {"_id": "dup", "text": "test claim ONE.", "metadata": {}}]  # a test query's text under another id
+    rows += [{"_id": f"q{i}", "text": f"claim {i}", "metadata": {"d1": [{"sentences": [0]}]} if i % 2 else {}}
+             for i in range(10)]
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setattr(query_dev.resources, "beir_dir", lambda task: folder)
+    queries, evidence = query_dev.non_test_queries("toy")
+    assert set(queries) == {f"q{i}" for i in range(10)}
+    assert evidence == {f"q{i}": {"d1"} for i in range(1, 10, 2)}
+    log, held_out = query_dev.split_queries(queries)
+    assert not set(log) & set(held_out) and set(log) | set(held_out) == set(queries)
+    assert (log, held_out) == query_dev.split_queries(queries)
+    out = tmp_path / "log.txt"
+    assert query_dev.main(["--task", "scifact", "--write-log", str(out)]) == 0
+    assert out.read_text(encoding="utf-8").splitlines() == [queries[q] for q in log]
