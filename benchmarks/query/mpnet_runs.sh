@@ -8,7 +8,12 @@
 #   bash benchmarks/query/mpnet_runs.sh PART...   (parts: index-scifact student-scifact student-lr-scifact
 #       student-d6-scifact compare-scifact spread-scifact eval-scifact
 #       int8-scifact index-nfcorpus student-nfcorpus student-d6-nfcorpus compare-nfcorpus eval-nfcorpus
-#       int8-nfcorpus index-results)
+#       int8-nfcorpus index-results student-d6-queries-scifact student-d6-queries-nfcorpus
+#       student-queries-scifact student-queries-nfcorpus query-dev-scifact query-dev-nfcorpus eval-queries-scifact
+#       eval-queries-nfcorpus int8-queries-scifact int8-queries-nfcorpus)
+#   *-queries-*: the same students with past queries beside the documents' texts (fit-query-encoder --queries): half
+#   of the collection's non-test queries as a stand-in log (benchmarks/query/query_dev.py --write-log); query-dev:
+#   the students on the other half (benchmarks/results/query/mpnet_query_dev_<task>.md), never the test split.
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$(dirname "$0")/../.."
@@ -35,6 +40,16 @@ for part in "$@"; do
     student-d6-scifact|student-d6-nfcorpus)  # the whole all-MiniLM-L6-v2 as the student
       fit --corpus "$data/${part#student-d6-}" --student minilm --depth 6 --max-steps $steps --eval-steps 100 \
         --out "runs/qe_mpnet/${part#student-d6-}_student_d6" ;;
+    student-d6-queries-scifact|student-d6-queries-nfcorpus|student-queries-scifact|student-queries-nfcorpus)
+      task=${part##*-}; depth=3; [ "${part#student-d6}" != "$part" ] && depth=6
+      python -m benchmarks.query.query_dev --task "$task" --write-log "runs/querylog/$task.txt"
+      fit --corpus "$data/$task" --student minilm --depth $depth --max-steps $steps --eval-steps 100 \
+        --queries "runs/querylog/$task.txt" --out "runs/qe_mpnet/${task}_student_d${depth}_queries" ;;
+    query-dev-scifact|query-dev-nfcorpus)
+      task=${part#query-dev-}
+      python -m benchmarks.query.query_dev --task "$task" --original mpnet \
+        --out "benchmarks/results/query/mpnet_query_dev_$task" \
+        $(for d in runs/qe_mpnet/${task}_student_*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
     compare-scifact|compare-nfcorpus)  # the runs of a corpus on its dev split
       task=${part#compare-}
       python -m benchmarks.query.inits --out "benchmarks/results/query/mpnet_students_$task" \
@@ -42,13 +57,15 @@ for part in "$@"; do
     spread-scifact)  # mpnet's own layers (1, 6, 12), the same schedule stopped at step 250 (dev compared there)
       fit --corpus "$data/scifact" --depth 3 --max-steps $steps --stop-at-step 250 --eval-steps 50 \
         --out runs/qe_mpnet/scifact_spread_d3_250 ;;
-    eval-scifact|eval-nfcorpus|int8-scifact|int8-nfcorpus)
+    eval-scifact|eval-nfcorpus|int8-scifact|int8-nfcorpus|eval-queries-scifact|eval-queries-nfcorpus|int8-queries-scifact|int8-queries-nfcorpus)
       # eval: dev and test NDCG@10 per depth, STS-B; int8: the query side as one int8 graph, its NDCG@10 and its
       # speed against mpnet torch fp32 and mpnet's whole-graph int8 in the same rounds. Every trained student and
-      # spread encoder of the task.
-      task=${part#*-}
+      # spread encoder of the task (*-queries-*: the students trained with past queries only).
+      task=${part##*-}
+      dirs=(runs/qe_mpnet/${task}_student_d3 runs/qe_mpnet/${task}_student_d6 runs/qe_mpnet/${task}_spread_d3_250)
+      [ "${part#*-queries-}" != "$part" ] && dirs=(runs/qe_mpnet/${task}_student_d3_queries runs/qe_mpnet/${task}_student_d6_queries)
       specs=()
-      for d in runs/qe_mpnet/${task}_student_d3 runs/qe_mpnet/${task}_student_d6 runs/qe_mpnet/${task}_spread_d3_250; do
+      for d in "${dirs[@]}"; do
         [ -f "$d/query_encoder.json" ] || continue
         name=$(basename "$d"); name=${name#${task}_}; name=${name//_/ }
         if [ "${part%%-*}" = eval ]; then specs+=(--only "$name" --encoder "$task:$name=$d"); else specs+=(--int8 "$task:$name=$d"); fi
