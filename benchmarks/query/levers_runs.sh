@@ -7,7 +7,7 @@
 #
 #   bash benchmarks/query/levers_runs.sh TASK PART...   (TASK: scifact or nfcorpus; parts: base ceiling retrieval
 #       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 hardneg7
-#       hardneg-depth2 hardneg-lr2e-4 finish-base finish-hardneg queries query-dev compare test
+#       hardneg-depth2 hardneg-lr2e-4 finish-base finish-hardneg queries queries-half query-dev compare test
 #       test-ceiling)
 #   finish-*: the run continues to the end of its schedule (--resume); test: the BEIR test queries of every finished
 #   run, shown beside dev, never used to choose (benchmarks/results/query/levers_test_<task>.md); test-ceiling: the
@@ -47,6 +47,8 @@ for part in "$@"; do
     queries)
       python -m benchmarks.query.query_dev --task "$task" --write-log "runs/querylog/$task.txt"
       full d3_queries --depth 3 --queries "runs/querylog/$task.txt" ;;
+    queries-half)  # the same log filling half of the batches instead of a quarter
+      full d3_queries_half --depth 3 --queries "runs/querylog/$task.txt" --query-fraction 0.5 ;;
     query-dev)
       python -m benchmarks.query.query_dev --task "$task" \
         $(for d in "$out"/*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
