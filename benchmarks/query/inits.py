@@ -48,8 +48,12 @@ def settings(record: dict[str, Any]) -> str:
     if student is not None and student.name == "model":  # a packaged model's folder: name its package
         student = student.parent
     parts = [f"student {student.name}"] if student is not None else []
-    retrieval = config.get("retrieval") or {}
-    parts += [f"{key} {value}" for key, value in retrieval.items() if key not in ("layers", "scale")]
+    retrieval = config.get("retrieval")
+    if retrieval is None:
+        parts.append("retrieval off (distillation alone)")
+    parts += [f"{key} {value}" for key, value in (retrieval or {}).items() if key not in ("layers", "scale")]
+    if config.get("learning_rate", 1e-4) != 1e-4:
+        parts.append(f"learning rate {config['learning_rate']:g}")
     final = (config.get("loss") or {}).get("final_weight", 1.0)
     if final != 1.0:
         parts.append(f"distill weight {final}")
