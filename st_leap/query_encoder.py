@@ -338,6 +338,10 @@ def fit_query_encoder(
     documents = read_corpus(corpus)  # a bad corpus fails before any model loads
     if queries is not None:
         read_queries(queries)  # so does a bad queries file
+        if query_fraction is None:  # recorded as used, whatever the default becomes
+            from st_leap.training import QUERY_FRACTION
+
+            query_fraction = QUERY_FRACTION
     elif query_fraction is not None:
         raise ValueError("query_fraction needs queries (a file of past queries)")
     given = document_embeddings

@@ -389,6 +389,7 @@ def test_past_queries_train_as_a_third_dataset_through_the_distillation_loss(ind
     model's embedding of each, filling ``query_fraction`` of the rows the Trainer draws from; it goes through the
     distillation loss (the same object as the corpus texts'), is recorded in the config, and moves the model."""
     from st_leap import training
+    from st_leap.training import QUERY_FRACTION
 
     log = tmp_path / "log.txt"
     log.write_text("\n".join(QUERIES) + "\n", encoding="utf-8")
@@ -401,19 +402,19 @@ def test_past_queries_train_as_a_third_dataset_through_the_distillation_loss(ind
 
     monkeypatch.setattr(training, "_train_with_trainer", spy)
     small = dict(SMALL, max_steps=2, eval_steps=None)
-    result = fit_query_encoder(index_dir, corpus_path, tmp_path / "with_log", **small, queries=log, query_fraction=0.5)
+    result = fit_query_encoder(index_dir, corpus_path, tmp_path / "with_log", **small, queries=log)
     dataset = seen["dataset"]
     assert set(dataset) == {"distill", "retrieval", "queries"}
     queries = dataset["queries"]
     others = len(dataset["distill"]) + len(dataset["retrieval"])
-    assert len(queries) == others  # 0.5 of the rows
+    assert len(queries) == round(QUERY_FRACTION / (1 - QUERY_FRACTION) * others)  # the default share of the rows
     assert set(queries["sentence"]) == set(QUERIES)
     index = SentenceTransformer(index_dir, device="cpu")
     index.max_seq_length = SMALL.get("max_seq_length", 64)
     first = queries[0]
     np.testing.assert_allclose(first["label"], index.encode(first["sentence"]), atol=1e-5)
     config = read_result(result.path)["config"]
-    assert (config["corpus"]["queries"], config["corpus"]["query_fraction"]) == (str(log), 0.5)
+    assert (config["corpus"]["queries"], config["corpus"]["query_fraction"]) == (str(log), QUERY_FRACTION)  # recorded
     without = fit_query_encoder(index_dir, corpus_path, tmp_path / "without_log", **small)
     assert set(seen["dataset"]) == {"distill", "retrieval"} and "queries" not in read_result(without.path)["config"]["corpus"]
     with_log = query_side(st_leap.load(result.path, device="cpu")).encode(QUERIES)

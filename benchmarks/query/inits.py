@@ -62,9 +62,8 @@ def settings(record: dict[str, Any]) -> str:
         parts.append("kinds " + "+".join(kinds))
     queries = (config.get("corpus") or {}).get("queries")
     if queries:
-        from st_leap.training import QUERY_FRACTION
-
-        fraction = config["corpus"].get("query_fraction", QUERY_FRACTION)
+        # Runs made while the default was 0.25 recorded no fraction; fit_query_encoder now always records it.
+        fraction = config["corpus"].get("query_fraction", 0.25)
         parts.append(f"past queries {Path(queries).name} ({fraction:g} of batches)")
     return ", ".join(parts) or "default"
 

@@ -46,8 +46,8 @@ for part in "$@"; do
     depth2)      fit d2 --depth 2 ;;                                 # the shallower row beside depth 3
     queries)
       python -m benchmarks.query.query_dev --task "$task" --write-log "runs/querylog/$task.txt"
-      full d3_queries --depth 3 --queries "runs/querylog/$task.txt" ;;
-    queries-half)  # the same log filling half of the batches instead of a quarter
+      full d3_queries --depth 3 --queries "runs/querylog/$task.txt" --query-fraction 0.25 ;;
+    queries-half)  # the same log filling half of the batches instead of a quarter (the default since)
       full d3_queries_half --depth 3 --queries "runs/querylog/$task.txt" --query-fraction 0.5 ;;
     query-dev)
       python -m benchmarks.query.query_dev --task "$task" \

@@ -44,7 +44,7 @@ for part in "$@"; do
       task=${part##*-}; depth=3; [ "${part#student-d6}" != "$part" ] && depth=6
       python -m benchmarks.query.query_dev --task "$task" --write-log "runs/querylog/$task.txt"
       fit --corpus "$data/$task" --student minilm --depth $depth --max-steps $steps --eval-steps 100 \
-        --queries "runs/querylog/$task.txt" --out "runs/qe_mpnet/${task}_student_d${depth}_queries" ;;
+        --queries "runs/querylog/$task.txt" --query-fraction 0.25 --out "runs/qe_mpnet/${task}_student_d${depth}_queries" ;;
     query-dev-scifact|query-dev-nfcorpus)
       task=${part#query-dev-}
       python -m benchmarks.query.query_dev --task "$task" --original mpnet \

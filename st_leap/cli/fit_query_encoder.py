@@ -125,7 +125,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "query a line, or a queries.jsonl. They train beside the documents' texts, toward the "
                              "index model's embedding of the same query")
     parser.add_argument("--query-fraction", type=fraction, default=None,
-                        help="Share of training batches drawn from --queries (default 0.25)")
+                        help="Share of training batches drawn from --queries (default 0.5)")
     return parser
 
 
