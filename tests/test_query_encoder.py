@@ -445,3 +445,17 @@ def test_query_log_texts_fill_the_fraction_in_seeded_cycles(tmp_path):
         TrainConfig(teacher="t", corpus=corpus, retrieval={"distill": False})
     with pytest.raises(ValueError, match="api='trainer'"):
         TrainConfig(teacher="t", corpus=corpus, api="fit", group_by_length=False)
+
+
+def test_a_run_with_past_queries_resumes_to_the_uninterrupted_model(index_dir, corpus_path, tmp_path):
+    """Stopped and resumed, a run with a query log ends where the uninterrupted run does: the third dataset and its
+    order are rebuilt the same from the config."""
+    log = tmp_path / "log.txt"
+    log.write_text("\n".join(QUERIES) + "\n", encoding="utf-8")
+    common = dict(SMALL, eval_steps=None, queries=log)
+    whole = fit_query_encoder(index_dir, corpus_path, tmp_path / "whole", **common)
+    fit_query_encoder(index_dir, corpus_path, tmp_path / "parts", stop_at_step=2, **common)
+    resumed = fit_query_encoder(index_dir, corpus_path, tmp_path / "parts", resume=True, **common)
+    assert (whole.steps, resumed.steps) == (4, 4) and resumed.resumed_from.endswith("checkpoint-2")
+    encode = lambda path: query_side(st_leap.load(path, device="cpu")).encode(QUERIES)  # noqa: E731
+    np.testing.assert_allclose(encode(resumed.path), encode(whole.path), atol=1e-5)
