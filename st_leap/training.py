@@ -324,9 +324,9 @@ class TrainResult:
 RETRIEVAL_LOSS_KEYS = {"layers", "scale", "use_exit_maps", "hard_negatives", "soft_weight", "soft_scale", "weight"}
 #: The hard-negative mining options of a config's ``retrieval`` and their defaults (:func:`mine_hard_negatives`).
 NEGATIVES_DEFAULTS: dict[str, Any] = {"negatives_from": "query", "negatives_skip": 5, "negatives_pool": 50}
-# The share of training batches drawn from a corpus config's past queries (``corpus: {"queries": ...}``). Chosen
-# on held-out real queries outside the test splits (benchmarks/results/query/query_dev_*.md): 0.5 came closer to
-# the index model's ranking than 0.25 on SciFact and NFCorpus.
+#: The share of training batches drawn from a corpus config's past queries (``corpus: {"queries": ...}``). Chosen
+#: on held-out real queries outside the test splits (benchmarks/results/query/query_dev_*.md): 0.5 came closer to
+#: the index model's ranking than 0.25 on SciFact and NFCorpus.
 QUERY_FRACTION = 0.5
 NEGATIVES_FROM = ("query", "document")
 

@@ -333,6 +333,9 @@ def test_fit_query_encoder_levers_default_to_todays_config():
 
 def test_fit_query_encoder_bad_levers_fail_before_any_model_loads(tmp_path, corpus_path):
     missing_model = str(tmp_path / "no-such-model")  # never loaded
+    log = tmp_path / "log.txt"
+    log.write_text("a past query\n", encoding="utf-8")
+    (tmp_path / "blank.txt").write_text("\n\n", encoding="utf-8")
     for kwargs, match in [
         ({"distill_weight": 0, "retrieval_weight": 0}, "both 0"),
         ({"distill_weight": -1.0}, "distill_weight must be a finite number >= 0"),
@@ -342,6 +345,9 @@ def test_fit_query_encoder_bad_levers_fail_before_any_model_loads(tmp_path, corp
         ({"hard_negatives": 3, "negatives_pool": 2}, "negatives_pool must be an int >= 3"),
         ({"soft_weight": -0.5}, "soft_weight"),
         ({"query_fraction": 0.3}, "query_fraction needs queries"),
+        ({"queries": log, "distill_weight": 0}, "distillation loss"),
+        ({"queries": log, "query_fraction": 1.5}, "query_fraction must be a number in"),
+        ({"queries": tmp_path / "blank.txt"}, "no query in the file"),
     ]:
         with pytest.raises(ValueError, match=match):
             fit_query_encoder(missing_model, corpus_path, tmp_path / "out", **kwargs)
