@@ -601,7 +601,7 @@ def test_corpus_config_errors(tmp_path):
     with pytest.raises(ValueError, match="corpus must be"):
         TrainConfig(corpus={"dev_documents": 5})
     with pytest.raises(ValueError, match="corpus must be"):
-        TrainConfig(corpus={"path": "x", "queries": "y"})
+        TrainConfig(corpus={"path": "x", "questions": "y"})
     with pytest.raises(ValueError, match="corpus needs a teacher"):
         TrainConfig(teacher=None, corpus={"path": "x"})
     TrainConfig(corpus={"path": "x"}, retrieval={"layers": [2]})  # no 'passages' needed with a corpus
