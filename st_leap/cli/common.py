@@ -69,6 +69,11 @@ def fraction(text: str) -> float:
     return float(_number(text, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"))
 
 
+def open_fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (a share that cannot be none or all)."""
+    return float(_number(text, float, lambda v: 0.0 < v < 1.0, "a number between 0 and 1 (both excluded)"))
+
+
 def non_negative(text: str) -> float:
     """A number >= 0 (bands in layers)."""
     return float(_number(text, float, lambda v: v >= 0.0, "a number >= 0"))

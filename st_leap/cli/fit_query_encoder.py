@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from st_leap.cli.common import non_negative, positive_int
+from st_leap.cli.common import non_negative, open_fraction, positive_int
 
 
 def query_kinds(text: str) -> list[str]:
@@ -29,17 +29,6 @@ def non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from error
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from error
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (both excluded), got {text!r}")
     return value
 
 
@@ -124,7 +113,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="Past queries of your index, if you keep a log (no labels needed): a text file of one "
                              "query a line, or a queries.jsonl. They train beside the documents' texts, toward the "
                              "index model's embedding of the same query")
-    parser.add_argument("--query-fraction", type=fraction, default=None,
+    parser.add_argument("--query-fraction", type=open_fraction, default=None,
                         help="Share of training batches drawn from --queries (default 0.5)")
     return parser
 
