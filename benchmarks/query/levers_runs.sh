@@ -7,7 +7,7 @@
 #
 #   bash benchmarks/query/levers_runs.sh TASK PART...   (TASK: scifact or nfcorpus; parts: base ceiling retrieval
 #       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 hardneg7
-#       hardneg-depth2 hardneg-lr2e-4 finish-base finish-hardneg queries queries-half query-dev compare test
+#       hardneg-depth2 hardneg-lr2e-4 finish-base finish-hardneg finish-titles queries queries-half query-dev compare test
 #       test-ceiling)
 #   finish-*: the run continues to the end of its schedule (--resume); test: the BEIR test queries of every finished
 #   run, shown beside dev, never used to choose (benchmarks/results/query/levers_test_<task>.md); test-ceiling: the
@@ -54,6 +54,7 @@ for part in "$@"; do
         $(for d in "$out"/*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
     finish-base)    finish d3 --depth 3 ;;
     finish-hardneg) finish d3_hardneg3 --depth 3 --hard-negatives 3 ;;
+    finish-titles)  finish d3_titles_sentences --depth 3 --kinds title,sentence ;;
     test)
       specs=()
       for d in "$out"/*/; do
