@@ -6,7 +6,7 @@
 # cached, so only a corpus's first run pays them.
 #
 #   bash benchmarks/query/levers_runs.sh TASK PART...   (TASK: scifact or nfcorpus; parts: base ceiling retrieval
-#       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 hardneg7
+#       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 steps2000 batch128 soup hardneg7
 #       hardneg-depth2 hardneg-lr2e-4 finish-base finish-hardneg finish-titles queries queries-half query-dev compare test
 #       test-ceiling)
 #   finish-*: the run continues to the end of its schedule (--resume); test: the BEIR test queries of every finished
@@ -25,6 +25,15 @@ out=runs/levers/$task
 fit() { local name=$1; shift; python -m st_leap fit-query-encoder minilm --corpus "$data" --stop-at-step 500 --out "$out/$name" "$@"; }
 finish() { local name=$1; shift; python -m st_leap fit-query-encoder minilm --corpus "$data" --resume --out "$out/$name" "$@"; }
 full() { local name=$1; shift; python -m st_leap fit-query-encoder minilm --corpus "$data" --out "$out/$name" "$@"; }
+finished() {  # the runs among the folders given that went to the end of their schedule
+  local d
+  for d in "$@"; do
+    d=${d%/}
+    python -c "import json, sys; r = json.load(open(sys.argv[1])); sys.exit(r['steps'] != r['config']['max_steps'])" \
+      "$d/query_encoder.json" 2>/dev/null && echo "$d"
+  done
+  return 0
+}
 for part in "$@"; do
   case "$part" in
     base)        fit d3 --depth 3 ;;                                 # today's default
@@ -44,6 +53,13 @@ for part in "$@"; do
     lr2e-4)      fit d3_lr2e-4 --depth 3 --learning-rate 2e-4 ;;     # the peak learning rate, within the budget
     lr5e-5)      fit d3_lr5e-5 --depth 3 --learning-rate 5e-5 ;;
     depth2)      fit d2 --depth 2 ;;                                 # the shallower row beside depth 3
+    steps2000)   full d3_2000 --depth 3 --max-steps 2000 ;;          # a longer schedule, still inside the hour
+    batch128)    fit d3_batch128 --depth 3 --batch-size 128 ;;       # twice the in-batch negatives per step
+    soup)        # the finished depth-3 runs (one start, one shape) averaged weight by weight, scored on dev and test
+      python -m benchmarks.query.soup --out "$out/soup_d3" $(finished "$out"/d3 "$out"/d3_hardneg3 "$out"/d3_queries \
+        "$out"/d3_queries_half "$out"/d3_titles_sentences)
+      python -m benchmarks.query.corpus --tasks "$task" --phases eval --save-dir runs/query/levers \
+        --out "benchmarks/results/query/levers_soup_$task" --only soup_d3 --encoder "$task:soup_d3=$out/soup_d3" ;;
     queries)
       python -m benchmarks.query.query_dev --task "$task" --write-log "runs/querylog/$task.txt"
       full d3_queries --depth 3 --queries "runs/querylog/$task.txt" --query-fraction 0.25 ;;
@@ -57,12 +73,7 @@ for part in "$@"; do
     finish-titles)  finish d3_titles_sentences --depth 3 --kinds title,sentence ;;
     test)
       specs=()
-      for d in "$out"/*/; do
-        d=${d%/}
-        python -c "import json, sys; r = json.load(open(sys.argv[1])); sys.exit(r['steps'] != r['config']['max_steps'])" \
-          "$d/query_encoder.json" 2>/dev/null || continue
-        specs+=(--only "$(basename "$d")" --encoder "$task:$(basename "$d")=$d")
-      done
+      for d in $(finished "$out"/*/); do specs+=(--only "$(basename "$d")" --encoder "$task:$(basename "$d")=$d"); done
       python -m benchmarks.query.corpus --tasks "$task" --phases eval --save-dir runs/query/levers \
         --out "benchmarks/results/query/levers_test_$task" "${specs[@]}" ;;
     test-ceiling)
