@@ -232,6 +232,7 @@ def fit_query_encoder(
     stop_at_step: int | None = None,
     batch_size: int = 64,
     learning_rate: float = 1e-4,
+    train_texts: int | None = None,
     max_seq_length: int = 64,
     kinds: Sequence[str] = QUERY_KINDS,
     map_texts: int = 20_000,
@@ -278,6 +279,10 @@ def fit_query_encoder(
         stop_at_step: Stop after this many steps of the ``max_steps`` schedule (resume later with ``resume``).
         batch_size: Texts per step.
         learning_rate: Peak learning rate (linear schedule, 5% warm-up).
+        train_texts: How many query-like texts to train on. Default: the step budget's worth (``max_steps *
+            batch_size``, fewer when the documents give fewer). Fewer texts than that repeat in epochs: the index
+            model's pass over the texts is cached, so a longer schedule on the same ``train_texts`` pays no new pass
+            (for a wide index model that pass is most of a run's cost).
         max_seq_length: Token length the query texts are trained at (queries are short).
         kinds: Which query-like texts to make of each document (:func:`st_leap.corpus.query_texts`).
         map_texts: How many query-like texts of the training documents the closed-form maps are fitted on, whatever
@@ -355,6 +360,9 @@ def fit_query_encoder(
         raise ValueError(f"depth must be an int >= 1, got {depth!r}")
     if isinstance(map_texts, bool) or not isinstance(map_texts, int) or map_texts < MIN_FIT_TEXTS:
         raise ValueError(f"map_texts must be an int >= {MIN_FIT_TEXTS} (the closed-form map fit), got {map_texts!r}")
+    if train_texts is not None and (isinstance(train_texts, bool) or not isinstance(train_texts, int)
+                                    or train_texts < batch_size):
+        raise ValueError(f"train_texts must be null or an int >= batch_size ({batch_size}), got {train_texts!r}")
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
     if not kinds or any(kind not in QUERY_KINDS for kind in kinds):
         raise ValueError(f"kinds must be a non-empty list of {', '.join(QUERY_KINDS)}, got {kinds!r}")
@@ -375,7 +383,7 @@ def fit_query_encoder(
         np.savez(embeddings_path, ids=np.array(documents.ids), embeddings=np.asarray(given, dtype=np.float32))
     config = TrainConfig(
         model=str(work / "init"), teacher=index_path, output_dir=str(work / "student"), max_steps=max_steps,
-        stop_at_step=stop_at_step, batch_size=batch_size, learning_rate=learning_rate,
+        stop_at_step=stop_at_step, batch_size=batch_size, learning_rate=learning_rate, num_sentences=train_texts,
         warmup_steps=max(1, max_steps // 20), group_by_length=True, max_seq_length=max_seq_length, seed=42,
         sentence_seed=seed, logging_steps=max(1, min(50, max_steps // 10)),
         loss=student_loss(leap, distill_weight if distill_weight > 0 else 1.0),  # 0: the loss is not run

@@ -195,7 +195,7 @@ def test_cli_fit_maps_on_a_corpus(tiny_bert_dir, tmp_path, capsys):
 
 def test_cli_fit_query_encoder_levers_reach_fit_query_encoder(tmp_path, monkeypatch, capsys):
     """``--distill-weight``, ``--retrieval-weight``, ``--hard-negatives``, ``--negatives-from``, ``--negatives-skip``,
-    ``--negatives-pool``, ``--soft-weight``, ``--kinds``, ``--queries`` and ``--query-fraction`` reach
+    ``--negatives-pool``, ``--soft-weight``, ``--kinds``, ``--queries``, ``--query-fraction`` and ``--train-texts`` reach
     ``fit_query_encoder``; left out, its defaults apply (``kinds`` is not passed at all); a bad ``--kinds`` or
     ``--query-fraction`` is a usage error."""
     import st_leap.query_encoder as query_encoder
@@ -227,7 +227,11 @@ def test_cli_fit_query_encoder_levers_reach_fit_query_encoder(tmp_path, monkeypa
     assert "kinds" not in seen and (seen["distill_weight"], seen["retrieval_weight"]) == (1.0, 1.0)
     assert (seen["hard_negatives"], seen["soft_weight"], seen["negatives_skip"], seen["negatives_pool"]) == (
         0, 0.0, None, None)
-    assert (seen["queries"], seen["query_fraction"]) == (None, None)
+    assert (seen["queries"], seen["query_fraction"], seen["train_texts"]) == (None, None, None)
+    seen.clear()
+    with pytest.raises(Stop):
+        main(base + ["--train-texts", "32000", "--max-steps", "1500"])
+    assert (seen["train_texts"], seen["max_steps"]) == (32000, 1500)
     with pytest.raises(SystemExit) as error:
         main(base + ["--kinds", "title,question"])
     assert error.value.code == 2 and "unknown: question" in capsys.readouterr().err

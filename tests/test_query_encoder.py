@@ -465,3 +465,29 @@ def test_a_run_with_past_queries_resumes_to_the_uninterrupted_model(index_dir, c
     assert (whole.steps, resumed.steps) == (4, 4) and resumed.resumed_from.endswith("checkpoint-2")
     encode = lambda path: query_side(st_leap.load(path, device="cpu")).encode(QUERIES)  # noqa: E731
     np.testing.assert_allclose(encode(resumed.path), encode(whole.path), atol=1e-5)
+
+
+def test_train_texts_caps_the_texts_and_the_schedule_repeats_them(index_dir, corpus_path, tmp_path, monkeypatch):
+    """``train_texts`` fewer than the budget's worth: the datasets hold that many texts, the run still takes every
+    step of its schedule (the texts repeat in epochs), and the cap is recorded; fewer than a batch is refused before
+    any model loads."""
+    import st_leap.training as training
+
+    seen = {}
+    real = training._train_with_trainer
+
+    def spy(model, loss, dataset, config, *args, **kwargs):
+        seen["dataset"] = dataset
+        return real(model, loss, dataset, config, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_with_trainer", spy)
+    small = dict(SMALL, max_steps=6, eval_steps=None)  # the budget's worth: 6 x 8 = 48 texts
+    result = fit_query_encoder(index_dir, corpus_path, tmp_path / "capped", train_texts=16, **small)
+    assert result.steps == 6
+    assert {name: len(rows) for name, rows in seen["dataset"].items()} == {"distill": 16, "retrieval": 16}
+    assert read_result(result.path)["config"]["num_sentences"] == 16
+    uncapped = fit_query_encoder(index_dir, corpus_path, tmp_path / "uncapped", **small)
+    assert len(seen["dataset"]["distill"]) == 48 and read_result(uncapped.path)["config"]["num_sentences"] is None
+    for bad in (4, 0, 2.5, True):
+        with pytest.raises(ValueError, match="train_texts must be"):
+            fit_query_encoder(str(tmp_path / "no-such-model"), corpus_path, tmp_path / "bad", train_texts=bad, **small)

@@ -73,6 +73,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="Stop after N steps of the --max-steps schedule (continue later with --resume)")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--train-texts", type=positive_int, default=None,
+                        help="Query-like texts to train on (default: the step budget's worth, steps x batch). Fewer "
+                             "repeat in epochs, so a longer --max-steps on the same texts pays no new pass of the "
+                             "index model over them (cached): the cheap way to train longer for a 12-layer index")
     parser.add_argument("--document-embeddings", default=None,
                         help="Your index's vectors, read straight from where you keep them: an .npz with 'ids' and "
                              "'embeddings'; an .npy in corpus order; a FAISS index file (pip install faiss-cpu; an "
@@ -128,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         args.index_model, args.corpus, args.out, depth=args.depth, init=args.init, student=args.student,
         max_steps=args.max_steps,
         stop_at_step=args.stop_at_step, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        document_embeddings=args.document_embeddings, dev_documents=args.dev_documents, eval_steps=args.eval_steps,
+        train_texts=args.train_texts, document_embeddings=args.document_embeddings, dev_documents=args.dev_documents,
+        eval_steps=args.eval_steps,
         work_dir=args.work_dir, resume=args.resume, distill_weight=args.distill_weight,
         retrieval_weight=args.retrieval_weight, hard_negatives=args.hard_negatives, negatives_from=args.negatives_from,
         negatives_skip=args.negatives_skip, negatives_pool=args.negatives_pool, soft_weight=args.soft_weight,
