@@ -10,7 +10,8 @@
 #       int8-scifact index-nfcorpus student-nfcorpus student-d6-nfcorpus compare-nfcorpus eval-nfcorpus
 #       int8-nfcorpus index-results student-d6-queries-scifact student-d6-queries-nfcorpus
 #       student-queries-scifact student-queries-nfcorpus query-dev-scifact query-dev-nfcorpus eval-queries-scifact
-#       eval-queries-nfcorpus int8-queries-scifact int8-queries-nfcorpus)
+#       eval-queries-nfcorpus int8-queries-scifact int8-queries-nfcorpus student-d6-long-scifact
+#       student-d6-long-nfcorpus)
 #   *-queries-*: the same students with past queries beside the documents' texts (fit-query-encoder --queries): half
 #   of the collection's non-test queries as a stand-in log (benchmarks/query/query_dev.py --write-log); query-dev:
 #   the students on the other half (benchmarks/results/query/mpnet_query_dev_<task>.md), never the test split.
@@ -40,6 +41,10 @@ for part in "$@"; do
     student-d6-scifact|student-d6-nfcorpus)  # the whole all-MiniLM-L6-v2 as the student
       fit --corpus "$data/${part#student-d6-}" --student minilm --depth 6 --max-steps $steps --eval-steps 100 \
         --out "runs/qe_mpnet/${part#student-d6-}_student_d6" ;;
+    student-d6-long-scifact|student-d6-long-nfcorpus)  # the whole MiniLM student three times longer, on the same
+      # 32,000 texts (--train-texts: they repeat; mpnet's cached pass over them serves again, no new pass)
+      fit --corpus "$data/${part#student-d6-long-}" --student minilm --depth 6 --max-steps $((3 * steps)) \
+        --train-texts $((steps * 64)) --eval-steps 250 --out "runs/qe_mpnet/${part#student-d6-long-}_student_d6_long" ;;
     student-d6-queries-scifact|student-d6-queries-nfcorpus|student-queries-scifact|student-queries-nfcorpus)
       task=${part##*-}; depth=3; [ "${part#student-d6}" != "$part" ] && depth=6
       python -m benchmarks.query.query_dev --task "$task" --write-log "runs/querylog/$task.txt"
