@@ -3,7 +3,8 @@
 The runs must share a start and a shape (``st-leap fit-query-encoder`` with the same index model, ``--init`` and
 ``--depth``: every run then starts from the same copied layers). The query side's weights (the transformer and its
 maps) are averaged tensor by tensor; the document side is the index model's, untouched, and is copied from the first
-run. The soup is scored like any saved encoder, e.g. with ``benchmarks.query.corpus --phases eval --encoder``.
+run; ``soup.json`` names the runs. The soup is scored like any saved encoder, e.g. with
+``benchmarks.query.corpus --phases eval --encoder``.
 
 Example::
 
@@ -51,9 +52,13 @@ def soup(runs: list[Path], out: Path) -> Path:
             stacked = torch.stack([state[key] for state in tensors])
             averaged[key] = stacked.float().mean(0).to(stacked.dtype) if stacked.is_floating_point() else stacked[0]
         save_file(averaged, out / name, metadata={"format": "pt"})
-    record = json.loads((runs[0] / "query_encoder.json").read_text())
-    record.update(path=str(out), soup=[str(run) for run in runs])
-    (out / "query_encoder.json").write_text(json.dumps(record, indent=2))
+    # The first run's training record (its dev curve, its steps) is not the soup's: the soup gets its own record, so
+    # that readers of fit-query-encoder's record (benchmarks.query.inits, query_dev) never take it for a trained run.
+    record = out / "query_encoder.json"
+    depth = json.loads(record.read_text())["depth"] if record.exists() else None
+    record.unlink(missing_ok=True)
+    soup_record = {"path": str(out), "depth": depth, "soup": [str(run) for run in runs]}
+    (out / "soup.json").write_text(json.dumps(soup_record, indent=2))
     return out
 
 

@@ -30,8 +30,9 @@ def test_soup_averages_the_query_side_and_keeps_the_document_side(tmp_path):
     assert torch.allclose(load_file(out / "query_3_ExitMaps" / "model.safetensors")["map"], torch.eye(2) * 3.0)
     # the document side is the first run's (the index model's), untouched
     assert torch.equal(load_file(out / "document_0_Transformer" / "model.safetensors")["doc"], torch.full((2,), 1.0))
-    record = json.loads((out / "query_encoder.json").read_text())
-    assert record["soup"] == [str(run) for run in runs] and record["path"] == str(out)
+    record = json.loads((out / "soup.json").read_text())
+    assert record == {"path": str(out), "depth": 3, "soup": [str(run) for run in runs]}
+    assert not (out / "query_encoder.json").exists()  # the first run's training record is not the soup's
 
 
 def test_soup_refuses_runs_that_did_not_share_a_shape(tmp_path):
