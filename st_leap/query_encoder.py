@@ -157,9 +157,23 @@ def pick_layers(num_layers: int, depth: int, init: str = "first") -> list[int]:
     return sorted({round(i * (num_layers - 1) / (depth - 1)) for i in range(depth)})
 
 
-def init_student(index_model: str, depth: int, init: str = "first", device: str | None = None) -> SentenceTransformer:
-    """An early-exit model of ``depth`` layers taken from ``index_model`` (:func:`pick_layers`), with its pooling
-    and normalization, full depth by default."""
+def check_layers(layers: Sequence[int], num_layers: int | None, depth: int) -> list[int]:
+    """``layers`` as a list after checking it: ``depth`` distinct 0-based layers in increasing order, each below
+    ``num_layers`` (``None``: not known yet, only the form is checked)."""
+    keep = list(layers) if not isinstance(layers, (str, bytes)) else None
+    if (keep is None or len(keep) != depth or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in keep)
+            or keep != sorted(set(keep))):
+        raise ValueError(f"layers must be {depth} distinct 0-based layer numbers in increasing order (one per layer of "
+                         f"depth {depth}), got {layers!r}")
+    if num_layers is not None and keep[-1] >= num_layers:
+        raise ValueError(f"layers {keep}: the model has {num_layers} layers (0..{num_layers - 1})")
+    return keep
+
+
+def init_student(index_model: str, depth: int, init: str = "first", device: str | None = None,
+                 layers: Sequence[int] | None = None) -> SentenceTransformer:
+    """An early-exit model of ``depth`` layers taken from ``index_model`` (:func:`pick_layers`, or the 0-based
+    ``layers`` given), with its pooling and normalization, full depth by default."""
     from torch import nn
 
     from st_leap.model import from_pretrained
@@ -167,9 +181,9 @@ def init_student(index_model: str, depth: int, init: str = "first", device: str 
 
     model = SentenceTransformer(resources.resolve_model(index_model), device=device or "cpu")
     auto = model[0].auto_model
-    layers = encoder_layers(auto)
-    keep = pick_layers(len(layers), depth, init)
-    picked = nn.ModuleList([layers[i] for i in keep])
+    stack = encoder_layers(auto)
+    keep = check_layers(layers, len(stack), depth) if layers is not None else pick_layers(len(stack), depth, init)
+    picked = nn.ModuleList([stack[i] for i in keep])
     parent = auto.transformer if hasattr(auto, "transformer") else auto.encoder
     parent.layer = picked
     for key in ("num_hidden_layers", "n_layers"):
@@ -192,7 +206,8 @@ def build_router(student: SentenceTransformer, index_model: SentenceTransformer)
 class QueryEncoderResult:
     """What :func:`fit_query_encoder` did: where the model is, how long each part took, and its dev signal;
     ``empty_documents`` counts the corpus's documents with an empty title and text (in the index, no training text)
-    and ``map_fit_texts`` the texts the closed-form maps were fitted on."""
+    and ``map_fit_texts`` the texts the closed-form maps were fitted on; ``layers`` the start's layers when given
+    (else ``init``'s pick)."""
 
     path: str
     student_path: str
@@ -207,6 +222,7 @@ class QueryEncoderResult:
     resumed_from: str | None = None
     empty_documents: int = 0
     map_fit_texts: int = 0
+    layers: list[int] | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,6 +243,7 @@ def fit_query_encoder(
     *,
     depth: int = 3,
     init: str = "spread",
+    layers: Sequence[int] | None = None,
     student: str | None = None,
     max_steps: int | None = None,
     stop_at_step: int | None = None,
@@ -274,6 +291,9 @@ def fit_query_encoder(
             on the corpus dev split: ``benchmarks/results/query/inits.md``), ``"first"`` (the first ``depth``) or
             ``"leap"`` (the whole index model trained at every depth with LEAPLoss, served at ``depth``; queries can
             exit per sample instead with ``encode_query(..., truncate_layers=None, exit_threshold=...)``).
+        layers: The 0-based layers of the index model (or of ``student``) to start from instead of ``init``'s pick:
+            ``depth`` of them in increasing order, e.g. ``[0, 3, 5]`` of a 6-layer model (``"spread"`` picks
+            ``[0, 2, 5]``). Not with ``init="leap"``, which keeps them all.
         max_steps: The step budget (the learning-rate schedule runs over it). Default: :func:`default_max_steps`
             (1,000; 500 for an index model 768 wide or more).
         stop_at_step: Stop after this many steps of the ``max_steps`` schedule (resume later with ``resume``).
@@ -331,8 +351,9 @@ def fit_query_encoder(
         FileNotFoundError: a missing corpus or document embeddings file, before any model loads.
         ValueError: before any model loads: a malformed corpus or one without text (naming the file and line),
             document embeddings that miss a corpus id, a bad ``init`` or ``depth``, ``dev_documents`` that leave no
-            training document, training documents that give fewer texts than the map fit needs, bad ``kinds``,
-            both weights 0, a bad lever, or a queries file without a query (or with ``distill_weight`` 0).
+            training document, training documents that give fewer texts than the map fit needs, bad ``kinds`` or
+            ``layers`` (beyond the model's layers: read from its config), both weights 0, a bad lever, or a queries
+            file without a query (or with ``distill_weight`` 0).
     """
     from st_leap.evaluation.dev import corpus_depth_evaluator
     from st_leap.exit_maps import MIN_FIT_TEXTS, fit_exit_maps
@@ -358,6 +379,10 @@ def fit_query_encoder(
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+    if layers is not None:
+        if init == "leap":
+            raise ValueError("layers picks a shallow start; init='leap' keeps every layer: give one or the other")
+        layers = check_layers(layers, None, depth)
     if isinstance(map_texts, bool) or not isinstance(map_texts, int) or map_texts < MIN_FIT_TEXTS:
         raise ValueError(f"map_texts must be an int >= {MIN_FIT_TEXTS} (the closed-form map fit), got {map_texts!r}")
     if train_texts is not None and (isinstance(train_texts, bool) or not isinstance(train_texts, int)
@@ -374,6 +399,11 @@ def fit_query_encoder(
     if max_steps is None:
         max_steps = default_max_steps(index_path)
     student_path = resources.resolve_model(student) if student is not None else index_path
+    if layers is not None:  # the model's depth from its config, before any weights load
+        from transformers import AutoConfig
+
+        start = AutoConfig.from_pretrained(student_path)
+        check_layers(layers, getattr(start, "num_hidden_layers", None) or getattr(start, "n_layers", None), depth)
     other_student = student_path if student is not None else None  # ``student`` is the model from here on
     leap = init == "leap"
     work = Path(work_dir) if work_dir is not None else Path(f"{out}-training")
@@ -435,7 +465,7 @@ def fit_query_encoder(
     name = Path(index_path).name if Path(index_path).exists() else index_path
     maps_fit = {"target_embeddings": targets, "target_name": name, "seed": seed}
     if not (work / "init" / "modules.json").exists():
-        student = init_student(student_path, depth, init)
+        student = init_student(student_path, depth, init, layers=layers)
         fit_exit_maps(student, map_fit_texts, **maps_fit)
         save_model(student, work / "init")
     evaluator = corpus_depth_evaluator(
@@ -461,7 +491,8 @@ def fit_query_encoder(
     model = build_router(student, index)
     save_model(model, out)
     result = QueryEncoderResult(
-        path=str(out), student_path=str(work / "query_encoder"), depth=depth, init=init, steps=trained.steps,
+        path=str(out), student_path=str(work / "query_encoder"), depth=depth, init=init, layers=layers,
+        steps=trained.steps,
         student=other_student,
         resumed_from=trained.resumed_from, empty_documents=empty, map_fit_texts=len(map_fit_texts),
         train_seconds=train_seconds, index_seconds=index_seconds, dev=dev, maps=maps, config=config.to_dict(),

@@ -195,9 +195,10 @@ def test_cli_fit_maps_on_a_corpus(tiny_bert_dir, tmp_path, capsys):
 
 def test_cli_fit_query_encoder_levers_reach_fit_query_encoder(tmp_path, monkeypatch, capsys):
     """``--distill-weight``, ``--retrieval-weight``, ``--hard-negatives``, ``--negatives-from``, ``--negatives-skip``,
-    ``--negatives-pool``, ``--soft-weight``, ``--kinds``, ``--queries``, ``--query-fraction`` and ``--train-texts`` reach
-    ``fit_query_encoder``; left out, its defaults apply (``kinds`` is not passed at all); a bad ``--kinds`` or
-    ``--query-fraction`` is a usage error."""
+    ``--negatives-pool``, ``--soft-weight``, ``--kinds``, ``--queries``, ``--query-fraction``, ``--train-texts`` and
+    ``--layers`` reach ``fit_query_encoder`` (``--layers`` sets the depth when ``--depth`` is not given); left out,
+    its defaults apply (``kinds`` is not passed at all); a bad ``--kinds``, ``--query-fraction`` or ``--layers`` is a
+    usage error."""
     import st_leap.query_encoder as query_encoder
     from tests.test_query_encoder import tiny_corpus
 
@@ -232,6 +233,19 @@ def test_cli_fit_query_encoder_levers_reach_fit_query_encoder(tmp_path, monkeypa
     with pytest.raises(Stop):
         main(base + ["--train-texts", "32000", "--max-steps", "1500"])
     assert (seen["train_texts"], seen["max_steps"]) == (32000, 1500)
+    assert seen["layers"] is None and seen["depth"] == 3
+    seen.clear()
+    with pytest.raises(Stop):
+        main(base + ["--layers", "0,3,5"])
+    assert (seen["layers"], seen["depth"]) == ([0, 3, 5], 3)
+    seen.clear()
+    with pytest.raises(Stop):
+        main(base + ["--layers", "1, 5"])
+    assert (seen["layers"], seen["depth"]) == ([1, 5], 2)  # as many layers as named
+    for bad in ("3,1", "0,0", "a,b", "-1,2"):
+        with pytest.raises(SystemExit) as error:
+            main(base + ["--layers", bad])
+        assert error.value.code == 2 and "--layers takes" in capsys.readouterr().err
     with pytest.raises(SystemExit) as error:
         main(base + ["--kinds", "title,question"])
     assert error.value.code == 2 and "unknown: question" in capsys.readouterr().err

@@ -74,6 +74,31 @@ def test_student_starts_from_the_index_models_layers(index_dir, init):
             assert torch.equal(a, b)
 
 
+def test_student_starts_from_the_layers_given(index_dir, corpus_path, tmp_path):
+    """``layers`` picks the start's layers instead of ``init``; the run records them; a bad list is refused before
+    any weights load (the layer count from the model's config)."""
+    index = SentenceTransformer(index_dir, device="cpu")
+    source = encoder_layers(index[0].auto_model)
+    assert pick_layers(4, 2, "spread") != [1, 2]
+    student = init_student(index_dir, 2, "spread", layers=[1, 2])
+    for mine, theirs in zip(encoder_layers(student[0].auto_model), [source[1], source[2]]):
+        for a, b in zip(mine.parameters(), theirs.parameters()):
+            assert torch.equal(a, b)
+    result = fit_query_encoder(index_dir, corpus_path, tmp_path / "given", layers=[1, 2],
+                               **dict(SMALL, max_steps=2, eval_steps=None))
+    assert result.layers == [1, 2] and read_result(result.path)["layers"] == [1, 2]
+    started = st_leap.load(str(tmp_path / "given-training" / "init"), device="cpu")  # the run's saved start
+    for mine, theirs in zip(encoder_layers(started[0].auto_model), [source[1], source[2]]):
+        for a, b in zip(mine.parameters(), theirs.parameters()):
+            assert torch.equal(a, b)
+    for bad, match in [([0, 4], "the model has 4 layers"), ([2, 1], "increasing order"), ([0, 1, 2], "2 distinct"),
+                       ([1, 1], "distinct"), ("0,1", "distinct")]:
+        with pytest.raises(ValueError, match=match):
+            fit_query_encoder(index_dir, corpus_path, tmp_path / "bad", layers=bad, **SMALL)
+    with pytest.raises(ValueError, match="init='leap' keeps every layer"):
+        fit_query_encoder(index_dir, corpus_path, tmp_path / "bad", layers=[0, 3], init="leap", **SMALL)
+
+
 def test_router_roles_and_reload(fitted, index_dir, corpus_path):
     model = st_leap.load(fitted.path, device="cpu")
     shallow = st_leap.load(fitted.student_path, device="cpu")

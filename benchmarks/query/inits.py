@@ -52,6 +52,8 @@ def settings(record: dict[str, Any]) -> str:
     if retrieval is None:
         parts.append("retrieval off (distillation alone)")
     parts += [f"{key} {value}" for key, value in (retrieval or {}).items() if key not in ("layers", "scale")]
+    if record.get("layers"):
+        parts.append("layers " + ",".join(map(str, record["layers"])))
     if config.get("learning_rate", 1e-4) != 1e-4:
         parts.append(f"learning rate {config['learning_rate']:g}")
     final = (config.get("loss") or {}).get("final_weight", 1.0)

@@ -21,6 +21,18 @@ def query_kinds(text: str) -> list[str]:
     return list(dict.fromkeys(kinds))
 
 
+def layer_list(text: str) -> list[int]:
+    """``--layers``: comma-separated 0-based layer numbers in increasing order, e.g. ``0,3,5``."""
+    try:
+        layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        layers = []
+    if not layers or any(i < 0 for i in layers) or layers != sorted(set(layers)):
+        raise argparse.ArgumentTypeError(
+            f"--layers takes distinct 0-based layer numbers in increasing order, e.g. 0,3,5; got {text!r}")
+    return layers
+
+
 def non_negative_int(text: str) -> int:
     """A whole number >= 0."""
     try:
@@ -56,12 +68,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--corpus", required=True,
                         help="The index's documents: a BEIR folder, a corpus.jsonl(.gz), or a text file of one document "
                         "per line (a document with an empty title and text stays in the index but gives no training text)")
-    parser.add_argument("--depth", type=positive_int, default=3, help="Layers of the query encoder (default 3)")
+    parser.add_argument("--depth", type=positive_int, default=None,
+                        help="Layers of the query encoder (default 3, or as many as --layers names)")
     parser.add_argument("--out", required=True, help="Folder of the finished model")
     parser.add_argument("--init", choices=("spread", "first", "leap"), default="spread",
                         help="Start from DEPTH layers of INDEX_MODEL spread from its first to its last (default: it "
                              "won on the dev split), its first DEPTH layers, or the whole stack trained at every "
                              "depth (leap: served at DEPTH, can exit per sample)")
+    parser.add_argument("--layers", type=layer_list, default=None,
+                        help="Start from these 0-based layers of INDEX_MODEL (or of --student) instead of --init's "
+                             "pick, DEPTH of them in increasing order, e.g. 0,3,5 (spread picks 0,2,5 of 6)")
     parser.add_argument("--student", default=None,
                         help="Start the query encoder from another, smaller model instead of INDEX_MODEL's layers "
                              "(a folder, a Hub id, or minilm / mpnet): e.g. minilm for an mpnet index; its exit map "
@@ -128,8 +144,11 @@ def run(args: argparse.Namespace) -> int:
     read_corpus(args.corpus)  # before any model loads: a bad corpus fails fast, naming the file and line
     from st_leap.query_encoder import fit_query_encoder
 
+    depth = args.depth or (len(args.layers) if args.layers else 3)
+
     result = fit_query_encoder(
-        args.index_model, args.corpus, args.out, depth=args.depth, init=args.init, student=args.student,
+        args.index_model, args.corpus, args.out, depth=depth, init=args.init, layers=args.layers,
+        student=args.student,
         max_steps=args.max_steps,
         stop_at_step=args.stop_at_step, batch_size=args.batch_size, learning_rate=args.learning_rate,
         train_texts=args.train_texts, document_embeddings=args.document_embeddings, dev_documents=args.dev_documents,
