@@ -207,7 +207,7 @@ class QueryEncoderResult:
     """What :func:`fit_query_encoder` did: where the model is, how long each part took, and its dev signal;
     ``empty_documents`` counts the corpus's documents with an empty title and text (in the index, no training text)
     and ``map_fit_texts`` the texts the closed-form maps were fitted on; ``layers`` the start's layers when given
-    (else ``init``'s pick)."""
+    (``None``: ``init``'s pick)."""
 
     path: str
     student_path: str

@@ -145,7 +145,6 @@ def run(args: argparse.Namespace) -> int:
     from st_leap.query_encoder import fit_query_encoder
 
     depth = args.depth or (len(args.layers) if args.layers else 3)
-
     result = fit_query_encoder(
         args.index_model, args.corpus, args.out, depth=depth, init=args.init, layers=args.layers,
         student=args.student,
