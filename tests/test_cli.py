@@ -244,7 +244,7 @@ def test_cli_fit_query_encoder_levers_reach_fit_query_encoder(tmp_path, monkeypa
     assert (seen["layers"], seen["depth"]) == ([1, 5], 2)  # as many layers as named
     for bad in ("3,1", "0,0", "a,b", "-1,2"):
         with pytest.raises(SystemExit) as error:
-            main(base + ["--layers", bad])
+            main(base + [f"--layers={bad}"])
         assert error.value.code == 2 and "--layers takes" in capsys.readouterr().err
     with pytest.raises(SystemExit) as error:
         main(base + ["--kinds", "title,question"])
