@@ -6,9 +6,9 @@
 # cached, so only a corpus's first run pays them.
 #
 #   bash benchmarks/query/levers_runs.sh TASK PART...   (TASK: scifact or nfcorpus; parts: base ceiling retrieval
-#       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 layers035 layers135
+#       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 layers035 layers135 layers045
 #       steps2000 batch128 soup hardneg7 hardneg-depth2 hardneg-lr2e-4 finish-base finish-hardneg finish-titles
-#       finish-layers035 finish-layers135 queries queries-half query-dev compare test test-ceiling)
+#       finish-layers035 finish-layers045 finish-layers135 queries queries-half query-dev compare test test-ceiling)
 #   finish-*: the run continues to the end of its schedule (--resume); test: the BEIR test queries of every finished
 #   run, shown beside dev, never used to choose (benchmarks/results/query/levers_test_<task>.md); test-ceiling: the
 #   same for the whole adapted model where it stopped (step 500 of 1,000).
@@ -55,7 +55,9 @@ for part in "$@"; do
     depth2)      fit d2 --depth 2 ;;                                 # the shallower row beside depth 3
     layers035)   fit d3_layers035 --layers 0,3,5 ;;                  # another start: spread picks 0,2,5
     layers135)   fit d3_layers135 --layers 1,3,5 ;;
+    layers045)   fit d3_layers045 --layers 0,4,5 ;;
     finish-layers035) finish d3_layers035 --layers 0,3,5 ;;
+    finish-layers045) finish d3_layers045 --layers 0,4,5 ;;
     finish-layers135) finish d3_layers135 --layers 1,3,5 ;;
     steps2000)   full d3_2000 --depth 3 --max-steps 2000 ;;          # a longer schedule, still inside the hour
     batch128)    fit d3_batch128 --depth 3 --batch-size 128 ;;       # twice the in-batch negatives per step
