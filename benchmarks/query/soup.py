@@ -1,9 +1,9 @@
 """A uniform weight average ("model soup", Wortsman et al., 2022) of query encoders trained for one index.
 
-The runs must share a start and a shape (``st-leap fit-query-encoder`` with the same index model, ``--init`` and
-``--depth``: every run then starts from the same copied layers). The query side's weights (the transformer and its
-maps) are averaged tensor by tensor; the document side is the index model's, untouched, and is copied from the first
-run; ``soup.json`` names the runs. The soup is scored like any saved encoder, e.g. with
+The runs must share a start and a shape (``st-leap fit-query-encoder`` with the same index model, ``--init``,
+``--layers`` and ``--depth``: every run then starts from the same copied layers; runs whose records name another
+start are refused). The query side's weights (the transformer and its maps) are averaged tensor by tensor; the
+document side is the index model's, untouched, and is copied from the first run; ``soup.json`` names the runs. The soup is scored like any saved encoder, e.g. with
 ``benchmarks.query.corpus --phases eval --encoder``.
 
 Example::
@@ -28,6 +28,16 @@ def query_weight_files(run: Path) -> list[Path]:
     return sorted(p.relative_to(run) for p in run.glob("query_*/model.safetensors"))
 
 
+def start_of(run: Path) -> tuple | None:
+    """What a run started from, by its ``query_encoder.json``: ``init``, ``layers``, ``depth`` and ``student``
+    (``None`` without a record)."""
+    record_path = run / "query_encoder.json"
+    if not record_path.exists():
+        return None
+    record = json.loads(record_path.read_text())
+    return (record.get("init"), tuple(record.get("layers") or ()), record.get("depth"), record.get("student"))
+
+
 def soup(runs: list[Path], out: Path) -> Path:
     """Average the query-side weights of ``runs`` into a copy of the first run at ``out``."""
     if len(runs) < 2:
@@ -35,6 +45,9 @@ def soup(runs: list[Path], out: Path) -> Path:
     files = query_weight_files(runs[0])
     if not files:
         raise ValueError(f"{runs[0]} has no query_*/model.safetensors: not a saved fit-query-encoder model")
+    starts = {str(run): start_of(run) for run in runs}
+    if len(set(starts.values())) > 1:
+        raise ValueError(f"the runs did not share a start (init, layers, depth, student): {starts}")
     for run in runs[1:]:
         if query_weight_files(run) != files:
             raise ValueError(f"{run} has other query modules than {runs[0]}: {query_weight_files(run)} vs {files}")

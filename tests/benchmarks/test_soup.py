@@ -39,6 +39,10 @@ def test_soup_refuses_runs_that_did_not_share_a_shape(tmp_path):
     runs = [make_run(tmp_path / "a", 1.0), make_run(tmp_path / "b", 2.0, shape=(3, 3))]
     with pytest.raises(ValueError, match="differs in shape"):
         soup(runs, tmp_path / "soup")
+    other_start = make_run(tmp_path / "c", 2.0)
+    (other_start / "query_encoder.json").write_text(json.dumps({"depth": 3, "layers": [0, 3, 5]}))
+    with pytest.raises(ValueError, match="did not share a start"):
+        soup([runs[0], other_start], tmp_path / "soup")
     with pytest.raises(ValueError, match="at least two"):
         soup(runs[:1], tmp_path / "soup")
     with pytest.raises(ValueError, match="not a saved fit-query-encoder model"):
