@@ -3,8 +3,8 @@
 The runs must share a start and a shape (``st-leap fit-query-encoder`` with the same index model, ``--init``,
 ``--layers`` and ``--depth``: every run then starts from the same copied layers; runs whose records name another
 start are refused). The query side's weights (the transformer and its maps) are averaged tensor by tensor; the
-document side is the index model's, untouched, and is copied from the first run; ``soup.json`` names the runs. The soup is scored like any saved encoder, e.g. with
-``benchmarks.query.corpus --phases eval --encoder``.
+document side is the index model's, untouched, and is copied from the first run; ``soup.json`` names the runs.
+The soup is scored like any saved encoder, e.g. with ``benchmarks.query.corpus --phases eval --encoder``.
 
 Example::
 
