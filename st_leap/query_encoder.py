@@ -73,14 +73,21 @@ def default_max_steps(index_model: str) -> int:
     """The step budget of :func:`fit_query_encoder` for ``index_model`` (folder, Hub id, or ``"minilm"`` /
     ``"mpnet"``): :data:`WIDE_INDEX_STEPS` when its transformer is :data:`WIDE_INDEX_HIDDEN` wide or more (read from
     its config; no weights are loaded), else :data:`DEFAULT_STEPS`."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(resources.resolve_model(index_model))
-    except (OSError, ValueError):  # no readable config: the default budget
+    config = _model_config(resources.resolve_model(index_model))
+    if config is None:  # no readable config: the default budget
         return DEFAULT_STEPS
     width = getattr(config, "hidden_size", None) or getattr(config, "dim", None)  # DistilBERT names it ``dim``
     return WIDE_INDEX_STEPS if isinstance(width, int) and width >= WIDE_INDEX_HIDDEN else DEFAULT_STEPS
+
+
+def _model_config(path: str) -> Any:
+    """A model's transformers config, read without its weights; ``None`` when none can be read."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
 
 
 def student_loss(leap: bool, distill_weight: float = 1.0) -> dict[str, Any]:
@@ -379,10 +386,8 @@ def fit_query_encoder(
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-    if layers is not None:
-        if init == "leap":
-            raise ValueError("layers picks a shallow start; init='leap' keeps every layer: give one or the other")
-        layers = check_layers(layers, None, depth)
+    if layers is not None and init == "leap":
+        raise ValueError("layers picks a shallow start; init='leap' keeps every layer: give one or the other")
     if isinstance(map_texts, bool) or not isinstance(map_texts, int) or map_texts < MIN_FIT_TEXTS:
         raise ValueError(f"map_texts must be an int >= {MIN_FIT_TEXTS} (the closed-form map fit), got {map_texts!r}")
     if train_texts is not None and (isinstance(train_texts, bool) or not isinstance(train_texts, int)
@@ -399,11 +404,10 @@ def fit_query_encoder(
     if max_steps is None:
         max_steps = default_max_steps(index_path)
     student_path = resources.resolve_model(student) if student is not None else index_path
-    if layers is not None:  # the model's depth from its config, before any weights load
-        from transformers import AutoConfig
-
-        start = AutoConfig.from_pretrained(student_path)
-        check_layers(layers, getattr(start, "num_hidden_layers", None) or getattr(start, "n_layers", None), depth)
+    if layers is not None:  # the model's depth from its config, before any weights load (init_student checks again)
+        start = _model_config(student_path)
+        layers = check_layers(layers, getattr(start, "num_hidden_layers", None) or getattr(start, "n_layers", None),
+                              depth)
     other_student = student_path if student is not None else None  # ``student`` is the model from here on
     leap = init == "leap"
     work = Path(work_dir) if work_dir is not None else Path(f"{out}-training")
