@@ -53,7 +53,10 @@ def fitted(index_dir, corpus_path, tmp_path_factory):
 def test_pick_layers():
     assert st_leap.fit_query_encoder is fit_query_encoder  # the top-level name
     assert pick_layers(6, 3) == [0, 1, 2]
-    assert pick_layers(6, 3, "spread") == [0, 2, 5]
+    assert pick_layers(6, 3, "spread") == [0, 3, 5]  # 2.5 goes to the deeper layer
+    assert pick_layers(12, 3, "spread") == [0, 6, 11]
+    assert pick_layers(12, 4, "spread") == [0, 4, 7, 11]
+    assert pick_layers(5, 3, "spread") == [0, 2, 4]
     assert pick_layers(6, 2, "spread") == [0, 5]
     assert pick_layers(6, 1, "spread") == [0]
     assert pick_layers(6, 2, "leap") == [0, 1, 2, 3, 4, 5]

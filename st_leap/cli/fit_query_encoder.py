@@ -77,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "depth (leap: served at DEPTH, can exit per sample)")
     parser.add_argument("--layers", type=layer_list, default=None,
                         help="Start from these 0-based layers of INDEX_MODEL (or of --student) instead of --init's "
-                             "pick, DEPTH of them in increasing order, e.g. 0,3,5 (spread picks 0,2,5 of 6)")
+                             "pick, DEPTH of them in increasing order, e.g. 0,2,5 (spread picks 0,3,5 of 6)")
     parser.add_argument("--student", default=None,
                         help="Start the query encoder from another, smaller model instead of INDEX_MODEL's layers "
                              "(a folder, a Hub id, or minilm / mpnet): e.g. minilm for an mpnet index; its exit map "
