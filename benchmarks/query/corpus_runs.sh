@@ -17,9 +17,9 @@ for part in "${parts[@]}"; do
     scifact)   # the default recipe (init "spread", 1,000 steps, dev every 250): the learning curve and the minutes
       fit --corpus "$data/scifact" --depth 3 --out runs/qe/scifact_d3_spread ;;
     inits)     # the other starts on the same 1,000-step schedule: "first" to the end, "spread" and "leap" stopped at
-               # step 250, where all four runs are compared on dev
+               # step 250, where all four runs are compared on dev ("spread" as it was then: layers 0,2,5)
       fit --corpus "$data/scifact" --depth 3 --init first --out runs/qe/scifact_d3_first
-      fit --corpus "$data/scifact" --depth 3 --init spread --stop-at-step 250 --out runs/qe/scifact_d3_spread_250
+      fit --corpus "$data/scifact" --depth 3 --init spread --layers 0,2,5 --stop-at-step 250 --out runs/qe/scifact_d3_spread_250
       fit --corpus "$data/scifact" --depth 3 --init leap --stop-at-step 250 --out runs/qe/scifact_d3_leap_250 ;;
     nfcorpus)
       fit --corpus "$data/nfcorpus" --depth 3 --out runs/qe/nfcorpus_d3_spread ;;

@@ -20,6 +20,10 @@
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$(dirname "$0")/../.."
+# The depth-3 start of every lever run below except the layers* ones: layers 0,2,5 of the index model, spread's pick
+# when these runs were made (spread now sends the middle layer deeper, 0,3,5: the layers035 runs won on dev). The
+# layers035-* parts are the levers that won on dev once, rerun from the new start to the end of the schedule.
+d3="--layers 0,2,5"
 task=$1; shift
 data=../shared/data/beir/$task
 out=runs/levers/$task
@@ -37,22 +41,22 @@ finished() {  # the runs among the folders given that went to the end of their s
 }
 for part in "$@"; do
   case "$part" in
-    base)        fit d3 --depth 3 ;;                                 # today's default
+    base)        fit d3 $d3 ;;                                 # the default then
     ceiling)     fit d6 --depth 6 ;;                                 # the whole index model adapted: the ceiling
-    retrieval)   fit d3_retrieval --depth 3 --distill-weight 0 ;;    # the retrieval term alone
-    distill)     fit d3_distill --depth 3 --retrieval-weight 0 ;;    # the distillation term alone
-    hardneg)     fit d3_hardneg3 --depth 3 --hard-negatives 3 ;;
-    hardneg7)    fit d3_hardneg7 --depth 3 --hard-negatives 7 ;;
+    retrieval)   fit d3_retrieval $d3 --distill-weight 0 ;;    # the retrieval term alone
+    distill)     fit d3_distill $d3 --retrieval-weight 0 ;;    # the distillation term alone
+    hardneg)     fit d3_hardneg3 $d3 --hard-negatives 3 ;;
+    hardneg7)    fit d3_hardneg7 $d3 --hard-negatives 7 ;;
     hardneg-depth2) fit d2_hardneg3 --depth 2 --hard-negatives 3 ;;
-    hardneg-lr2e-4) fit d3_hardneg3_lr2e-4 --depth 3 --hard-negatives 3 --learning-rate 2e-4 ;;
-    hardneg-doc) fit d3_hardneg3_doc --depth 3 --hard-negatives 3 --negatives-from document ;;
-    soft)        fit d3_soft1 --depth 3 --soft-weight 1 ;;
-    hardneg-soft) fit d3_hardneg3_soft1 --depth 3 --hard-negatives 3 --soft-weight 1 ;;
-    titles)      fit d3_titles_sentences --depth 3 --kinds title,sentence ;;
-    sentences)   fit d3_sentences --depth 3 --kinds sentence ;;
-    spans)       fit d3_spans --depth 3 --kinds span ;;
-    lr2e-4)      fit d3_lr2e-4 --depth 3 --learning-rate 2e-4 ;;     # the peak learning rate, within the budget
-    lr5e-5)      fit d3_lr5e-5 --depth 3 --learning-rate 5e-5 ;;
+    hardneg-lr2e-4) fit d3_hardneg3_lr2e-4 $d3 --hard-negatives 3 --learning-rate 2e-4 ;;
+    hardneg-doc) fit d3_hardneg3_doc $d3 --hard-negatives 3 --negatives-from document ;;
+    soft)        fit d3_soft1 $d3 --soft-weight 1 ;;
+    hardneg-soft) fit d3_hardneg3_soft1 $d3 --hard-negatives 3 --soft-weight 1 ;;
+    titles)      fit d3_titles_sentences $d3 --kinds title,sentence ;;
+    sentences)   fit d3_sentences $d3 --kinds sentence ;;
+    spans)       fit d3_spans $d3 --kinds span ;;
+    lr2e-4)      fit d3_lr2e-4 $d3 --learning-rate 2e-4 ;;     # the peak learning rate, within the budget
+    lr5e-5)      fit d3_lr5e-5 $d3 --learning-rate 5e-5 ;;
     depth2)      fit d2 --depth 2 ;;                                 # the shallower row beside depth 3
     layers035)   fit d3_layers035 --layers 0,3,5 ;;                  # another start: spread picks 0,2,5
     layers135)   fit d3_layers135 --layers 1,3,5 ;;
@@ -60,8 +64,8 @@ for part in "$@"; do
     finish-layers035) finish d3_layers035 --layers 0,3,5 ;;
     finish-layers045) finish d3_layers045 --layers 0,4,5 ;;
     finish-layers135) finish d3_layers135 --layers 1,3,5 ;;
-    steps2000)   full d3_2000 --depth 3 --max-steps 2000 ;;          # a longer schedule, still inside the hour
-    batch128)    fit d3_batch128 --depth 3 --batch-size 128 ;;       # twice the in-batch negatives per step
+    steps2000)   full d3_2000 $d3 --max-steps 2000 ;;          # a longer schedule, still inside the hour
+    batch128)    fit d3_batch128 $d3 --batch-size 128 ;;       # twice the in-batch negatives per step
     soup)        # the finished depth-3 runs (one start, one shape) averaged weight by weight, scored on dev and test
       python -m benchmarks.query.soup --out "$out/soup_d3" $(finished "$out"/d3 "$out"/d3_hardneg3 "$out"/d3_queries \
         "$out"/d3_queries_half "$out"/d3_titles_sentences)
@@ -69,17 +73,19 @@ for part in "$@"; do
         --out "benchmarks/results/query/levers_soup_$task" --only soup_d3 --encoder "$task:soup_d3=$out/soup_d3" ;;
     queries)
       python -m benchmarks.query.query_dev --task "$task" --write-log "runs/querylog/$task.txt"
-      full d3_queries --depth 3 --queries "runs/querylog/$task.txt" --query-fraction 0.25 ;;
+      full d3_queries $d3 --queries "runs/querylog/$task.txt" --query-fraction 0.25 ;;
+    layers035-hardneg) full d3_layers035_hardneg3 --layers 0,3,5 --hard-negatives 3 ;;   # each lever that won a dev
+    layers035-titles)  full d3_layers035_titles_sentences --layers 0,3,5 --kinds title,sentence ;;   # from the new start
     layers035-queries)  # the start that won the corpus dev with the log that won the real-query dev (default share)
       full d3_layers035_queries --layers 0,3,5 --queries "runs/querylog/$task.txt" ;;
     queries-half)  # the same log filling half of the batches instead of a quarter (the default since)
-      full d3_queries_half --depth 3 --queries "runs/querylog/$task.txt" --query-fraction 0.5 ;;
+      full d3_queries_half $d3 --queries "runs/querylog/$task.txt" --query-fraction 0.5 ;;
     query-dev)
       python -m benchmarks.query.query_dev --task "$task" \
         $(for d in "$out"/*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
-    finish-base)    finish d3 --depth 3 ;;
-    finish-hardneg) finish d3_hardneg3 --depth 3 --hard-negatives 3 ;;
-    finish-titles)  finish d3_titles_sentences --depth 3 --kinds title,sentence ;;
+    finish-base)    finish d3 $d3 ;;
+    finish-hardneg) finish d3_hardneg3 $d3 --hard-negatives 3 ;;
+    finish-titles)  finish d3_titles_sentences $d3 --kinds title,sentence ;;
     test)
       specs=()
       for d in $(finished "$out"/*/); do specs+=(--only "$(basename "$d")" --encoder "$task:$(basename "$d")=$d"); done

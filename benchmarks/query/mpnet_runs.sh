@@ -11,7 +11,7 @@
 #       int8-nfcorpus index-results student-d6-queries-scifact student-d6-queries-nfcorpus
 #       student-queries-scifact student-queries-nfcorpus query-dev-scifact query-dev-nfcorpus eval-queries-scifact
 #       eval-queries-nfcorpus int8-queries-scifact int8-queries-nfcorpus student-d6-long-scifact
-#       student-d6-long-nfcorpus eval-long-scifact eval-long-nfcorpus)
+#       student-d6-long-nfcorpus eval-long-scifact eval-long-nfcorpus int8-long-scifact int8-long-nfcorpus)
 #   *-queries-*: the same students with past queries beside the documents' texts (fit-query-encoder --queries): half
 #   of the collection's non-test queries as a stand-in log (benchmarks/query/query_dev.py --write-log); query-dev:
 #   the students on the other half (benchmarks/results/query/mpnet_query_dev_<task>.md), never the test split.
@@ -62,7 +62,7 @@ for part in "$@"; do
     spread-scifact)  # mpnet's own layers (1, 6, 12), the same schedule stopped at step 250 (dev compared there)
       fit --corpus "$data/scifact" --depth 3 --max-steps $steps --stop-at-step 250 --eval-steps 50 \
         --out runs/qe_mpnet/scifact_spread_d3_250 ;;
-    eval-scifact|eval-nfcorpus|int8-scifact|int8-nfcorpus|eval-queries-scifact|eval-queries-nfcorpus|int8-queries-scifact|int8-queries-nfcorpus|eval-long-scifact|eval-long-nfcorpus)
+    eval-scifact|eval-nfcorpus|int8-scifact|int8-nfcorpus|eval-queries-scifact|eval-queries-nfcorpus|int8-queries-scifact|int8-queries-nfcorpus|eval-long-scifact|eval-long-nfcorpus|int8-long-scifact|int8-long-nfcorpus)
       # eval: dev and test NDCG@10 per depth, STS-B; int8: the query side as one int8 graph, its NDCG@10 and its
       # speed against mpnet torch fp32 and mpnet's whole-graph int8 in the same rounds. Every trained student and
       # spread encoder of the task (*-queries-*: the students trained with past queries only; *-long-*: the longer run).
