@@ -87,3 +87,25 @@ def test_quality_scores_stock_and_early_exit_models_alike(smooth_bert_dir):
     assert "expected_layers" not in rows["st torch"]
     assert rows["st_leap torch full"]["expected_layers"] == pytest.approx(depth)
     assert 2 <= rows["st_leap torch theta=0.5"]["expected_layers"] < depth
+
+
+
+def _cosines(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_depth_graph_is_exported_again_for_another_model(tmp_path):
+    """The timed depth graph of ``benchmarks.backends.export`` is the model's own: a graph another model left in the
+    same export folder is replaced, never timed in its place."""
+    pytest.importorskip("onnxruntime")
+    import st_leap
+    from benchmarks.backends import export as export_bench
+    from tests.conftest import build_tiny_model_dir
+
+    paths = [build_tiny_model_dir(tmp_path / name, "bert", seed=seed) for name, seed in (("a", 1), ("b", 2))]
+    cuts = [st_leap.from_pretrained(p, device="cpu").encode(SENTENCES, truncate_layers=2) for p in paths]
+    assert _cosines(*cuts).min() < 0.9, "the two models must tell their graphs apart"
+    for path, cut in zip(paths, cuts):
+        _, models = export_bench.build(path, 2, "onnx", 1, tmp_path / "graphs")
+        graph = models["export onnx-int8 depth=2"].encode(SENTENCES)
+        assert _cosines(graph, cut).min() > 0.95, f"the depth-2 graph timed for {path} is not that model's"
