@@ -302,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         kept = json.loads(earlier.read_text())
         _int_keys(kept)
         result = {**kept, "meta_info": result["meta_info"]}
-        result["commands"] = [*kept.get("commands", [kept["meta_info"]["command"]]), command]
+        # each command once, where it last ran (a rerun replaces the rows it wrote)
+        result["commands"] = [*(c for c in kept.get("commands", [kept["meta_info"]["command"]]) if c != command),
+                              command]
 
     def save() -> None:
         write_result(args.out, result, markdown(result))
