@@ -4,14 +4,14 @@
 # --resume. Models go under runs/qe/ (git-ignored); the index model's passes are cached in the st_leap cache, so the
 # runs after the first of a corpus skip them.
 #
-#   bash benchmarks/query/corpus_runs.sh [scifact] [inits] [nfcorpus] [eval] [d2]   (default: all five, in this order)
+#   bash benchmarks/query/corpus_runs.sh [scifact] [inits] [nfcorpus] [eval] [d2] [defaults]   (default: all six)
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$(dirname "$0")/../.."
 fit() { python -m st_leap fit-query-encoder minilm "$@"; }
 data=../shared/data/beir
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(scifact inits nfcorpus eval d2)
+[ ${#parts[@]} -gt 0 ] || parts=(scifact inits nfcorpus eval d2 defaults)
 for part in "${parts[@]}"; do
   case "$part" in
     scifact)   # the default recipe (init "spread", 1,000 steps, dev every 250): the learning curve and the minutes
@@ -39,6 +39,9 @@ for part in "${parts[@]}"; do
         --int8 "scifact:trained d3=runs/qe/scifact_d3_spread" --int8 "nfcorpus:trained d3=runs/qe/nfcorpus_d3_spread"
       python -m benchmarks.query.inits runs/qe/scifact_d3_spread runs/qe/scifact_d3_first \
         runs/qe/scifact_d3_spread_250 runs/qe/scifact_d3_leap_250 ;;
-    *) echo "unknown part $part (scifact, inits, nfcorpus, eval, d2)" >&2; exit 2 ;;
+    defaults)  # the default runs of both corpora side by side: dev curves and training minutes (defaults.md)
+      python -m benchmarks.query.inits --out benchmarks/results/query/defaults runs/qe/scifact_d3_spread \
+        runs/qe/nfcorpus_d3_spread ;;
+    *) echo "unknown part $part (scifact, inits, nfcorpus, eval, d2, defaults)" >&2; exit 2 ;;
   esac
 done

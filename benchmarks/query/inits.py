@@ -72,11 +72,16 @@ def settings(record: dict[str, Any]) -> str:
 
 def markdown(command: str, runs: list[dict[str, Any]]) -> str:
     shared = sorted(set.intersection(*[{p["step"] for p in r["curve"]} for r in runs])) if runs else []
-    reference = next((p["reference_ndcg@10"] for r in runs for p in r["curve"] if p.get("reference_ndcg@10")), None)
+    references = _references(runs)
+    if len(set(references.values())) == 1:
+        against = f" (the index model at full depth: {100 * next(iter(references.values())):.2f} NDCG@10)"
+    else:  # runs on several corpora: each against its own index
+        against = " (the index model at full depth: " + ", ".join(
+            f"{100 * value:.2f} for `{path}`" for path, value in references.items()) + ")"
     lines = ["# Query encoder for a kept index: initialisation and loss, on the corpus dev split", "",
              f"Command: `{command}`", "",
-             "Dev: texts of 200 held-out documents retrieving their own document from the whole index (the index "
-             f"model at full depth: {100 * reference:.2f} NDCG@10)." if reference else "", "",
+             "Dev: texts of 200 held-out documents retrieving their own document from the whole index"
+             f"{against if references else ''}.", "",
              "| run | init | settings | steps (of schedule) | " + " | ".join(f"dev NDCG@10 at step {s}" for s in shared)
              + " | final dev NDCG@10 (cosine) | maps | training min | index pass min |",
              "| --- | --- | --- | ---: |" + " ---: |" * len(shared) + " ---: | --- | ---: | ---: |"]
@@ -96,8 +101,14 @@ def markdown(command: str, runs: list[dict[str, Any]]) -> str:
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
     series = [(f"{Path(r['path']).name} ({r['steps']} steps)", [p["step"] for p in r["curve"]], [p["ndcg@10"] for p in r["curve"]],
                [p["cosine"] for p in r["curve"]]) for r in runs]
-    reference = next((p["reference_ndcg@10"] for r in runs for p in r["curve"] if p.get("reference_ndcg@10")), None)
-    plot_curves(series, reference, path)
+    references = set(_references(runs).values())
+    plot_curves(series, references.pop() if len(references) == 1 else None, path)  # one line only for one index
+
+
+def _references(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each run's index model at full depth on its dev split (run path -> NDCG@10), where its record has it."""
+    return {r["path"]: next(p["reference_ndcg@10"] for p in r["curve"] if p.get("reference_ndcg@10"))
+            for r in runs if any(p.get("reference_ndcg@10") for p in r["curve"])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,3 +56,19 @@ def test_real_query_dev_never_reads_a_test_query(tmp_path, monkeypatch):
     out = tmp_path / "log.txt"
     assert query_dev.main(["--task", "scifact", "--write-log", str(out)]) == 0
     assert out.read_text(encoding="utf-8").splitlines() == [queries[q] for q in log]
+
+
+def test_inits_table_names_each_corpus_reference():
+    """Runs on two corpora are each compared with their own index model, never with the first run's."""
+    from benchmarks.query.inits import markdown
+
+    def run(path, reference):
+        point = {"step": 250, "ndcg@10": 0.5, "cosine": 0.8, "reference_ndcg@10": reference}
+        return {"path": path, "init": "spread", "steps": 250, "max_steps": 250, "curve": [point],
+                "final_dev": {"ndcg@10": 0.5, "cosine": 0.8}, "maps": "trained", "train_minutes": 1.0,
+                "index_minutes": 0.0}
+
+    one = markdown("cmd", [run("a", 0.5681), run("b", 0.5681)])
+    assert "full depth: 56.81 NDCG@10" in one
+    two = markdown("cmd", [run("a", 0.5681), run("b", 0.4925)])
+    assert "56.81 for `a`, 49.25 for `b`" in two
