@@ -64,8 +64,11 @@ LEAP_TERMS = ("final", "intermediate", "exit", "contrastive", "late", "redundanc
 DEFAULT_STEPS = 1000
 #: The step budget for an index model :data:`WIDE_INDEX_HIDDEN` wide or more (BERT-base, all-mpnet-base-v2): its pass
 #: over the training texts, not the training, is the cost of a run (all-mpnet-base-v2 embeds about 20 short texts a
-#: second on 2 cores), so it gets fewer texts (``benchmarks/results/query/mpnet_corpus.md``).
-WIDE_INDEX_STEPS = 500
+#: second on 2 cores), so it gets fewer texts, :data:`WIDE_INDEX_TEXT_STEPS` steps' worth, seen three times: chosen
+#: on both corpora's dev splits against 500 steps on the same texts (``benchmarks/results/query/mpnet_corpus.md``).
+WIDE_INDEX_STEPS = 1500
+#: How many steps' worth of texts (times the batch size) a wide index model's run trains on by default.
+WIDE_INDEX_TEXT_STEPS = 500
 WIDE_INDEX_HIDDEN = 768
 
 
@@ -73,11 +76,22 @@ def default_max_steps(index_model: str) -> int:
     """The step budget of :func:`fit_query_encoder` for ``index_model`` (folder, Hub id, or ``"minilm"`` /
     ``"mpnet"``): :data:`WIDE_INDEX_STEPS` when its transformer is :data:`WIDE_INDEX_HIDDEN` wide or more (read from
     its config; no weights are loaded), else :data:`DEFAULT_STEPS`."""
+    return WIDE_INDEX_STEPS if _is_wide(index_model) else DEFAULT_STEPS
+
+
+def default_train_texts(index_model: str, max_steps: int, batch_size: int) -> int | None:
+    """How many texts :func:`fit_query_encoder` trains on by default: for an index model :data:`WIDE_INDEX_HIDDEN`
+    wide or more, :data:`WIDE_INDEX_TEXT_STEPS` steps' worth at most (its pass over them is the cost of a run; a
+    longer schedule repeats them); else ``None``, the step budget's worth."""
+    return min(max_steps, WIDE_INDEX_TEXT_STEPS) * batch_size if _is_wide(index_model) else None
+
+
+def _is_wide(index_model: str) -> bool:
     config = _model_config(resources.resolve_model(index_model))
     if config is None:  # no readable config: the default budget
-        return DEFAULT_STEPS
+        return False
     width = getattr(config, "hidden_size", None) or getattr(config, "dim", None)  # DistilBERT names it ``dim``
-    return WIDE_INDEX_STEPS if isinstance(width, int) and width >= WIDE_INDEX_HIDDEN else DEFAULT_STEPS
+    return isinstance(width, int) and width >= WIDE_INDEX_HIDDEN
 
 
 def _model_config(path: str) -> Any:
@@ -304,12 +318,14 @@ def fit_query_encoder(
             ``depth`` of them in increasing order, e.g. ``[0, 2, 5]`` of a 6-layer model (``"spread"`` picks
             ``[0, 3, 5]``). Not with ``init="leap"``, which keeps them all.
         max_steps: The step budget (the learning-rate schedule runs over it). Default: :func:`default_max_steps`
-            (1,000; 500 for an index model 768 wide or more).
+            (1,000; 1,500 for an index model 768 wide or more).
         stop_at_step: Stop after this many steps of the ``max_steps`` schedule (resume later with ``resume``).
         batch_size: Texts per step.
         learning_rate: Peak learning rate (linear schedule, 5% warm-up).
         train_texts: How many query-like texts to train on. Default: the step budget's worth (``max_steps *
-            batch_size``, fewer when the documents give fewer). Fewer texts than that repeat in epochs: the index
+            batch_size``, fewer when the documents give fewer); for an index model 768 wide or more at most 500
+            steps' worth (:func:`default_train_texts`: 32,000 at 64 a batch, seen three times in the default 1,500
+            steps). Fewer texts than that repeat in epochs: the index
             model's pass over the texts is cached, so a longer schedule on the same ``train_texts`` pays no new pass
             (for a wide index model that pass is most of a run's cost).
         max_seq_length: Token length the query texts are trained at (queries are short).
@@ -405,6 +421,8 @@ def fit_query_encoder(
     index_path = resources.resolve_model(index_model)
     if max_steps is None:
         max_steps = default_max_steps(index_path)
+    if train_texts is None:
+        train_texts = default_train_texts(index_path, max_steps, batch_size)
     student_path = resources.resolve_model(student) if student is not None else index_path
     if layers is not None:  # the model's depth from its config, before any weights load (init_student checks again)
         start = _model_config(student_path)

@@ -399,16 +399,27 @@ def test_fit_query_encoder_trains_on_retrieval_alone_with_hard_negatives_and_sof
 
 
 def test_the_default_budget_follows_the_index_models_width(index_dir, tmp_path):
-    """A narrow index model gets DEFAULT_STEPS, one 768 wide or more WIDE_INDEX_STEPS (read from its config alone,
-    DistilBERT's ``dim`` too); a folder without a readable config gets the default."""
+    """A narrow index model gets DEFAULT_STEPS on the step budget's worth of texts, one 768 wide or more
+    WIDE_INDEX_STEPS on WIDE_INDEX_TEXT_STEPS steps' worth (read from its config alone, DistilBERT's ``dim`` too); a
+    folder without a readable config gets the default."""
     from transformers import BertConfig, DistilBertConfig
 
-    from st_leap.query_encoder import DEFAULT_STEPS, WIDE_INDEX_HIDDEN, WIDE_INDEX_STEPS, default_max_steps
+    from st_leap.query_encoder import (
+        DEFAULT_STEPS,
+        WIDE_INDEX_HIDDEN,
+        WIDE_INDEX_STEPS,
+        WIDE_INDEX_TEXT_STEPS,
+        default_max_steps,
+        default_train_texts,
+    )
 
-    assert WIDE_INDEX_STEPS < DEFAULT_STEPS
+    assert WIDE_INDEX_TEXT_STEPS < WIDE_INDEX_STEPS  # a wide index's texts repeat within its schedule
     assert default_max_steps(index_dir) == DEFAULT_STEPS
+    assert default_train_texts(index_dir, DEFAULT_STEPS, 64) is None  # the step budget's worth
     BertConfig(hidden_size=WIDE_INDEX_HIDDEN, num_attention_heads=12).save_pretrained(tmp_path / "wide")
     assert default_max_steps(str(tmp_path / "wide")) == WIDE_INDEX_STEPS
+    assert default_train_texts(str(tmp_path / "wide"), WIDE_INDEX_STEPS, 64) == WIDE_INDEX_TEXT_STEPS * 64
+    assert default_train_texts(str(tmp_path / "wide"), 10, 8) == 80  # a shorter schedule: its own worth
     DistilBertConfig(dim=WIDE_INDEX_HIDDEN).save_pretrained(tmp_path / "distil")
     assert default_max_steps(str(tmp_path / "distil")) == WIDE_INDEX_STEPS
     BertConfig(hidden_size=WIDE_INDEX_HIDDEN - 128, num_attention_heads=8).save_pretrained(tmp_path / "narrower")
@@ -497,8 +508,8 @@ def test_a_run_with_past_queries_resumes_to_the_uninterrupted_model(index_dir, c
 
 def test_train_texts_caps_the_texts_and_the_schedule_repeats_them(index_dir, corpus_path, tmp_path, monkeypatch):
     """``train_texts`` fewer than the budget's worth: the datasets hold that many texts, the run still takes every
-    step of its schedule (the texts repeat in epochs), and the cap is recorded; fewer than a batch is refused before
-    any model loads."""
+    step of its schedule (the texts repeat in epochs), and the cap is recorded; a wide index model gets its capped
+    texts by default; fewer than a batch is refused before any model loads."""
     import st_leap.training as training
 
     seen = {}
@@ -516,6 +527,13 @@ def test_train_texts_caps_the_texts_and_the_schedule_repeats_them(index_dir, cor
     assert read_result(result.path)["config"]["num_sentences"] == 16
     uncapped = fit_query_encoder(index_dir, corpus_path, tmp_path / "uncapped", **small)
     assert len(seen["dataset"]["distill"]) == 48 and read_result(uncapped.path)["config"]["num_sentences"] is None
+    import st_leap.query_encoder as query_encoder
+
+    monkeypatch.setattr(query_encoder, "WIDE_INDEX_HIDDEN", 1)  # the tiny index model counts as wide: by default
+    monkeypatch.setattr(query_encoder, "WIDE_INDEX_TEXT_STEPS", 2)  # its run gets 2 steps' worth of texts
+    wide = fit_query_encoder(index_dir, corpus_path, tmp_path / "wide", **small)
+    assert wide.steps == 6 and len(seen["dataset"]["distill"]) == 16
+    assert read_result(wide.path)["config"]["num_sentences"] == 16
     for bad in (4, 0, 2.5, True):
         with pytest.raises(ValueError, match="train_texts must be"):
             fit_query_encoder(str(tmp_path / "no-such-model"), corpus_path, tmp_path / "bad", train_texts=bad, **small)

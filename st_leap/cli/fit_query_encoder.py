@@ -83,14 +83,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "(a folder, a Hub id, or minilm / mpnet): e.g. minilm for an mpnet index; its exit map "
                              "maps its width into the index's")
     parser.add_argument("--max-steps", type=positive_int, default=None,
-                        help="The step budget (default 1,000 steps of 64 texts; 500 when the index model is 768 wide or "
-                             "more: its pass over the training texts is then the cost)")
+                        help="The step budget (default 1,000 steps of 64 texts; 1,500 when the index model is 768 wide "
+                             "or more, on 500 steps' worth of texts: its pass over the training texts is then the cost)")
     parser.add_argument("--stop-at-step", type=positive_int, default=None,
                         help="Stop after N steps of the --max-steps schedule (continue later with --resume)")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--train-texts", type=positive_int, default=None,
-                        help="Query-like texts to train on (default: the step budget's worth, steps x batch). Fewer "
+                        help="Query-like texts to train on (default: the step budget's worth, steps x batch; at "
+                             "most 500 steps' worth for an index model 768 wide or more). Fewer "
                              "repeat in epochs, so a longer --max-steps on the same texts pays no new pass of the "
                              "index model over them (cached): the cheap way to train longer for a 12-layer index")
     parser.add_argument("--document-embeddings", default=None,
