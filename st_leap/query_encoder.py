@@ -63,9 +63,10 @@ LEAP_TERMS = ("final", "intermediate", "exit", "contrastive", "late", "redundanc
 #: :data:`WIDE_INDEX_HIDDEN` (all-MiniLM-L6-v2: about half an hour on 2 CPU cores for 5,000 documents).
 DEFAULT_STEPS = 1000
 #: The step budget for an index model :data:`WIDE_INDEX_HIDDEN` wide or more (BERT-base, all-mpnet-base-v2): its pass
-#: over the training texts, not the training, is the cost of a run (all-mpnet-base-v2 embeds about 20 short texts a
-#: second on 2 cores), so it gets fewer texts, :data:`WIDE_INDEX_TEXT_STEPS` steps' worth, seen three times: chosen
-#: on both corpora's dev splits against 500 steps on the same texts (``benchmarks/results/query/mpnet_corpus.md``).
+#: over the training texts, not the training, is the cost of a run (all-mpnet-base-v2 embeds about 25 short texts a
+#: second on 2 cores: 21 minutes for 32,000, ``benchmarks/results/query/mpnet_pass_timing.md``), so it gets fewer
+#: texts, :data:`WIDE_INDEX_TEXT_STEPS` steps' worth, seen three times: chosen on both corpora's dev splits against
+#: 500 steps on the same texts (``benchmarks/results/query/mpnet_corpus.md``).
 WIDE_INDEX_STEPS = 1500
 #: How many steps' worth of texts (times the batch size) a wide index model's run trains on by default.
 WIDE_INDEX_TEXT_STEPS = 500

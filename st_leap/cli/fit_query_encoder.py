@@ -60,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "the index model's pass over the documents, about 6 for its pass over the training texts; both passes "
             "are cached, and --document-embeddings skips the first). For an index model 768 wide or more "
             "(all-mpnet-base-v2) the default is 1,500 steps on 32,000 texts, each seen three times: its pass over "
-            "the training texts is the cost (about 27 minutes; SciFact: 48 minutes for its pass over the documents, "
+            "the training texts is the cost (about 21 minutes; SciFact: 48 minutes for its pass over the documents, "
             "once; 30 minutes of training). Resume a stopped run with --resume."
         ),
     )
