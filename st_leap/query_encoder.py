@@ -326,9 +326,9 @@ def fit_query_encoder(
         train_texts: How many query-like texts to train on. Default: the step budget's worth (``max_steps *
             batch_size``, fewer when the documents give fewer); for an index model 768 wide or more at most 500
             steps' worth (:func:`default_train_texts`: 32,000 at 64 a batch, seen three times in the default 1,500
-            steps). Fewer texts than that repeat in epochs: the index
-            model's pass over the texts is cached, so a longer schedule on the same ``train_texts`` pays no new pass
-            (for a wide index model that pass is most of a run's cost).
+            steps). Fewer texts than the budget's worth repeat in epochs: the index model's pass over the texts is
+            cached, so a longer schedule on the same ``train_texts`` pays no new pass (for a wide index model that
+            pass is most of a run's cost).
         max_seq_length: Token length the query texts are trained at (queries are short).
         kinds: Which query-like texts to make of each document (:func:`st_leap.corpus.query_texts`).
         map_texts: How many query-like texts of the training documents the closed-form maps are fitted on, whatever

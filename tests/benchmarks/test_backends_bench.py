@@ -89,7 +89,6 @@ def test_quality_scores_stock_and_early_exit_models_alike(smooth_bert_dir):
     assert 2 <= rows["st_leap torch theta=0.5"]["expected_layers"] < depth
 
 
-
 def _cosines(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
