@@ -28,7 +28,8 @@ for part in "${parts[@]}"; do
       fit --corpus "$data/nfcorpus" --depth 2 --out runs/qe/nfcorpus_d2_spread
       python -m benchmarks.query.corpus --phases eval --only "trained d2" \
         --encoder "scifact:trained d2=runs/qe/scifact_d2_spread" --encoder "nfcorpus:trained d2=runs/qe/nfcorpus_d2_spread" ;;
-    eval)      # dev and test NDCG@10 per depth, STS-B, the int8 graphs; the comparison of the starts
+    eval)      # dev and test NDCG@10 per depth, STS-B, the int8 graphs; the comparison of the starts (the committed
+               # inits.md was made when the default run started from layers 0,2,5: rebuilt, its first row is today's)
       python -m benchmarks.query.corpus --phases eval --tasks scifact \
         --only "first, 1000 steps" --only "spread, 250 steps" --only "leap, 250 steps" \
         --encoder "scifact:first, 1000 steps=runs/qe/scifact_d3_first" \
