@@ -8,8 +8,8 @@
 #   bash benchmarks/query/levers_runs.sh TASK PART...   (TASK: scifact or nfcorpus; parts: base ceiling retrieval
 #       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 layers035
 #       layers135 layers045 steps2000 batch128 soup hardneg7 hardneg-depth2 hardneg-lr2e-4 finish-base
-#       finish-hardneg finish-titles finish-layers035 finish-layers045 finish-layers135 layers035-queries queries
-#       queries-half query-dev compare test test-ceiling)
+#       finish-hardneg finish-titles finish-layers035 finish-layers045 finish-layers135 layers035-queries layers035-batch128 finish-layers035-batch128
+#       queries queries-half query-dev compare test test-ceiling)
 #   finish-*: the run continues to the end of its schedule (--resume); test: the BEIR test queries of every finished
 #   run, shown beside dev, never used to choose (benchmarks/results/query/levers_test_<task>.md); test-ceiling: the
 #   same for the whole adapted model where it stopped (step 500 of 1,000).
@@ -76,6 +76,9 @@ for part in "$@"; do
       full d3_queries $d3 --queries "runs/querylog/$task.txt" --query-fraction 0.25 ;;
     layers035-hardneg) full d3_layers035_hardneg3 --layers 0,3,5 --hard-negatives 3 ;;   # each lever that won a dev
     layers035-titles)  full d3_layers035_titles_sentences --layers 0,3,5 --kinds title,sentence ;;   # from the new start
+    layers035-batch128)  # twice the in-batch negatives per step, on the default's texts (each seen twice): no new pass
+      fit d3_layers035_batch128 --layers 0,3,5 --batch-size 128 --train-texts 64000 ;;
+    finish-layers035-batch128) finish d3_layers035_batch128 --layers 0,3,5 --batch-size 128 --train-texts 64000 ;;
     layers035-queries)  # the start that won the corpus dev with the log that won the real-query dev (default share)
       full d3_layers035_queries --layers 0,3,5 --queries "runs/querylog/$task.txt" ;;
     queries-half)  # the same log filling half of the batches instead of a quarter (the default since)
