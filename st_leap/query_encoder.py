@@ -231,7 +231,8 @@ class QueryEncoderResult:
     """What :func:`fit_query_encoder` did: where the model is, how long each part took, and its dev signal;
     ``empty_documents`` counts the corpus's documents with an empty title and text (in the index, no training text)
     and ``map_fit_texts`` the texts the closed-form maps were fitted on; ``layers`` the start's layers when given
-    (``None``: ``init``'s pick)."""
+    (``None``: ``init``'s pick) and ``start_layers`` the layers it started from, given or picked (``None`` when the
+    start model's config does not say its depth)."""
 
     path: str
     student_path: str
@@ -247,6 +248,7 @@ class QueryEncoderResult:
     empty_documents: int = 0
     map_fit_texts: int = 0
     layers: list[int] | None = None
+    start_layers: list[int] | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -425,10 +427,13 @@ def fit_query_encoder(
     if train_texts is None:
         train_texts = default_train_texts(index_path, max_steps, batch_size)
     student_path = resources.resolve_model(student) if student is not None else index_path
-    if layers is not None:  # the model's depth from its config, before any weights load (init_student checks again)
-        start = _model_config(student_path)
-        layers = check_layers(layers, getattr(start, "num_hidden_layers", None) or getattr(start, "n_layers", None),
-                              depth)
+    # The start model's depth from its config, before any weights load (init_student checks again): the layers the
+    # run starts from, given or picked, are recorded (``start_layers``), since a pick can change between versions.
+    start = _model_config(student_path)
+    start_depth = getattr(start, "num_hidden_layers", None) or getattr(start, "n_layers", None)
+    if layers is not None:
+        layers = check_layers(layers, start_depth, depth)
+    start_layers = list(layers) if layers is not None else pick_layers(start_depth, depth, init) if start_depth else None
     other_student = student_path if student is not None else None  # ``student`` is the model from here on
     leap = init == "leap"
     work = Path(work_dir) if work_dir is not None else Path(f"{out}-training")
@@ -517,6 +522,7 @@ def fit_query_encoder(
     save_model(model, out)
     result = QueryEncoderResult(
         path=str(out), student_path=str(work / "query_encoder"), depth=depth, init=init, layers=layers,
+        start_layers=start_layers,
         steps=trained.steps,
         student=other_student,
         resumed_from=trained.resumed_from, empty_documents=empty, map_fit_texts=len(map_fit_texts),

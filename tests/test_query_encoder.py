@@ -90,6 +90,7 @@ def test_student_starts_from_the_layers_given(index_dir, corpus_path, tmp_path):
     result = fit_query_encoder(index_dir, corpus_path, tmp_path / "given", layers=[1, 2],
                                **dict(SMALL, max_steps=2, eval_steps=None))
     assert result.layers == [1, 2] and read_result(result.path)["layers"] == [1, 2]
+    assert result.start_layers == [1, 2] and read_result(result.path)["start_layers"] == [1, 2]
     started = st_leap.load(str(tmp_path / "given-training" / "init"), device="cpu")  # the run's saved start
     for mine, theirs in zip(encoder_layers(started[0].auto_model), [source[1], source[2]]):
         for a, b in zip(mine.parameters(), theirs.parameters()):
@@ -158,6 +159,9 @@ def test_resume_continues_a_stopped_run(index_dir, corpus_path, tmp_path):
     second = fit_query_encoder(index_dir, corpus_path, tmp_path / "model", resume=True, **common)
     assert second.steps == 4
     assert second.resumed_from is not None and second.resumed_from.endswith("checkpoint-2")
+    # the layers it started from are recorded on the resumed run too, which reuses the saved start
+    assert first.layers is None and first.start_layers == second.start_layers == pick_layers(4, first.depth, "spread")
+    assert read_result(second.path)["start_layers"] == second.start_layers
 
 
 def test_bad_inputs_fail_before_any_model_loads(tmp_path, corpus_path):

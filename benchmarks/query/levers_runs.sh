@@ -8,8 +8,8 @@
 #   bash benchmarks/query/levers_runs.sh TASK PART...   (TASK: scifact or nfcorpus; parts: base ceiling retrieval
 #       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 layers035
 #       layers135 layers045 steps2000 batch128 soup hardneg7 hardneg-depth2 hardneg-lr2e-4 finish-base
-#       finish-hardneg finish-titles finish-layers035 finish-layers045 finish-layers135 layers035-queries layers035-batch128 finish-layers035-batch128
-#       queries queries-half query-dev compare test test-ceiling)
+#       finish-hardneg finish-titles finish-layers035 finish-layers045 finish-layers135 layers035-queries
+#       layers035-batch128 finish-layers035-batch128 queries queries-half query-dev compare test test-ceiling)
 #   finish-*: the run continues to the end of its schedule (--resume); test: the BEIR test queries of every finished
 #   run, shown beside dev, never used to choose (benchmarks/results/query/levers_test_<task>.md); test-ceiling: the
 #   same for the whole adapted model where it stopped (step 500 of 1,000).

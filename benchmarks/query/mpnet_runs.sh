@@ -11,7 +11,8 @@
 #       int8-nfcorpus index-results student-d6-queries-scifact student-d6-queries-nfcorpus
 #       student-queries-scifact student-queries-nfcorpus query-dev-scifact query-dev-nfcorpus eval-queries-scifact
 #       eval-queries-nfcorpus int8-queries-scifact int8-queries-nfcorpus student-d6-long-scifact
-#       student-d6-long-nfcorpus eval-long-scifact eval-long-nfcorpus int8-long-scifact int8-long-nfcorpus)
+#       student-d6-long-nfcorpus eval-long-scifact eval-long-nfcorpus int8-long-scifact int8-long-nfcorpus
+#       student-d6-longer-scifact eval-longer-scifact int8-longer-scifact)
 #   *-queries-*: the same students with past queries beside the documents' texts (fit-query-encoder --queries): half
 #   of the collection's non-test queries as a stand-in log (benchmarks/query/query_dev.py --write-log); query-dev:
 #   the students on the other half (benchmarks/results/query/mpnet_query_dev_<task>.md), never the test split.
@@ -45,6 +46,10 @@ for part in "$@"; do
       # 32,000 texts (--train-texts: they repeat; mpnet's cached pass over them serves again, no new pass)
       fit --corpus "$data/${part#student-d6-long-}" --student minilm --depth 6 --max-steps $((3 * steps)) \
         --train-texts $((steps * 64)) --eval-steps 250 --out "runs/qe_mpnet/${part#student-d6-long-}_student_d6_long" ;;
+    student-d6-longer-scifact)  # twice the long run again (its dev curve still rose at step 1,500): 3,000 steps on
+      # the same 32,000 texts, within the 90 minutes of training a corpus may take
+      fit --corpus "$data/scifact" --student minilm --depth 6 --max-steps $((6 * steps)) --train-texts $((steps * 64)) \
+        --eval-steps 250 --out runs/qe_mpnet/scifact_student_d6_longer ;;
     student-d6-queries-scifact|student-d6-queries-nfcorpus|student-queries-scifact|student-queries-nfcorpus)
       task=${part##*-}; depth=3; [ "${part#student-d6}" != "$part" ] && depth=6
       python -m benchmarks.query.query_dev --task "$task" --write-log "runs/querylog/$task.txt"
@@ -62,14 +67,16 @@ for part in "$@"; do
     spread-scifact)  # mpnet's own layers (1, 6, 12), the same schedule stopped at step 250 (dev compared there)
       fit --corpus "$data/scifact" --depth 3 --max-steps $steps --stop-at-step 250 --eval-steps 50 \
         --out runs/qe_mpnet/scifact_spread_d3_250 ;;
-    eval-scifact|eval-nfcorpus|int8-scifact|int8-nfcorpus|eval-queries-scifact|eval-queries-nfcorpus|int8-queries-scifact|int8-queries-nfcorpus|eval-long-scifact|eval-long-nfcorpus|int8-long-scifact|int8-long-nfcorpus)
+    eval-scifact|eval-nfcorpus|int8-scifact|int8-nfcorpus|eval-queries-scifact|eval-queries-nfcorpus|int8-queries-scifact|int8-queries-nfcorpus|eval-long-scifact|eval-long-nfcorpus|int8-long-scifact|int8-long-nfcorpus|eval-longer-scifact|int8-longer-scifact)
       # eval: dev and test NDCG@10 per depth, STS-B; int8: the query side as one int8 graph, its NDCG@10 and its
       # speed against mpnet torch fp32 and mpnet's whole-graph int8 in the same rounds. Every trained student and
-      # spread encoder of the task (*-queries-*: the students trained with past queries only; *-long-*: the longer run).
+      # spread encoder of the task (*-queries-*: the students trained with past queries only; *-long-*: the longer run;
+      # *-longer-*: the 3,000-step one).
       task=${part##*-}
       dirs=(runs/qe_mpnet/${task}_student_d3 runs/qe_mpnet/${task}_student_d6 runs/qe_mpnet/${task}_spread_d3_250)
       [ "${part#*-queries-}" != "$part" ] && dirs=(runs/qe_mpnet/${task}_student_d3_queries runs/qe_mpnet/${task}_student_d6_queries)
       [ "${part#*-long-}" != "$part" ] && dirs=(runs/qe_mpnet/${task}_student_d6_long)
+      [ "${part#*-longer-}" != "$part" ] && dirs=(runs/qe_mpnet/${task}_student_d6_longer)
       specs=()
       for d in "${dirs[@]}"; do
         [ -f "$d/query_encoder.json" ] || continue

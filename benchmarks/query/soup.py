@@ -29,13 +29,20 @@ def query_weight_files(run: Path) -> list[Path]:
 
 
 def start_of(run: Path) -> tuple | None:
-    """What a run started from, by its ``query_encoder.json``: ``init``, ``layers``, ``depth`` and ``student``
-    (``None`` without a record)."""
+    """What a run started from, by its ``query_encoder.json`` (``None`` without a record): the layers it started from
+    (``start_layers``, given or picked), its depth, its student, and whether it kept the whole stack (``leap``).
+
+    A record written before ``start_layers`` existed has only the layers given (``layers``, ``None`` for ``init``'s
+    pick, which has changed between versions): its start is ``init``, ``layers``, ``depth`` and ``student``, which never
+    equals a newer record's, so that runs whose starts cannot be told apart are refused rather than averaged."""
     record_path = run / "query_encoder.json"
     if not record_path.exists():
         return None
     record = json.loads(record_path.read_text())
-    return (record.get("init"), tuple(record.get("layers") or ()), record.get("depth"), record.get("student"))
+    if record.get("start_layers") is not None:
+        return ("layers", record.get("init") == "leap", tuple(record["start_layers"]), record.get("depth"),
+                record.get("student"))
+    return ("init", record.get("init"), tuple(record.get("layers") or ()), record.get("depth"), record.get("student"))
 
 
 def soup(runs: list[Path], out: Path) -> Path:
@@ -47,7 +54,7 @@ def soup(runs: list[Path], out: Path) -> Path:
         raise ValueError(f"{runs[0]} has no query_*/model.safetensors: not a saved fit-query-encoder model")
     starts = {str(run): start_of(run) for run in runs}
     if len(set(starts.values())) > 1:
-        raise ValueError(f"the runs did not share a start (init, layers, depth, student): {starts}")
+        raise ValueError(f"the runs did not share a start (their layers, depth and student): {starts}")
     for run in runs[1:]:
         if query_weight_files(run) != files:
             raise ValueError(f"{run} has other query modules than {runs[0]}: {query_weight_files(run)} vs {files}")

@@ -47,3 +47,23 @@ def test_soup_refuses_runs_that_did_not_share_a_shape(tmp_path):
         soup(runs[:1], tmp_path / "soup")
     with pytest.raises(ValueError, match="not a saved fit-query-encoder model"):
         soup([tmp_path, runs[0]], tmp_path / "soup")
+
+
+def test_soup_compares_the_layers_each_run_started_from(tmp_path):
+    """Runs recording ``start_layers`` are compared by it (given or picked alike); a run recorded before it existed
+    (``layers`` None: a pick that has changed between versions) is never averaged with one recording it."""
+    def record(run, **fields):
+        (run / "query_encoder.json").write_text(json.dumps({"depth": 3, "init": "spread", **fields}))
+        return run
+
+    picked = record(make_run(tmp_path / "picked", 1.0), layers=None, start_layers=[0, 3, 5])
+    given = record(make_run(tmp_path / "given", 3.0), layers=[0, 3, 5], start_layers=[0, 3, 5])
+    out = soup([picked, given], tmp_path / "soup")  # the same start, one given and one picked
+    assert torch.allclose(load_file(out / "query_0_EarlyExitTransformer" / "model.safetensors")["w"],
+                          torch.full((2, 3), 2.0))
+    repicked = record(make_run(tmp_path / "repicked", 2.0), layers=None, start_layers=[0, 2, 5])
+    with pytest.raises(ValueError, match="did not share a start"):
+        soup([picked, repicked], tmp_path / "soup")
+    older = record(make_run(tmp_path / "older", 2.0), layers=None)
+    with pytest.raises(ValueError, match="did not share a start"):
+        soup([picked, older], tmp_path / "soup")
