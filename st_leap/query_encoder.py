@@ -228,7 +228,9 @@ def build_router(student: SentenceTransformer, index_model: SentenceTransformer)
 
 @dataclass
 class QueryEncoderResult:
-    """What :func:`fit_query_encoder` did: where the model is, how long each part took, and its dev signal;
+    """What :func:`fit_query_encoder` did: where the model is, how long each part took (``train_seconds``: the whole
+    schedule's training, a resumed run's earlier segments included, ``earlier_train_seconds`` of them; ``None`` when it
+    did not resume or their record was not found), and its dev signal;
     ``empty_documents`` counts the corpus's documents with an empty title and text (in the index, no training text)
     and ``map_fit_texts`` the texts the closed-form maps were fitted on; ``layers`` the start's layers when given
     (``None``: ``init``'s pick) and ``start_layers`` the layers it started from, given or picked (``None`` when the
@@ -245,6 +247,7 @@ class QueryEncoderResult:
     dev: dict[str, float] = field(default_factory=dict)
     maps: str = "trained"
     resumed_from: str | None = None
+    earlier_train_seconds: float | None = None
     empty_documents: int = 0
     map_fit_texts: int = 0
     layers: list[int] | None = None
@@ -502,9 +505,11 @@ def fit_query_encoder(
         documents, index, [depth], dev_documents=dev_documents, seed=seed, num_queries=dev_queries,
         document_embeddings=document_vectors, batch_size=batch_size,
     )
+    earlier = _read_record(out) if resume else None  # the stopped run's record, before this run replaces it
     start = time.perf_counter()
     trained = train(config, evaluator=evaluator)
     train_seconds = time.perf_counter() - start
+    earlier_seconds = _earlier_train_seconds(earlier, trained.resumed_from, out)
     student = trained.model
     dev = _dev_score(evaluator, student, depth)
     maps = "trained"
@@ -526,11 +531,33 @@ def fit_query_encoder(
         steps=trained.steps,
         student=other_student,
         resumed_from=trained.resumed_from, empty_documents=empty, map_fit_texts=len(map_fit_texts),
-        train_seconds=train_seconds, index_seconds=index_seconds, dev=dev, maps=maps, config=config.to_dict(),
+        train_seconds=train_seconds + (earlier_seconds or 0.0), earlier_train_seconds=earlier_seconds,
+        index_seconds=index_seconds, dev=dev, maps=maps, config=config.to_dict(),
     )
     write_json({**result.to_dict(), "dev_refit": refit_dev, "log_history": trained.log_history},
                Path(out) / "query_encoder.json")
     return result
+
+
+def _read_record(out: str | Path) -> dict[str, Any] | None:
+    path = Path(out) / "query_encoder.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _earlier_train_seconds(record: dict[str, Any] | None, resumed_from: str | None, out: str | Path) -> float | None:
+    """The training seconds before a resumed run's checkpoint, from the stopped run's record when it stopped there
+    (its ``steps`` are the checkpoint's); ``None`` when the run did not resume or no record says (a warning then)."""
+    if resumed_from is None:
+        return None
+    step = Path(resumed_from).name.rpartition("-")[2]
+    if record is not None and str(record.get("steps")) == step and isinstance(record.get("train_seconds"), (int, float)):
+        return float(record["train_seconds"])
+    logger.warning("%s: no record of the training before %s (its run did not finish a segment there): the recorded "
+                   "train_seconds count this run's training only", out, resumed_from)
+    return None
 
 
 def read_result(folder: str | Path) -> dict[str, Any]:

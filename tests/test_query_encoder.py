@@ -162,6 +162,10 @@ def test_resume_continues_a_stopped_run(index_dir, corpus_path, tmp_path):
     # the layers it started from are recorded on the resumed run too, which reuses the saved start
     assert first.layers is None and first.start_layers == second.start_layers == pick_layers(4, first.depth, "spread")
     assert read_result(second.path)["start_layers"] == second.start_layers
+    # the training minutes are the whole schedule's: the stopped run's, then this one's
+    assert first.earlier_train_seconds is None
+    assert second.earlier_train_seconds == pytest.approx(first.train_seconds)
+    assert second.train_seconds > first.train_seconds
 
 
 def test_bad_inputs_fail_before_any_model_loads(tmp_path, corpus_path):

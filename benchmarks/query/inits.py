@@ -33,6 +33,8 @@ def run_summary(folder: Path) -> dict[str, Any]:
     return {
         "path": str(folder), "init": record["init"], "settings": settings(record), "depth": depth, "steps": record["steps"],
         "max_steps": record["config"]["max_steps"], "train_minutes": record["train_seconds"] / 60,
+        # a resumed run recorded before its earlier segments were counted: its minutes are the last segment's only
+        "train_minutes_partial": bool(record.get("resumed_from")) and record.get("earlier_train_seconds") is None,
         "index_minutes": record["index_seconds"] / 60, "maps": record["maps"], "final_dev": record["dev"],
         "curve": points,
     }
@@ -54,6 +56,10 @@ def settings(record: dict[str, Any]) -> str:
     parts += [f"{key} {value}" for key, value in (retrieval or {}).items() if key not in ("layers", "scale")]
     if record.get("layers"):
         parts.append("layers " + ",".join(map(str, record["layers"])))
+    batch = config.get("batch_size", 64)
+    if batch != 64:
+        texts = config.get("num_sentences")
+        parts.append(f"batch {batch}" + (f" on {texts} texts" if texts else ""))
     if config.get("learning_rate", 1e-4) != 1e-4:
         parts.append(f"learning rate {config['learning_rate']:g}")
     final = (config.get("loss") or {}).get("final_weight", 1.0)
@@ -90,7 +96,8 @@ def markdown(command: str, runs: list[dict[str, Any]]) -> str:
         cells = [f"{100 * at[s]['ndcg@10']:.2f}" for s in shared]
         lines.append(f"| `{r['path']}` | {r['init']} | {r.get('settings', '')} | {r['steps']} ({r['max_steps']}) | " + " | ".join(cells)
                      + f" | {100 * r['final_dev']['ndcg@10']:.2f} ({r['final_dev']['cosine']:.3f}) | {r['maps']} | "
-                     f"{r['train_minutes']:.1f} | {r['index_minutes']:.1f} |")
+                     f"{r['train_minutes']:.1f}{' (last segment)' if r.get('train_minutes_partial') else ''} | "
+                     f"{r['index_minutes']:.1f} |")
     lines += ["", "Learning curves (dev NDCG@10 x 100 per evaluation):", ""]
     for r in runs:
         lines.append(f"- {r['init']}, {r.get('settings', '')} (`{r['path']}`): "

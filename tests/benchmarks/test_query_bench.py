@@ -72,3 +72,29 @@ def test_inits_table_names_each_corpus_reference():
     assert "full depth: 56.81 NDCG@10" in one
     two = markdown("cmd", [run("a", 0.5681), run("b", 0.4925)])
     assert "56.81 for `a`, 49.25 for `b`" in two
+
+
+def test_inits_settings_and_minutes_of_a_resumed_run(tmp_path):
+    """A batch other than 64 is named with its texts; the training minutes of a run resumed before earlier segments
+    were recorded are marked as its last segment's, and counted whole otherwise."""
+    from benchmarks.query.inits import markdown, run_summary
+
+    def record(folder, **fields):
+        folder.mkdir()
+        config = {"max_steps": 4, "batch_size": 128, "num_sentences": 256, "learning_rate": 1e-4,
+                  "retrieval": {"layers": [3], "scale": 20.0}, "loss": {}, "corpus": {}}
+        (folder / "query_encoder.json").write_text(json.dumps({
+            "init": "spread", "depth": 3, "steps": 4, "train_seconds": 120.0, "index_seconds": 0.0, "maps": "trained",
+            "dev": {"ndcg@10": 0.5, "cosine": 0.8}, "config": config,
+            "log_history": [{"step": 4, "eval_corpus_dev_depth3_ndcg@10": 0.5, "eval_corpus_dev_depth3_cosine": 0.8}],
+            **fields}))
+        return run_summary(folder)
+
+    old = record(tmp_path / "old", resumed_from="work/checkpoint-2")
+    new = record(tmp_path / "new", resumed_from="work/checkpoint-2", earlier_train_seconds=60.0)
+    whole = record(tmp_path / "whole")
+    assert old["settings"] == "batch 128 on 256 texts"
+    assert (old["train_minutes_partial"], new["train_minutes_partial"], whole["train_minutes_partial"]) == (
+        True, False, False)
+    table = markdown("cmd", [old, new, whole])
+    assert table.count("2.0 (last segment)") == 1 and table.count("| 2.0 |") == 2
