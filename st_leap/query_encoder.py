@@ -540,9 +540,9 @@ def fit_query_encoder(
 
 
 def _read_record(out: str | Path) -> dict[str, Any] | None:
-    path = Path(out) / "query_encoder.json"
+    """:func:`read_result`, or ``None`` when ``out`` has no readable record."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_result(out)
     except (OSError, ValueError):
         return None
 
