@@ -9,10 +9,12 @@
 #       distill hardneg hardneg-doc soft hardneg-soft titles sentences spans lr2e-4 lr5e-5 depth2 layers035
 #       layers135 layers045 steps2000 batch128 soup hardneg7 hardneg-depth2 hardneg-lr2e-4 finish-base
 #       finish-hardneg finish-titles finish-layers035 finish-layers045 finish-layers135 layers035-queries
-#       layers035-batch128 finish-layers035-batch128 queries queries-half query-dev compare test test-ceiling)
+#       layers035-batch128 finish-layers035-batch128 queries queries-half query-dev compare test test-ceiling
+#       finish-ceiling test-ceiling-full)
 #   finish-*: the run continues to the end of its schedule (--resume); test: the BEIR test queries of every finished
 #   run, shown beside dev, never used to choose (benchmarks/results/query/levers_test_<task>.md); test-ceiling: the
-#   same for the whole adapted model where it stopped (step 500 of 1,000).
+#   same for the whole adapted model where it stopped (step 500 of 1,000); finish-ceiling runs it to step 1,000 and
+#   test-ceiling-full scores it there.
 #   queries: past queries as a user's log would give them (no labels): half of the collection's non-test queries,
 #   written by benchmarks/query/query_dev.py --write-log; the run goes the whole schedule (its step-500 dev point is
 #   in its curve). query-dev: every run scored on the other half of the non-test queries
@@ -43,6 +45,7 @@ for part in "$@"; do
   case "$part" in
     base)        fit d3 $d3 ;;                                 # the default then
     ceiling)     fit d6 --depth 6 ;;                                 # the whole index model adapted: the ceiling
+    finish-ceiling) finish d6 --depth 6 ;;                           # ... to the end of the default schedule
     retrieval)   fit d3_retrieval $d3 --distill-weight 0 ;;    # the retrieval term alone
     distill)     fit d3_distill $d3 --retrieval-weight 0 ;;    # the distillation term alone
     hardneg)     fit d3_hardneg3 $d3 --hard-negatives 3 ;;
@@ -97,6 +100,9 @@ for part in "$@"; do
     test-ceiling)
       python -m benchmarks.query.corpus --tasks "$task" --phases eval --save-dir runs/query/levers \
         --out "benchmarks/results/query/levers_test_$task" --only "d6 at step 500" --encoder "$task:d6 at step 500=$out/d6" ;;
+    test-ceiling-full)  # the same, once finish-ceiling has run it to step 1,000
+      python -m benchmarks.query.corpus --tasks "$task" --phases eval --save-dir runs/query/levers \
+        --out "benchmarks/results/query/levers_test_$task" --only d6 --encoder "$task:d6=$out/d6" ;;
     compare)     python -m benchmarks.query.inits --out "benchmarks/results/query/levers_$task" \
                    $(for d in "$out"/*/; do [ -f "$d/query_encoder.json" ] && echo "${d%/}"; done) ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
