@@ -289,6 +289,7 @@ def fit_query_encoder(
     work_dir: str | Path | None = None,
     resume: bool = False,
     seed: int = 12345,
+    train_seed: int = 42,
     distill_weight: float = 1.0,
     retrieval_weight: float = 1.0,
     hard_negatives: int = 0,
@@ -350,6 +351,8 @@ def fit_query_encoder(
         work_dir: Where the initial student, the checkpoints and the trained student go. Default: ``<out>-training``.
         resume: Continue from the newest checkpoint in ``work_dir``.
         seed: Seed of the dev split, the texts and their order.
+        train_seed: Seed of the training itself (the trainer's: its batches' order, dropout), apart from ``seed``: two
+            runs that differ only here train on the same texts and are scored on the same dev split.
         distill_weight: Scales the distillation loss (the texts toward the index model's embedding of the same
             text; :func:`student_loss`). 0 drops that dataset and loss: retrieval alone.
         retrieval_weight: Scales the retrieval loss (the texts toward their own document,
@@ -447,7 +450,7 @@ def fit_query_encoder(
     config = TrainConfig(
         model=str(work / "init"), teacher=index_path, output_dir=str(work / "student"), max_steps=max_steps,
         stop_at_step=stop_at_step, batch_size=batch_size, learning_rate=learning_rate, num_sentences=train_texts,
-        warmup_steps=max(1, max_steps // 20), group_by_length=True, max_seq_length=max_seq_length, seed=42,
+        warmup_steps=max(1, max_steps // 20), group_by_length=True, max_seq_length=max_seq_length, seed=train_seed,
         sentence_seed=seed, logging_steps=max(1, min(50, max_steps // 10)),
         loss=student_loss(leap, distill_weight if distill_weight > 0 else 1.0),  # 0: the loss is not run
         retrieval=retrieval_settings(

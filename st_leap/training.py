@@ -894,8 +894,8 @@ LOSS_STATE_NAME = "leap_loss.pt"
 CONFIG_NAME = "leap_config.json"
 # Keys a resumed run may change without changing what it computes.
 RESUME_FREE_KEYS = {"output_dir", "resume", "save", "save_steps", "save_minutes", "save_total_limit",
-                    "max_train_seconds", "logging_steps", "cache_dir", "eval_steps", "dev_queries", "dev_documents",
-                    "dev_depths"}
+                    "max_train_seconds", "stop_at_step", "logging_steps", "cache_dir", "eval_steps", "dev_queries",
+                    "dev_documents", "dev_depths"}
 
 
 def checkpoint_dir(config: TrainConfig) -> Path:

@@ -195,8 +195,8 @@ def test_cli_fit_maps_on_a_corpus(tiny_bert_dir, tmp_path, capsys):
 
 def test_cli_fit_query_encoder_levers_reach_fit_query_encoder(tmp_path, monkeypatch, capsys):
     """``--distill-weight``, ``--retrieval-weight``, ``--hard-negatives``, ``--negatives-from``, ``--negatives-skip``,
-    ``--negatives-pool``, ``--soft-weight``, ``--kinds``, ``--queries``, ``--query-fraction``, ``--train-texts`` and
-    ``--layers`` reach ``fit_query_encoder`` (``--layers`` sets the depth when ``--depth`` is not given); left out,
+    ``--negatives-pool``, ``--soft-weight``, ``--kinds``, ``--queries``, ``--query-fraction``, ``--train-texts``,
+    ``--train-seed`` and ``--layers`` reach ``fit_query_encoder`` (``--layers`` sets the depth when ``--depth`` is not given); left out,
     its defaults apply (``kinds`` is not passed at all); a bad ``--kinds``, ``--query-fraction`` or ``--layers`` is a
     usage error."""
     import st_leap.query_encoder as query_encoder
@@ -233,7 +233,11 @@ def test_cli_fit_query_encoder_levers_reach_fit_query_encoder(tmp_path, monkeypa
     with pytest.raises(Stop):
         main(base + ["--train-texts", "32000", "--max-steps", "1500"])
     assert (seen["train_texts"], seen["max_steps"]) == (32000, 1500)
-    assert seen["layers"] is None and seen["depth"] == 3
+    assert seen["layers"] is None and seen["depth"] == 3 and seen["train_seed"] == 42
+    seen.clear()
+    with pytest.raises(Stop):
+        main(base + ["--train-seed", "7"])
+    assert seen["train_seed"] == 7
     seen.clear()
     with pytest.raises(Stop):
         main(base + ["--layers", "0,3,5"])

@@ -545,3 +545,29 @@ def test_train_texts_caps_the_texts_and_the_schedule_repeats_them(index_dir, cor
     for bad in (4, 0, 2.5, True):
         with pytest.raises(ValueError, match="train_texts must be"):
             fit_query_encoder(str(tmp_path / "no-such-model"), corpus_path, tmp_path / "bad", train_texts=bad, **small)
+
+
+def test_train_seed_changes_the_training_not_the_texts_or_the_dev_split(index_dir, corpus_path, tmp_path, monkeypatch):
+    """Two runs that differ only in ``train_seed`` train on the same texts, are scored on the same dev split (the
+    data seed's), record their training seeds, and end as different encoders; the same training seed twice ends as
+    the same encoder."""
+    import st_leap.training as training
+
+    seen = []
+    real = training._train_with_trainer
+
+    def spy(model, loss, dataset, config, *args, **kwargs):
+        seen.append({name: sorted(rows["sentence"]) for name, rows in dataset.items()})
+        return real(model, loss, dataset, config, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_with_trainer", spy)
+    small = dict(SMALL, eval_steps=None)
+    runs = {seed: fit_query_encoder(index_dir, corpus_path, tmp_path / f"seed{seed}", train_seed=seed, **small)
+            for seed in (42, 7)}
+    again = fit_query_encoder(index_dir, corpus_path, tmp_path / "seed7again", train_seed=7, **small)
+    assert seen[0] == seen[1] == seen[2]  # the same training texts
+    assert [read_result(runs[s].path)["config"]["seed"] for s in (42, 7)] == [42, 7]
+    assert runs[42].dev["reference_ndcg@10"] == runs[7].dev["reference_ndcg@10"]  # the same dev split
+    encode = lambda path: query_side(st_leap.load(path, device="cpu")).encode(QUERIES)  # noqa: E731
+    assert np.abs(encode(runs[42].path) - encode(runs[7].path)).max() > 1e-4
+    np.testing.assert_allclose(encode(again.path), encode(runs[7].path), atol=1e-5)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -482,6 +483,14 @@ def test_resume_settings_are_checked(tmp_path, tiny_dir):
     with pytest.warns(UserWarning, match=r"differs in \['learning_rate'\]"):
         warn_config_changes(TrainConfig(output_dir=str(tmp_path), max_steps=8, learning_rate=5e-4, resume=True,
                                         save_steps=7), tmp_path / "checkpoints" / "checkpoint-4")
+    # A run stopped with stop_at_step and resumed without it (the documented way to continue) is not warned about:
+    # where a run stops does not change what its steps compute.
+    stopped = TrainConfig(output_dir="elsewhere", max_steps=8, stop_at_step=4).to_dict()
+    (tmp_path / "checkpoints" / "checkpoint-4" / "leap_config.json").write_text(json.dumps(stopped))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_config_changes(TrainConfig(output_dir=str(tmp_path), max_steps=8, resume=True),
+                            tmp_path / "checkpoints" / "checkpoint-4")
 
 
 def test_cli_train_resume_and_save_steps_flags(tmp_path, monkeypatch):

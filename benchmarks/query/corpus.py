@@ -124,7 +124,8 @@ def int8_phase(specs: list[str], original_path: str, save_dir: Path, reference: 
                result: dict[str, Any], save: Any) -> None:
     """Each ``TASK:NAME=MODEL_DIR``: its query side exported as one ONNX Runtime int8 graph (``st_leap.backends.export``),
     test NDCG@10 of the graph and of the fp32 query side, and query speed at batch 1 and 32 (1 and 2 threads) of
-    both against stock torch fp32 at full depth and the original's whole-graph int8, in the same rounds."""
+    both against stock torch fp32 at full depth and the original's whole-graph int8, in the same rounds; each graph
+    that ``st-leap serve`` would run on its lean path (one graph a route) is also timed on that path (``LeanPath``)."""
     from benchmarks.backends.run import stock_model
     from st_leap.backends import export
 
@@ -149,12 +150,18 @@ def int8_phase(specs: list[str], original_path: str, save_dir: Path, reference: 
             graph = st_leap.load(str(folder))  # its runtime takes torch's thread count when it opens
             if "ndcg@10_int8" not in row:
                 row["ndcg@10_int8"] = evaluator.ndcg(graph)
+            peer = whole_graph_peer(original_path, save_dir / "int8", threads)
             models = {
                 "st torch fp32 full": stock_model(original_path),
-                "whole-graph onnx-int8 full": whole_graph_peer(original_path, save_dir / "int8", threads),
+                "whole-graph onnx-int8 full": peer,
                 f"{name} fp32": fp32,
                 f"{name} onnx-int8": graph,
             }
+            # the same graphs on the path `st-leap serve` runs them (tokenizer, one graph call), where one exists
+            for label, model in (("whole-graph onnx-int8 full", peer), (f"{name} onnx-int8", graph)):
+                lean = LeanPath.of(model, texts[:8])
+                if lean is not None:
+                    models[f"{label}, served path"] = lean
             settings = dict.fromkeys(models, {})
             for batch_size, n in ((1, 64), (32, 256)):
                 timings = time_encode(models["st torch fp32 full"], texts[:n], settings, batch_size=batch_size,
@@ -162,6 +169,39 @@ def int8_phase(specs: list[str], original_path: str, save_dir: Path, reference: 
                 row["speed"].append({"threads": threads, "batch_size": batch_size, "texts": n, "timings": timings})
                 save()
         torch.set_num_threads(2)
+
+
+class LeanPath:
+    """An exported graph's route encoded as ``st-leap serve`` encodes it (``st_leap.serving.lean_encode``: the
+    tokenizer, then one graph call per batch), timed by ``time_encode`` as if it were a model."""
+
+    device = torch.device("cpu")  # time_encode times a CPU call with perf_counter
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    @classmethod
+    def of(cls, model: SentenceTransformer, check: list[str]) -> LeanPath | None:
+        """The served path of ``model``'s default route, or ``None`` when the server would not take it (not one
+        graph); it must give ``encode``'s embeddings on ``check`` (within 1e-6), else a ``RuntimeError``."""
+        from st_leap.serving import lean_encode, lean_module
+
+        module = lean_module(model, "default")
+        if module is None:
+            return None
+        for batch_size in (1, 4):
+            gap = abs(lean_encode(module, check, batch_size=batch_size) - model.encode(check, batch_size=batch_size)).max()
+            if gap > 1e-6:
+                raise RuntimeError(f"the served path differs from encode by {gap:.2e} at batch {batch_size}")
+        return cls(module)
+
+    def encode(self, sentences: list[str], batch_size: int = 32, **_: Any) -> Any:
+        from st_leap.serving import lean_encode
+
+        return lean_encode(self.module, sentences, batch_size=batch_size)
+
+    def __getitem__(self, index: int) -> Any:  # time_encode reads the first module's exit statistics
+        return self.module
 
 
 def whole_graph_peer(original_path: str, save_dir: Path, threads: int) -> SentenceTransformer:
@@ -231,6 +271,11 @@ def markdown(result: dict[str, Any]) -> str:
                       "| ---: | ---: | --- | ---: |"]
             for cell in row["speed"]:
                 lines += _speedup_rows(cell, f"| {cell['threads']} | {cell['batch_size']} | {{name}} |", "st torch fp32 full")
+            if any(key.endswith(", served path") for cell in row["speed"] for key in cell["timings"]):
+                lines += ["", "*served path*: the same graph encoded as `st-leap serve` encodes it "
+                          "(`st_leap.serving.lean_encode`: the tokenizer to numpy, then one graph call a batch; the "
+                          "same embeddings as `encode`, checked before timing); the other rows go through "
+                          "`SentenceTransformer.encode`."]
             lines.append("")
     if result.get("fits"):
         lines += ["## Closed-form maps fitted", ""]

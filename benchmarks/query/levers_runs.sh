@@ -10,7 +10,7 @@
 #       layers135 layers045 steps2000 batch128 soup hardneg7 hardneg-depth2 hardneg-lr2e-4 finish-base
 #       finish-hardneg finish-titles finish-layers035 finish-layers045 finish-layers135 layers035-queries
 #       layers035-batch128 finish-layers035-batch128 queries queries-half query-dev compare test test-ceiling
-#       finish-ceiling test-ceiling-full)
+#       finish-ceiling test-ceiling-full seeds soup-seeds)
 #   finish-*: the run continues to the end of its schedule (--resume); test: the BEIR test queries of every finished
 #   run, shown beside dev, never used to choose (benchmarks/results/query/levers_test_<task>.md); test-ceiling: the
 #   same for the whole adapted model where it stopped (step 500 of 1,000); finish-ceiling runs it to step 1,000 and
@@ -74,6 +74,17 @@ for part in "$@"; do
         "$out"/d3_queries_half "$out"/d3_titles_sentences)
       python -m benchmarks.query.corpus --tasks "$task" --phases eval --save-dir runs/query/levers \
         --out "benchmarks/results/query/levers_soup_$task" --only soup_d3 --encoder "$task:soup_d3=$out/soup_d3" ;;
+    seeds)       # the default (layers 0,3,5, spread's pick) trained again with two other training seeds: same texts,
+                 # same dev split, another batch order and dropout; how far runs move by chance, and members of a soup
+      full d3_layers035_seed1 --layers 0,3,5 --train-seed 1
+      full d3_layers035_seed2 --layers 0,3,5 --train-seed 2 ;;
+    soup-seeds)  # the default and its two reseeded copies averaged (one start, one recipe), each scored beside it
+      python -m benchmarks.query.soup --out "$out/soup_seeds" $(finished "$out"/d3_layers035 "$out"/d3_layers035_seed1 \
+        "$out"/d3_layers035_seed2)
+      python -m benchmarks.query.corpus --tasks "$task" --phases eval --save-dir runs/query/levers \
+        --out "benchmarks/results/query/levers_soup_$task" --only soup_seeds --encoder "$task:soup_seeds=$out/soup_seeds" \
+        --only d3_layers035_seed1 --encoder "$task:d3_layers035_seed1=$out/d3_layers035_seed1" \
+        --only d3_layers035_seed2 --encoder "$task:d3_layers035_seed2=$out/d3_layers035_seed2" ;;
     queries)
       python -m benchmarks.query.query_dev --task "$task" --write-log "runs/querylog/$task.txt"
       full d3_queries $d3 --queries "runs/querylog/$task.txt" --query-fraction 0.25 ;;

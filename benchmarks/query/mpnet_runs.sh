@@ -12,10 +12,12 @@
 #       student-queries-scifact student-queries-nfcorpus query-dev-scifact query-dev-nfcorpus eval-queries-scifact
 #       eval-queries-nfcorpus int8-queries-scifact int8-queries-nfcorpus student-d6-long-scifact
 #       student-d6-long-nfcorpus eval-long-scifact eval-long-nfcorpus int8-long-scifact int8-long-nfcorpus
-#       student-d6-longer-scifact eval-longer-scifact int8-longer-scifact)
+#       student-d6-longer-scifact eval-longer-scifact int8-longer-scifact int8-served-scifact int8-served-nfcorpus)
 #   *-queries-*: the same students with past queries beside the documents' texts (fit-query-encoder --queries): half
 #   of the collection's non-test queries as a stand-in log (benchmarks/query/query_dev.py --write-log); query-dev:
 #   the students on the other half (benchmarks/results/query/mpnet_query_dev_<task>.md), never the test split.
+#   int8-served-*: each corpus's longest-trained student (SciFact 3,000 steps, NFCorpus 1,500) timed
+#   again with the graphs also on the path `st-leap serve` runs them (rows "..., served path").
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$(dirname "$0")/../.."
@@ -85,6 +87,8 @@ for part in "$@"; do
       done
       if [ "${part%%-*}" = eval ]; then corpus_eval "$task" --phases eval,stsb "${specs[@]}"
       else corpus_eval "$task" --phases int8 "${specs[@]}"; fi ;;
+    int8-served-scifact) corpus_eval scifact --phases int8 --int8 "scifact:student d6 longer served=runs/qe_mpnet/scifact_student_d6_longer" ;;
+    int8-served-nfcorpus) corpus_eval nfcorpus --phases int8 --int8 "nfcorpus:student d6 long served=runs/qe_mpnet/nfcorpus_student_d6_long" ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done

@@ -32,16 +32,19 @@ def start_of(run: Path) -> tuple | None:
     """What a run started from, by its ``query_encoder.json`` (``None`` without a record): the layers it started from
     (``start_layers``, given or picked), its depth, its student, and whether it kept the whole stack (``leap``).
 
-    A record written before ``start_layers`` existed has only the layers given (``layers``, ``None`` for ``init``'s
-    pick, which has changed between versions): its start is ``init``, ``layers``, ``depth`` and ``student``, which never
-    equals a newer record's, so that runs whose starts cannot be told apart are refused rather than averaged."""
+    A record written before ``start_layers`` existed has only the layers given (``layers``): given, they are its
+    start; not given (``None``: ``init``'s pick, which has changed between versions), its start is ``init``,
+    ``depth`` and ``student``, which never equals a newer record's, so that runs whose starts cannot be told apart are
+    refused rather than averaged."""
     record_path = run / "query_encoder.json"
     if not record_path.exists():
         return None
     record = json.loads(record_path.read_text())
-    if record.get("start_layers") is not None:
-        return ("layers", record.get("init") == "leap", tuple(record["start_layers"]), record.get("depth"),
-                record.get("student"))
+    layers = record.get("start_layers")
+    if layers is None and record.get("init") != "leap":
+        layers = record.get("layers")  # given with --layers: the same start whichever version recorded it
+    if layers is not None:
+        return ("layers", record.get("init") == "leap", tuple(layers), record.get("depth"), record.get("student"))
     return ("init", record.get("init"), tuple(record.get("layers") or ()), record.get("depth"), record.get("student"))
 
 

@@ -106,6 +106,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--eval-steps", type=positive_int, default=250, help="Dev evaluation every N steps")
     parser.add_argument("--work-dir", default=None, help="Checkpoints and the trained student (default: OUT-training)")
     parser.add_argument("--resume", action="store_true", help="Continue from the newest checkpoint in the work dir")
+    parser.add_argument("--train-seed", type=int, default=42,
+                        help="Seed of the training (batch order, dropout); the dev split and the texts stay those of "
+                             "the fixed data seed, so runs that differ only here compare on the same dev split")
     parser.add_argument("--kinds", type=query_kinds, default=None,
                         help="Which query-like texts to train on, comma-separated from title,sentence,span (default: "
                              "all three)")
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         stop_at_step=args.stop_at_step, batch_size=args.batch_size, learning_rate=args.learning_rate,
         train_texts=args.train_texts, document_embeddings=args.document_embeddings, dev_documents=args.dev_documents,
         eval_steps=args.eval_steps,
-        work_dir=args.work_dir, resume=args.resume, distill_weight=args.distill_weight,
+        work_dir=args.work_dir, resume=args.resume, train_seed=args.train_seed, distill_weight=args.distill_weight,
         retrieval_weight=args.retrieval_weight, hard_negatives=args.hard_negatives, negatives_from=args.negatives_from,
         negatives_skip=args.negatives_skip, negatives_pool=args.negatives_pool, soft_weight=args.soft_weight,
         queries=args.queries, query_fraction=args.query_fraction,

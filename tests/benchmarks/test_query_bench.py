@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.query import curve as query_curve
 from benchmarks.query.run import choose_depth
 
@@ -98,3 +100,32 @@ def test_inits_settings_and_minutes_of_a_resumed_run(tmp_path):
         True, False, False)
     table = markdown("cmd", [old, new, whole])
     assert table.count("2.0 (last segment)") == 1 and table.count("| 2.0 |") == 2
+
+
+def test_the_served_path_is_timed_as_encode_is_and_must_match_it(tiny_bert_dir, tmp_path, monkeypatch):
+    """The int8 phase times an exported graph on the server's lean path beside ``encode``: ``LeanPath`` exists only
+    for one-graph exports, gives ``encode``'s embeddings, runs in ``time_encode``'s rounds, and refuses to be timed
+    when its embeddings differ from ``encode``'s."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    import st_leap
+    from benchmarks.query.corpus import LeanPath
+    from st_leap import serving
+    from st_leap.backends import export
+    from st_leap.diagnostics import time_encode
+    from tests.conftest import SENTENCES
+
+    torch_model = st_leap.from_pretrained(tiny_bert_dir, device="cpu")
+    assert LeanPath.of(torch_model, SENTENCES[:4]) is None  # no graph: not on the lean path
+    graph = st_leap.load(str(export(torch_model, tmp_path / "int8", "onnx", quantize="int8")))
+    lean = LeanPath.of(graph, SENTENCES[:4])
+    assert lean is not None
+    assert np.abs(lean.encode(SENTENCES, batch_size=1) - graph.encode(SENTENCES, batch_size=1)).max() <= 1e-6
+    timings = time_encode(graph, SENTENCES, {"encode": {}, "served": {}}, batch_size=1, repeats=2,
+                          models={"served": lean}, show_progress_bar=False)
+    assert len(timings["served"]["seconds"]) == 2 and timings["served"]["exit_stats"] is None
+    drift = serving.lean_encode
+    monkeypatch.setattr(serving, "lean_encode", lambda module, texts, **kw: drift(module, texts, **kw) + 1e-3)
+    with pytest.raises(RuntimeError, match="differs from encode"):
+        LeanPath.of(graph, SENTENCES[:4])

@@ -51,7 +51,8 @@ def test_soup_refuses_runs_that_did_not_share_a_shape(tmp_path):
 
 def test_soup_compares_the_layers_each_run_started_from(tmp_path):
     """Runs recording ``start_layers`` are compared by it (given or picked alike); a run recorded before it existed
-    (``layers`` None: a pick that has changed between versions) is never averaged with one recording it."""
+    is compared by the layers it was given, and when none were given (``layers`` None: a pick that has changed
+    between versions) it is never averaged with one recording them."""
     def record(run, **fields):
         (run / "query_encoder.json").write_text(json.dumps({"depth": 3, "init": "spread", **fields}))
         return run
@@ -67,3 +68,10 @@ def test_soup_compares_the_layers_each_run_started_from(tmp_path):
     older = record(make_run(tmp_path / "older", 2.0), layers=None)
     with pytest.raises(ValueError, match="did not share a start"):
         soup([picked, older], tmp_path / "soup")
+    # an older record whose layers were given (--layers) names its start as well as start_layers does
+    older_given = record(make_run(tmp_path / "older_given", 5.0), layers=[0, 3, 5])
+    out = soup([picked, older_given], tmp_path / "soup2")
+    assert torch.allclose(load_file(out / "query_0_EarlyExitTransformer" / "model.safetensors")["w"],
+                          torch.full((2, 3), 3.0))
+    with pytest.raises(ValueError, match="did not share a start"):
+        soup([repicked, record(make_run(tmp_path / "older_other", 1.0), layers=[0, 3, 5])], tmp_path / "soup")
