@@ -60,6 +60,8 @@ def settings(record: dict[str, Any]) -> str:
     if batch != 64:
         texts = config.get("num_sentences")
         parts.append(f"batch {batch}" + (f" on {texts} texts" if texts else ""))
+    if config.get("seed", 42) != 42:  # the training seed (fit-query-encoder --train-seed); 42 the default
+        parts.append(f"train seed {config['seed']}")
     if config.get("learning_rate", 1e-4) != 1e-4:
         parts.append(f"learning rate {config['learning_rate']:g}")
     final = (config.get("loss") or {}).get("final_weight", 1.0)

@@ -77,8 +77,9 @@ def test_inits_table_names_each_corpus_reference():
 
 
 def test_inits_settings_and_minutes_of_a_resumed_run(tmp_path):
-    """A batch other than 64 is named with its texts; the training minutes of a run resumed before earlier segments
-    were recorded are marked as its last segment's, and counted whole otherwise."""
+    """A batch other than 64 is named with its texts, a training seed other than 42 with its seed; the training
+    minutes of a run resumed before earlier segments were recorded are marked as its last segment's, and counted
+    whole otherwise."""
     from benchmarks.query.inits import markdown, run_summary
 
     def record(folder, **fields):
@@ -96,6 +97,11 @@ def test_inits_settings_and_minutes_of_a_resumed_run(tmp_path):
     new = record(tmp_path / "new", resumed_from="work/checkpoint-2", earlier_train_seconds=60.0)
     whole = record(tmp_path / "whole")
     assert old["settings"] == "batch 128 on 256 texts"
+    reseeded = json.loads((tmp_path / "whole" / "query_encoder.json").read_text())
+    reseeded["config"]["seed"] = 2  # fit-query-encoder --train-seed 2
+    (tmp_path / "reseeded").mkdir()
+    (tmp_path / "reseeded" / "query_encoder.json").write_text(json.dumps(reseeded))
+    assert run_summary(tmp_path / "reseeded")["settings"] == "batch 128 on 256 texts, train seed 2"
     assert (old["train_minutes_partial"], new["train_minutes_partial"], whole["train_minutes_partial"]) == (
         True, False, False)
     table = markdown("cmd", [old, new, whole])
