@@ -351,8 +351,8 @@ def fit_query_encoder(
         work_dir: Where the initial student, the checkpoints and the trained student go. Default: ``<out>-training``.
         resume: Continue from the newest checkpoint in ``work_dir``.
         seed: Seed of the dev split, the texts and their order.
-        train_seed: Seed of the training itself (the trainer's: its batches' order, dropout), apart from ``seed``: two
-            runs that differ only here train on the same texts and are scored on the same dev split.
+        train_seed: Seed of the training itself (torch's and the trainer's: the batches' order, dropout), apart from
+            ``seed``: two runs that differ only here train on the same texts and are scored on the same dev split.
         distill_weight: Scales the distillation loss (the texts toward the index model's embedding of the same
             text; :func:`student_loss`). 0 drops that dataset and loss: retrieval alone.
         retrieval_weight: Scales the retrieval loss (the texts toward their own document,

@@ -10,6 +10,9 @@ fp32 at the same depth (mean and minimum), and how many weight MatMuls it kept i
     HF_HUB_OFFLINE=1 python -m benchmarks.backends.int8_channels --model runs/query/retrieval --depth 3
     HF_HUB_OFFLINE=1 python -m benchmarks.backends.int8_channels --model mpnet --depth 12 --out benchmarks/results/backends/int8_mpnet
     HF_HUB_OFFLINE=1 python -m benchmarks.backends.int8_channels --model mpnet --depth 12 --split dev --out benchmarks/results/backends/int8_mpnet_dev
+    HF_HUB_OFFLINE=1 python -m benchmarks.backends.int8_channels --model runs/qe_mpnet/scifact_student_d6_longer --depth 6 --split dev --out benchmarks/results/backends/int8_student_longer_dev
+
+A saved query encoder for a kept index (``st-leap fit-query-encoder``) is measured on its query side.
 
 Writes ``benchmarks/results/backends/int8_channels.{json,md}``.
 """
@@ -27,7 +30,7 @@ import st_leap
 from benchmarks._common import command_line, meta_info, results_dir, write_result
 from st_leap import resources
 from st_leap.backbone import Backbone
-from st_leap.backends import export, int8_fp32_nodes
+from st_leap.backends import export, int8_fp32_nodes, query_side
 
 VARIANTS = {"per tensor": {}, "per channel": {"per_channel": True},
             "per channel, reduce_range": {"per_channel": True, "reduce_range": True},
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     root = Path(args.work_dir)
     shutil.rmtree(root, ignore_errors=True)
-    model = st_leap.load(resources.resolve_model(args.model), device="cpu")
+    # a saved query encoder for a kept index: its query side (the route that is exported as one graph)
+    model = query_side(st_leap.load(resources.resolve_model(args.model), device="cpu"))
     model_type = Backbone(model[0].auto_model).model_type
     fp32 = export(model, root / "fp32", "onnx", None, depth=args.depth)
     texts = resources.stsb_sentences(args.split)
