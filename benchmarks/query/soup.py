@@ -45,7 +45,7 @@ def start_of(run: Path) -> tuple | None:
         layers = record.get("layers")  # given with --layers: the same start whichever version recorded it
     if layers is not None:
         return ("layers", record.get("init") == "leap", tuple(layers), record.get("depth"), record.get("student"))
-    return ("init", record.get("init"), tuple(record.get("layers") or ()), record.get("depth"), record.get("student"))
+    return ("init", record.get("init"), record.get("depth"), record.get("student"))
 
 
 def soup(runs: list[Path], out: Path) -> Path:
